@@ -1,0 +1,63 @@
+"""wavegate: resilient websocket connections to real-time gateways."""
+
+from .codec import JSONCodec
+from .packets import (
+    WebsocketPacket,
+    WebsocketPacketBytes,
+    WebsocketPacketJSON,
+    WebsocketPacketText,
+)
+from .policy import (
+    DISCORD_GATEWAY,
+    DISCORD_VOICE,
+    GENERIC,
+    PRESETS,
+    Action,
+    ClosePolicy,
+)
+from .signals import (
+    DisconnectSignal,
+    EncodeError,
+    Event,
+    InvalidURLError,
+    PayloadError,
+    ReconnectSignal,
+    ResumeSignal,
+    SendQueueFullError,
+    SendTimeoutError,
+    SessionClosedError,
+    Signal,
+    WavegateError,
+)
+from .websocket import Websocket, WebsocketState, WebsocketStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DISCORD_GATEWAY",
+    "DISCORD_VOICE",
+    "GENERIC",
+    "PRESETS",
+    "Action",
+    "ClosePolicy",
+    "DisconnectSignal",
+    "EncodeError",
+    "Event",
+    "InvalidURLError",
+    "JSONCodec",
+    "PayloadError",
+    "ReconnectSignal",
+    "ResumeSignal",
+    "SendQueueFullError",
+    "SendTimeoutError",
+    "SessionClosedError",
+    "Signal",
+    "WavegateError",
+    "Websocket",
+    "WebsocketPacket",
+    "WebsocketPacketBytes",
+    "WebsocketPacketJSON",
+    "WebsocketPacketText",
+    "WebsocketState",
+    "WebsocketStats",
+]

@@ -1,0 +1,369 @@
+"""A real websocket server on loopback whose faults tests control.
+
+``WebsocketTestServer`` accepts websocket connections on 127.0.0.1 (an ephemeral
+port) and hands each one to the test as a :class:`ServerConnection`, which can send
+any frame (valid or not), close with any code, drop TCP with no close frame, ignore
+the client's close or pings. Handshakes can be accepted, stalled or rejected.
+
+    async with WebsocketTestServer() as server:
+        ws = Websocket()
+        await ws.connect(server.url)
+        conn = await server.accepted()
+        await conn.send_json({"op": 8})
+        await conn.close(4015, "crashed")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import struct
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from . import frames
+
+Handler = Callable[["ServerConnection"], Awaitable[None]]
+
+_ids = itertools.count(1)
+
+
+class ConnectionDropped(Exception):  # noqa: N818 - an event
+    """The client went away (no more messages will arrive)."""
+
+
+class ServerConnection:
+    """The server's side of one accepted websocket connection.
+
+    Attributes:
+        id: a number unique in this process.
+        request_headers: the handshake request's headers (lower-case names).
+        path: the request path with its query string.
+        answer_close: reply to the client's close frame (default ``True``).
+        answer_pings: reply to the client's pings (default ``True``).
+        close_received: ``(code, reason)`` of the client's close frame, once it came.
+        closed: set when the TCP connection is gone.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        path: str,
+        headers: dict[str, str],
+        *,
+        answer_pings: bool,
+        max_size: int,
+    ) -> None:
+        self.id = next(_ids)
+        self.path = path
+        self.request_headers = headers
+        self.answer_close = True
+        self.answer_pings = answer_pings
+        self.close_received: tuple[int | None, str] | None = None
+        self.closed = asyncio.Event()
+        self.pings_received = 0
+        self._reader = reader
+        self._writer = writer
+        self._max_size = max_size
+        self._messages: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+        self._close_sent = False
+
+    def __repr__(self) -> str:
+        return f"<ServerConnection #{self.id} {self.path}>"
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def send_raw(self, data: bytes) -> None:
+        """Write bytes to the socket as they are (for malformed frames)."""
+        if self._writer.is_closing():
+            raise ConnectionDropped(f"connection #{self.id} is closed")
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def send_frame(self, opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> None:
+        """Send one frame with any opcode and flags."""
+        await self.send_raw(frames.encode_frame(opcode, payload, fin=fin, rsv=rsv))
+
+    async def send_text(self, text: str | bytes) -> None:
+        """Send a text frame (``bytes`` are sent unvalidated, e.g. invalid UTF-8)."""
+        await self.send_frame(frames.TEXT, text.encode() if isinstance(text, str) else text)
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Send a binary frame."""
+        await self.send_frame(frames.BINARY, data)
+
+    async def send_json(self, value: Any) -> None:
+        """Send ``value`` as a JSON text frame."""
+        await self.send_text(json.dumps(value, separators=(",", ":")))
+
+    async def ping(self, payload: bytes = b"") -> None:
+        """Send a ping frame."""
+        await self.send_frame(frames.PING, payload)
+
+    # -- ending -----------------------------------------------------------------------
+
+    async def close(self, code: int | None = 1000, reason: str = "", *, timeout: float = 2.0) -> None:
+        """Send a close frame (no status when ``code`` is ``None``), wait for the
+        client's answer (at most ``timeout`` s), then close TCP."""
+        if not self._close_sent and not self._writer.is_closing():
+            self._close_sent = True
+            with contextlib.suppress(ConnectionError):
+                await self.send_frame(frames.CLOSE, frames.close_payload(code, reason))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.closed.wait(), timeout)
+        self.drop()
+
+    def drop(self) -> None:
+        """Drop the TCP connection at once, with no close frame."""
+        transport = self._writer.transport
+        if not transport.is_closing():
+            transport.abort()
+
+    async def wait_closed(self, timeout: float = 5.0) -> None:
+        """Wait until the TCP connection is gone."""
+        await asyncio.wait_for(self.closed.wait(), timeout)
+
+    # -- receiving --------------------------------------------------------------------
+
+    async def receive(self, timeout: float | None = 5.0) -> tuple[int, bytes]:
+        """The next data message ``(opcode, payload)`` from the client.
+
+        Raises:
+            ConnectionDropped: the client is gone and every message was read.
+        """
+        item = await asyncio.wait_for(self._messages.get(), timeout)
+        if item is None:
+            self._messages.put_nowait(None)
+            raise ConnectionDropped(f"connection #{self.id} is closed")
+        return item
+
+    async def receive_text(self, timeout: float | None = 5.0) -> str:
+        """The next message, which must be a text frame."""
+        opcode, payload = await self.receive(timeout)
+        if opcode != frames.TEXT:
+            raise AssertionError(f"expected a text frame, got opcode {opcode}")
+        return payload.decode()
+
+    async def receive_json(self, timeout: float | None = 5.0) -> Any:
+        """The next message, decoded as JSON."""
+        return json.loads(await self.receive_text(timeout))
+
+    def pending(self) -> int:
+        """How many received messages are waiting to be read."""
+        return self._messages.qsize()
+
+    async def _read_frame(self) -> tuple[bool, int, bytes]:
+        head = await self._reader.readexactly(2)
+        fin = bool(head[0] & 0x80)
+        opcode = head[0] & 0x0F
+        length = head[1] & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", await self._reader.readexactly(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", await self._reader.readexactly(8))
+        if length > self._max_size:
+            raise ValueError(f"client frame of {length} bytes exceeds the server's max_size")
+        mask = await self._reader.readexactly(4) if head[1] & 0x80 else b""
+        payload = await self._reader.readexactly(length)
+        return fin, opcode, frames.unmask(payload, mask) if mask else payload
+
+    async def _run(self) -> None:
+        """Read frames until the connection ends: answer control frames, queue data."""
+        fragments: list[bytes] = []
+        fragment_opcode = 0
+        try:
+            while True:
+                fin, opcode, payload = await self._read_frame()
+                if opcode == frames.PING:
+                    self.pings_received += 1
+                    if self.answer_pings:
+                        await self.send_frame(frames.PONG, payload)
+                elif opcode == frames.CLOSE:
+                    self.close_received = frames.parse_close(payload)
+                    if self.answer_close:
+                        if not self._close_sent:
+                            self._close_sent = True
+                            await self.send_frame(frames.CLOSE, payload[:2])
+                        self.drop()
+                        return
+                elif opcode == frames.PONG:
+                    continue
+                elif opcode == frames.CONTINUATION:
+                    fragments.append(payload)
+                    if fin:
+                        self._messages.put_nowait((fragment_opcode, b"".join(fragments)))
+                        fragments.clear()
+                elif fin:
+                    self._messages.put_nowait((opcode, payload))
+                else:
+                    fragment_opcode, fragments = opcode, [payload]
+        except (asyncio.IncompleteReadError, ConnectionError, ConnectionDropped, ValueError):
+            self.drop()
+        finally:
+            self._messages.put_nowait(None)
+            self.closed.set()
+
+
+class WebsocketTestServer:
+    """A websocket server on 127.0.0.1 with fault injection, as an async context manager.
+
+    Args:
+        handler: run for each accepted connection (in a task the server owns);
+            without one, tests drive connections obtained from :meth:`accepted`.
+        host: the address to listen on (loopback only).
+        port: 0 for an ephemeral port.
+        max_size: largest client frame accepted.
+    """
+
+    def __init__(
+        self,
+        handler: Handler | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_size: int = 16 << 20,
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.max_size = max_size
+        self.answer_pings = True
+        self.handshakes = 0
+        self.connections: list[ServerConnection] = []
+        self._handshake_mode = "accept"
+        self._reject_status = 503
+        self._server: asyncio.Server | None = None
+        self._accepted: asyncio.Queue[ServerConnection] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stalled: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port/`` of the running server."""
+        return f"ws://{self.host}:{self.port}/"
+
+    # -- fault knobs ------------------------------------------------------------------
+
+    def accept_handshakes(self) -> None:
+        """Answer opening handshakes normally (the default)."""
+        self._handshake_mode = "accept"
+
+    def reject_handshakes(self, status: int) -> None:
+        """Answer opening handshakes with HTTP ``status`` instead of 101."""
+        self._handshake_mode = "reject"
+        self._reject_status = status
+
+    def stall_handshakes(self) -> None:
+        """Accept TCP connections but never answer their opening handshake."""
+        self._handshake_mode = "stall"
+
+    @property
+    def open_connections(self) -> int:
+        """How many TCP connections (handshaken or stalled) are still open."""
+        live = sum(1 for conn in self.connections if not conn.closed.is_set())
+        return live + sum(1 for writer in self._stalled if not writer.transport.is_closing())
+
+    async def accepted(self, timeout: float = 5.0) -> ServerConnection:
+        """The next connection whose handshake the server accepted."""
+        return await asyncio.wait_for(self._accepted.get(), timeout)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start listening (the port is known afterwards)."""
+        self._server = await asyncio.start_server(self._on_client, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop listening, drop every connection and wait for the server's tasks."""
+        if self._server is not None:
+            self._server.close()
+        for conn in self.connections:
+            conn.drop()
+        for writer in self._stalled:
+            writer.transport.abort()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        if self._server is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+            self._server = None
+
+    async def __aenter__(self) -> WebsocketTestServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            writer.transport.abort()
+        except asyncio.CancelledError:
+            # stop() cancels the tasks it owns; asyncio's stream callback must not see it.
+            writer.transport.abort()
+        finally:
+            self._tasks.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        self.handshakes += 1
+        lines = request.decode("latin-1").split("\r\n")
+        path = lines[0].split(" ")[1] if len(lines[0].split(" ")) > 1 else "/"
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        mode = self._handshake_mode
+        if mode == "stall":
+            self._stalled.append(writer)
+            await reader.read()  # until the client gives up
+            writer.transport.abort()
+            return
+        if mode == "reject":
+            status = self._reject_status
+            writer.write(
+                f"HTTP/1.1 {status} Rejected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+            )
+            await writer.drain()
+            writer.close()
+            return
+        key = headers.get("sec-websocket-key", "")
+        writer.write(
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Accept: {frames.accept_key(key)}\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        conn = ServerConnection(
+            reader, writer, path, headers, answer_pings=self.answer_pings, max_size=self.max_size
+        )
+        self.connections.append(conn)
+        self._accepted.put_nowait(conn)
+        if self.handler is None:
+            await conn._run()
+            return
+        reading = asyncio.create_task(conn._run())
+        try:
+            await self.handler(conn)
+        finally:
+            conn.drop()
+            await reading

@@ -1,0 +1,98 @@
+"""The transport seam: the only place that knows which websocket library is used.
+
+A transport moves frames. It reports every way a connection ends by raising
+:class:`TransportClosed` (after a connection opened) or :class:`ConnectFailed` (while
+opening), each carrying an :class:`~wavegate.signals.Event`; ``Websocket`` turns those
+into signals with its policy. No transport-library exception crosses this seam except
+as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import ssl as ssl_module
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..signals import Event
+
+TEXT = 1
+"""Frame kind of a text frame (its RFC 6455 opcode); data is UTF-8 bytes, unvalidated."""
+BINARY = 2
+"""Frame kind of a binary frame (its RFC 6455 opcode)."""
+
+Frame = tuple[int, bytes, Any]
+"""``(kind, data, extra)``: what ``Transport.receive()`` returns for a data frame."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransportOptions:
+    """Connection options every transport honours (see ``Websocket`` for meanings)."""
+
+    open_timeout: float | None = 10.0
+    close_timeout: float = 5.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float = 20.0
+    max_size: int | None = 1 << 20
+    headers: Mapping[str, str] = field(default_factory=dict)
+    ssl: ssl_module.SSLContext | bool = True
+    proxy: str | None = None
+    compression: bool = False
+
+
+class TransportClosed(Exception):  # noqa: N818 - an event, not an error
+    """An open connection ended; raised by ``receive()`` and ``send()``."""
+
+    def __init__(
+        self, event: Event, code: int | None = None, reason: str = "", *, local: bool = False
+    ) -> None:
+        super().__init__(reason)
+        self.event = event
+        self.code = code
+        self.reason = reason
+        self.local = local
+
+
+class ConnectFailed(Exception):  # noqa: N818 - an event, not an error
+    """Opening failed; ``code`` is the HTTP status for ``HANDSHAKE_STATUS``."""
+
+    def __init__(self, event: Event, code: int | None = None, reason: str = "") -> None:
+        super().__init__(reason)
+        self.event = event
+        self.code = code
+        self.reason = reason
+
+
+class Transport(Protocol):
+    """One open websocket connection."""
+
+    async def receive(self) -> Frame:
+        """Wait for the next data frame; raise :class:`TransportClosed` when it ends."""
+        ...
+
+    async def send(self, kind: int, data: bytes) -> None:
+        """Send one frame (TEXT or BINARY); raise :class:`TransportClosed` if it ended."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code``, bounded by the close timeout; never raises."""
+        ...
+
+    async def abort(self) -> None:
+        """Drop the connection without a close handshake and release it; never raises."""
+        ...
+
+
+class Connector(Protocol):
+    """Opens connections: ``await connector(url, options)``."""
+
+    async def __call__(self, url: str, options: TransportOptions) -> Transport: ...
+
+
+def get_connector(name: str) -> Connector:
+    """The connector of the transport called ``name`` (``"aiohttp"``)."""
+    if name == "aiohttp":
+        from .aiohttp_transport import connect
+
+        return connect
+    raise ValueError(f"unknown transport {name!r}; available: 'aiohttp'")
