@@ -101,7 +101,9 @@ class ClosePolicy:
     transport_error: Action
     keepalive_timeout: Action
     local_close: Action = DISCONNECT
-    connect_failures: Mapping[Event, Action] = field(default_factory=lambda: _DEFAULT_CONNECT_FAILURES)
+    connect_failures: Mapping[Event, Action] = field(
+        default_factory=lambda: _DEFAULT_CONNECT_FAILURES
+    )
     retry_http_statuses: frozenset[int] = frozenset({408, 429})
     http_5xx: Action = RECONNECT
     http_other: Action = DISCONNECT

@@ -48,7 +48,7 @@ class Event(str, Enum):
     """A send or receive was issued with no connection and none ever signalled."""
 
 
-class Signal(Exception):  # noqa: N818 - the reference API names these *Signal
+class Signal(Exception):
     """Base of the three instructions: what the caller should do next.
 
     Attributes:

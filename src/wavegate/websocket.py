@@ -294,7 +294,14 @@ class Websocket:
                 raise self._end.again() from None
             await self._cancel_opener(opener)
             self._finish_connect(
-                DisconnectSignal("connect() was cancelled", event=Event.LOCAL_CLOSE, initiated_locally=True)
+                DisconnectSignal(
+                    "connect() was cancelled", event=Event.LOCAL_CLOSE, initiated_locally=True
+                )
+            )
+            raise
+        except Exception as exc:
+            self._finish_connect(
+                DisconnectSignal(f"connect() failed: {exc}", event=Event.CONNECT_ERROR)
             )
             raise
         self._transport = transport
@@ -305,7 +312,7 @@ class Websocket:
 
     async def _cancel_opener(self, opener: asyncio.Task[Transport]) -> None:
         opener.cancel()
-        done, _ = await asyncio.wait({opener})
+        await asyncio.wait({opener})
         if not opener.cancelled() and opener.exception() is None:
             # It finished opening just as we were cancelled: close what it opened.
             await opener.result().abort()
@@ -414,7 +421,9 @@ class Websocket:
             RuntimeError: another task is already in ``receive()``.
         """
         if self._receiving:
-            raise RuntimeError("receive() is already waiting in another task; only one reader is allowed")
+            raise RuntimeError(
+                "receive() is already waiting in another task; only one reader is allowed"
+            )
         transport = self._transport
         self._receiving = True
         try:
@@ -434,7 +443,9 @@ class Websocket:
             try:
                 value = self._loads(data)
             except ValueError:
-                raise await self._bad_text(transport, data, "text frame is not valid JSON") from None
+                raise await self._bad_text(
+                    transport, data, "text frame is not valid JSON"
+                ) from None
             if type(value) is not dict:
                 raise PayloadError("JSON text frame is not an object", data.decode())
             return WebsocketPacketJSON(value)
@@ -449,7 +460,9 @@ class Websocket:
         except UnicodeDecodeError as exc:
             # RFC 6455 8.1: invalid UTF-8 in a text frame fails the connection with 1007.
             await transport.close(1007, "invalid UTF-8 in a text frame")
-            ended = TransportClosed(Event.PROTOCOL_ERROR, 1007, f"invalid UTF-8 in a text frame: {exc}", local=True)
+            ended = TransportClosed(
+                Event.PROTOCOL_ERROR, 1007, f"invalid UTF-8 in a text frame: {exc}", local=True
+            )
             ended.__cause__ = exc
             return await self._connection_ended(ended)
         return PayloadError(detail, text)
@@ -495,7 +508,7 @@ class Websocket:
         """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"send_bytes() takes bytes, got {type(data).__name__}")
-        await self._send(BINARY, bytes(data) if isinstance(data, memoryview) else data)  # type: ignore[arg-type]
+        await self._send(BINARY, bytes(data) if isinstance(data, memoryview) else data)
 
     async def send_text(self, data: str) -> None:
         """Send a text frame as-is (no JSON encoding).

@@ -31,7 +31,7 @@ Handler = Callable[["ServerConnection"], Awaitable[None]]
 _ids = itertools.count(1)
 
 
-class ConnectionDropped(Exception):  # noqa: N818 - an event
+class ConnectionDropped(Exception):
     """The client went away (no more messages will arrive)."""
 
 
@@ -84,7 +84,9 @@ class ServerConnection:
         self._writer.write(data)
         await self._writer.drain()
 
-    async def send_frame(self, opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> None:
+    async def send_frame(
+        self, opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0
+    ) -> None:
         """Send one frame with any opcode and flags."""
         await self.send_raw(frames.encode_frame(opcode, payload, fin=fin, rsv=rsv))
 
@@ -106,16 +108,20 @@ class ServerConnection:
 
     # -- ending -----------------------------------------------------------------------
 
-    async def close(self, code: int | None = 1000, reason: str = "", *, timeout: float = 2.0) -> None:
-        """Send a close frame (no status when ``code`` is ``None``), wait for the
-        client's answer (at most ``timeout`` s), then close TCP."""
-        if not self._close_sent and not self._writer.is_closing():
-            self._close_sent = True
-            with contextlib.suppress(ConnectionError):
-                await self.send_frame(frames.CLOSE, frames.close_payload(code, reason))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.closed.wait(), timeout)
-        self.drop()
+    async def close(
+        self, code: int | None = 1000, reason: str = "", *, timeout: float = 2.0
+    ) -> None:
+        """Send a close frame (no status when ``code`` is ``None``) and return.
+
+        The connection is dropped when the client answers, or after ``timeout``
+        seconds if it never does. ``wait_closed()`` waits for either.
+        """
+        if self._close_sent or self._writer.is_closing():
+            return
+        self._close_sent = True
+        with contextlib.suppress(ConnectionError, ConnectionDropped):
+            await self.send_frame(frames.CLOSE, frames.close_payload(code, reason))
+        asyncio.get_running_loop().call_later(timeout, self.drop)
 
     def drop(self) -> None:
         """Drop the TCP connection at once, with no close frame."""
@@ -232,6 +238,8 @@ class WebsocketTestServer:
         self.port = port
         self.max_size = max_size
         self.answer_pings = True
+        self.handshake_delay = 0.0
+        """Seconds to wait before answering each opening handshake."""
         self.handshakes = 0
         self.connections: list[ServerConnection] = []
         self._handshake_mode = "accept"
@@ -332,6 +340,8 @@ class WebsocketTestServer:
                 name, value = line.split(":", 1)
                 headers[name.strip().lower()] = value.strip()
         mode = self._handshake_mode
+        if self.handshake_delay:
+            await asyncio.sleep(self.handshake_delay)
         if mode == "stall":
             self._stalled.append(writer)
             await reader.read()  # until the client gives up
@@ -339,9 +349,8 @@ class WebsocketTestServer:
             return
         if mode == "reject":
             status = self._reject_status
-            writer.write(
-                f"HTTP/1.1 {status} Rejected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
-            )
+            head = f"HTTP/1.1 {status} Rejected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            writer.write(head.encode())
             await writer.drain()
             writer.close()
             return

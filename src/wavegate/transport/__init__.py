@@ -3,8 +3,9 @@
 A transport moves frames. It reports every way a connection ends by raising
 :class:`TransportClosed` (after a connection opened) or :class:`ConnectFailed` (while
 opening), each carrying an :class:`~wavegate.signals.Event`; ``Websocket`` turns those
-into signals with its policy. No transport-library exception crosses this seam except
-as ``__cause__``.
+into signals with its policy. Bad input is reported as
+:class:`~wavegate.signals.InvalidURLError` (a ``ValueError``). No transport-library
+exception crosses this seam except as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class TransportOptions:
     compression: bool = False
 
 
-class TransportClosed(Exception):  # noqa: N818 - an event, not an error
+class TransportClosed(Exception):
     """An open connection ended; raised by ``receive()`` and ``send()``."""
 
     def __init__(
@@ -53,7 +54,7 @@ class TransportClosed(Exception):  # noqa: N818 - an event, not an error
         self.local = local
 
 
-class ConnectFailed(Exception):  # noqa: N818 - an event, not an error
+class ConnectFailed(Exception):
     """Opening failed; ``code`` is the HTTP status for ``HANDSHAKE_STATUS``."""
 
     def __init__(self, event: Event, code: int | None = None, reason: str = "") -> None:

@@ -6,17 +6,20 @@ Every aiohttp detail lives here: its exceptions, message types and close-code ac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl as ssl_module
 from typing import cast
 
 import aiohttp
 from aiohttp import WSMsgType
 
-from ..signals import Event
+from ..signals import Event, InvalidURLError
 from . import BINARY, TEXT, ConnectFailed, Frame, TransportClosed, TransportOptions
 
 _KINDS = {TEXT: WSMsgType.TEXT, BINARY: WSMsgType.BINARY}
 _ABNORMAL = 1006
+# Codes an endpoint may put in a close frame it sends (RFC 6455 7.4.1).
+_SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
 class AiohttpTransport:
@@ -24,7 +27,9 @@ class AiohttpTransport:
 
     __slots__ = ("_closing_locally", "_session", "_ws")
 
-    def __init__(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse[bool]
+    ) -> None:
         self._session = session
         self._ws = ws
         self._closing_locally = False
@@ -34,27 +39,45 @@ class AiohttpTransport:
         kind = msg.type
         if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
             return cast(Frame, msg)
-        raise self._ended(msg.type, msg.data, msg.extra)
-
-    def _ended(self, kind: WSMsgType, data: object, extra: object) -> TransportClosed:
         if kind is WSMsgType.CLOSE:
-            # aiohttp reports a close frame without a status as code 0; RFC 6455 says 1005.
-            code = cast(int, data) or 1005
-            return TransportClosed(Event.PEER_CLOSE, code, str(extra or ""))
+            raise await self._peer_closed(cast(int, msg.data), str(msg.extra or ""))
+        raise self._ended(msg.type, msg.data)
+
+    async def _peer_closed(self, code: int, reason: str) -> TransportClosed:
+        # Echo the peer's code (RFC 6455 5.5.1) rather than aiohttp's autoclose 1000:
+        # Discord treats a 1000 from the client as "end the session".
+        echo = code if 3000 <= code <= 4999 or code in _SENDABLE else 1000
+        with contextlib.suppress(OSError, aiohttp.ClientError, asyncio.TimeoutError):
+            await self._ws.close(code=echo)
+        await self._session.close()
+        # aiohttp reports a close frame without a status as code 0; RFC 6455 says 1005.
+        return TransportClosed(Event.PEER_CLOSE, code or 1005, reason)
+
+    def _ended(self, kind: WSMsgType, data: object) -> TransportClosed:
         if self._closing_locally or kind is WSMsgType.CLOSING:
             return TransportClosed(Event.LOCAL_CLOSE, self._ws.close_code, local=True)
         if kind is WSMsgType.ERROR:
             return self._error(cast(BaseException, data))
+        stored = self._ws.exception()
+        if isinstance(stored, aiohttp.ServerTimeoutError):
+            # The keepalive closed the socket while nobody was reading.
+            return self._error(stored)
         # CLOSED without a close frame: EOF or a dropped connection.
-        return TransportClosed(Event.NO_CLOSE_FRAME, _ABNORMAL, "connection lost without a close frame")
+        return TransportClosed(
+            Event.NO_CLOSE_FRAME, _ABNORMAL, "connection lost without a close frame"
+        )
 
     def _error(self, exc: BaseException) -> TransportClosed:
         if isinstance(exc, aiohttp.ServerTimeoutError):
-            ended = TransportClosed(Event.KEEPALIVE_TIMEOUT, _ABNORMAL, "no pong from the peer", local=True)
+            ended = TransportClosed(
+                Event.KEEPALIVE_TIMEOUT, _ABNORMAL, "no pong from the peer", local=True
+            )
         elif isinstance(exc, aiohttp.WebSocketError):
             ended = TransportClosed(Event.PROTOCOL_ERROR, exc.code, str(exc), local=True)
         else:
-            ended = TransportClosed(Event.TRANSPORT_ERROR, _ABNORMAL, f"{type(exc).__name__}: {exc}")
+            ended = TransportClosed(
+                Event.TRANSPORT_ERROR, _ABNORMAL, f"{type(exc).__name__}: {exc}"
+            )
         ended.__cause__ = exc
         return ended
 
@@ -62,6 +85,9 @@ class AiohttpTransport:
         try:
             await self._ws.send_frame(data, _KINDS[kind])
         except (OSError, aiohttp.ClientError, RuntimeError) as exc:
+            cause = self._ws.exception()
+            if isinstance(cause, aiohttp.ServerTimeoutError):
+                raise self._error(cause) from cause
             ended = TransportClosed(Event.TRANSPORT_ERROR, _ABNORMAL, f"send failed: {exc}")
             raise ended from exc
 
@@ -71,7 +97,9 @@ class AiohttpTransport:
             # aiohttp bounds the close handshake with ClientWSTimeout.ws_close; the outer
             # timeout is a second guard in case the writer itself blocks.
             timeout = self._ws._timeout.ws_close
-            await asyncio.wait_for(self._ws.close(code=code, message=reason.encode()), (timeout or 5) + 1)
+            await asyncio.wait_for(
+                self._ws.close(code=code, message=reason.encode()), (timeout or 5) + 1
+            )
         except (asyncio.TimeoutError, OSError, aiohttp.ClientError):
             pass
         finally:
@@ -92,14 +120,18 @@ def _connect_failure(exc: BaseException) -> ConnectFailed:
     if isinstance(exc, aiohttp.ClientResponseError):
         return ConnectFailed(Event.HANDSHAKE_STATUS, exc.status, f"HTTP {exc.status} {exc.message}")
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return ConnectFailed(Event.CONNECT_TLS_CERTIFICATE, None, f"certificate rejected: {exc.certificate_error}")
+        return ConnectFailed(
+            Event.CONNECT_TLS_CERTIFICATE, None, f"certificate rejected: {exc.certificate_error}"
+        )
     if isinstance(exc, ssl_module.SSLCertVerificationError):
         return ConnectFailed(Event.CONNECT_TLS_CERTIFICATE, None, f"certificate rejected: {exc}")
     if isinstance(exc, (aiohttp.ClientSSLError, ssl_module.SSLError)):
         return ConnectFailed(Event.CONNECT_TLS, None, f"TLS handshake failed: {exc}")
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return ConnectFailed(Event.CONNECT_DNS, None, f"name resolution failed: {exc.os_error}")
-    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ConnectionRefusedError):
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, ConnectionRefusedError
+    ):
         return ConnectFailed(Event.CONNECT_REFUSED, None, "connection refused")
     return ConnectFailed(Event.CONNECT_ERROR, None, f"{type(exc).__name__}: {exc}")
 
@@ -110,10 +142,11 @@ async def connect(url: str, options: TransportOptions) -> AiohttpTransport:
     try:
         opening = session.ws_connect(
             url,
-            autoclose=True,
+            autoclose=False,
             autoping=True,
             heartbeat=options.ping_interval,
-            max_msg_size=options.max_size or 0,
+            # aiohttp rejects a message of exactly max_msg_size; ours is the largest accepted.
+            max_msg_size=options.max_size + 1 if options.max_size else 0,
             compress=15 if options.compression else 0,
             headers=dict(options.headers),
             proxy=options.proxy,
@@ -127,7 +160,7 @@ async def connect(url: str, options: TransportOptions) -> AiohttpTransport:
         raise
     except (aiohttp.InvalidURL, ValueError) as exc:
         await session.close()
-        raise ConnectFailed(Event.CONNECT_ERROR, None, f"invalid URL: {exc}") from exc
+        raise InvalidURLError(f"cannot connect with this URL and these options: {exc}") from exc
     except (asyncio.TimeoutError, OSError, aiohttp.ClientError) as exc:
         await session.close()
         raise _connect_failure(exc) from exc

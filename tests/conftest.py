@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import pytest_asyncio
+
+from wavegate import Websocket
+from wavegate.testing import WebsocketTestServer
+
+
+@pytest_asyncio.fixture
+async def server() -> AsyncIterator[WebsocketTestServer]:
+    async with WebsocketTestServer() as running:
+        yield running
+
+
+WebsocketFactory = Callable[..., Websocket]
+
+
+@pytest_asyncio.fixture
+async def make_ws() -> AsyncIterator[WebsocketFactory]:
+    """Websockets that are disconnected after the test, whatever it did."""
+    made: list[Websocket] = []
+
+    def make(**options: object) -> Websocket:
+        ws = Websocket(**options)  # type: ignore[arg-type]
+        made.append(ws)
+        return ws
+
+    yield make
+    for ws in made:
+        await ws.disconnect()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``predicate()`` is true (checked every few ms), or fail."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.005)

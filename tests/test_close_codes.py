@@ -1,0 +1,79 @@
+"""Every close code of every preset, sent by a real server: the right signal, with its code."""
+
+from __future__ import annotations
+
+import pytest
+
+from wavegate import (
+    DISCORD_GATEWAY,
+    DISCORD_VOICE,
+    GENERIC,
+    Action,
+    ClosePolicy,
+    Event,
+    Signal,
+    WebsocketState,
+)
+from wavegate.testing import WebsocketTestServer
+
+from .conftest import WebsocketFactory
+
+CASES = [
+    (policy, code, action)
+    for policy in (DISCORD_VOICE, DISCORD_GATEWAY, GENERIC)
+    for code, action in [
+        *policy.codes.items(),
+        (4999, policy.unknown_code),
+        (3000, policy.unknown_code),
+    ]
+]
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "action"), CASES, ids=[f"{p.name}-{c}-{a.value}" for p, c, a in CASES]
+)
+async def test_peer_close_code_raises_the_policy_signal(
+    server: WebsocketTestServer,
+    make_ws: WebsocketFactory,
+    policy: ClosePolicy,
+    code: int,
+    action: Action,
+) -> None:
+    ws = make_ws(policy=policy)
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    # 1005 and 1006 may never appear in a close frame (RFC 6455 7.4.1): they are what
+    # a close frame without a status, and a connection lost without one, are reported as.
+    if code == 1006:
+        conn.drop()
+        expected = (1006, "connection lost without a close frame", Event.NO_CLOSE_FRAME)
+    elif code == 1005:
+        await conn.close(None)
+        expected = (1005, "", Event.PEER_CLOSE)
+    else:
+        await conn.close(code, f"reason {code}")
+        expected = (code, f"reason {code}", Event.PEER_CLOSE)
+    with pytest.raises(action.signal_type) as caught:
+        await ws.receive()
+    signal: Signal = caught.value
+    assert type(signal) is action.signal_type
+    assert (signal.code, signal.reason, signal.event) == expected
+    assert signal.initiated_locally is False
+    assert ws.state is WebsocketState.DISCONNECTED
+    assert (ws.close_code, ws.close_reason) == expected[:2]
+    await conn.wait_closed()
+    if code not in (1005, 1006):
+        # The client echoed the code: a 1000 would end a Discord session.
+        assert conn.close_received == (code, "")
+
+
+async def test_close_frame_without_status_is_1005(
+    server: WebsocketTestServer, make_ws: WebsocketFactory
+) -> None:
+    ws = make_ws()
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    await conn.close(None)
+    with pytest.raises(Action.RESUME.signal_type) as caught:
+        await ws.receive()
+    assert caught.value.code == 1005
