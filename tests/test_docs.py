@@ -1,0 +1,49 @@
+"""The documentation says what the code does."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from wavegate import PRESETS, Action, ClosePolicy
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+SECTION = {
+    "discord-voice": "DISCORD_VOICE",
+    "discord-gateway": "DISCORD_GATEWAY",
+    "generic": "GENERIC",
+}
+
+
+def documented_rows(name: str) -> tuple[dict[int, Action], dict[str, Action]]:
+    text = (DOCS / "policies.md").read_text()
+    section = text.split(f"## `{SECTION[name]}`", 1)[1].split("\n## ", 1)[0]
+    codes = {
+        int(code): Action(action)
+        for code, action in re.findall(r"^\| (\d{4}) \| (\w+) \|", section, re.M)
+    }
+    endings = dict(
+        re.findall(r"^\| ([a-zA-Z][^|]*?) \| (disconnect|reconnect|resume) \|$", section, re.M)
+    )
+    return codes, {key: Action(value) for key, value in endings.items()}
+
+
+@pytest.mark.parametrize("policy", list(PRESETS.values()), ids=list(PRESETS))
+def test_policy_docs_match_the_presets(policy: ClosePolicy) -> None:
+    codes, endings = documented_rows(policy.name)
+    assert codes == dict(policy.codes)
+    assert (
+        endings[
+            "unknown code"
+            if "unknown code" in endings
+            else next(k for k in endings if k.startswith("unknown"))
+        ]
+        is policy.unknown_code
+    )
+    assert endings["TCP drop, no close frame"] is policy.no_close_frame
+    assert endings["transport error mid-session"] is policy.transport_error
+    assert (
+        next(v for k, v in endings.items() if k.startswith("keepalive")) is policy.keepalive_timeout
+    )
