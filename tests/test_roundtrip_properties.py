@@ -31,23 +31,23 @@ json_objects = st.dictionaries(st.text(), json_values, max_size=8)
 
 async def echo_through(payloads: list[Any], *, stdlib: bool = False) -> list[Any]:
     """Send each payload client -> server -> client and return what came back."""
-    async with WebsocketTestServer() as server:
-        async with Websocket(json_codec=STDLIB) if stdlib else Websocket() as ws:
-            await ws.connect(server.url)
-            conn = await server.accepted()
-            back: list[Any] = []
-            for payload in payloads:
-                if isinstance(payload, bytes):
-                    await ws.send_bytes(payload)
-                    _, data = await conn.receive()
-                    await conn.send_bytes(data)
-                else:
-                    await ws.send_json(payload)
-                    await conn.send_text((await conn.receive())[1])
-                packet = await ws.receive()
-                assert isinstance(packet, (WebsocketPacketBytes, WebsocketPacketJSON))
-                back.append(packet.payload)
-            return back
+    client = Websocket(json_codec=STDLIB) if stdlib else Websocket()
+    async with WebsocketTestServer() as server, client as ws:
+        await ws.connect(server.url)
+        conn = await server.accepted()
+        back: list[Any] = []
+        for payload in payloads:
+            if isinstance(payload, bytes):
+                await ws.send_bytes(payload)
+                _, data = await conn.receive()
+                await conn.send_bytes(data)
+            else:
+                await ws.send_json(payload)
+                await conn.send_text((await conn.receive())[1])
+            packet = await ws.receive()
+            assert isinstance(packet, (WebsocketPacketBytes, WebsocketPacketJSON))
+            back.append(packet.payload)
+        return back
 
 
 @settings(max_examples=40, deadline=None)
