@@ -19,6 +19,8 @@ import asyncio
 import contextlib
 import itertools
 import json
+import select
+import socket
 import struct
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -127,6 +129,26 @@ class ServerConnection:
         """Drop the TCP connection at once, with no close frame."""
         transport = self._writer.transport
         if not transport.is_closing():
+            transport.abort()
+
+    async def reset(self) -> None:
+        """Fail the connection as a network fault would, at one instant: every byte the
+        client wrote before now is read, then a TCP RST (no close frame) is sent.
+
+        Unlike :meth:`drop`, nothing the client sent before the call is lost, so a
+        test can tell the client's losses from the fault's. Frames the server wrote
+        that the client has not read yet are discarded by the client's kernel.
+        """
+        transport = self._writer.transport
+        if transport.is_closing():
+            return
+        sock = self._writer.get_extra_info("socket")
+        for _ in range(1000):  # a few loop turns move pending bytes into the reader
+            await asyncio.sleep(0)
+            if transport.is_closing() or not select.select([sock.fileno()], [], [], 0)[0]:
+                break
+        if not transport.is_closing():
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             transport.abort()
 
     async def wait_closed(self, timeout: float = 5.0) -> None:

@@ -90,6 +90,12 @@ class AiohttpTransport:
                 raise self._error(cause) from cause
             ended = TransportClosed(Event.TRANSPORT_ERROR, _ABNORMAL, f"send failed: {exc}")
             raise ended from exc
+        if self._ws._writer.transport.is_closing():
+            # asyncio swallows a write that fails at once (reset or broken pipe) and
+            # closes the transport: the frame did not leave, so say so.
+            raise TransportClosed(
+                Event.TRANSPORT_ERROR, _ABNORMAL, "connection lost; frame not sent"
+            )
 
     async def close(self, code: int, reason: str) -> None:
         self._closing_locally = True

@@ -1,0 +1,99 @@
+"""Retry delays: exponential backoff with full jitter, a cap and a reset (pure).
+
+The clock and the random source are injectable, so tests run with a fake clock and a
+seeded generator and never sleep.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How long to wait before each retry.
+
+    The delay before retry ``n`` (0-based) is uniform in
+    ``[0, min(cap, base * factor**n)]`` ("full jitter"), so many clients that failed
+    together do not retry together.
+
+    Attributes:
+        base: the ceiling of the first delay, in seconds.
+        factor: growth of the ceiling per failed attempt.
+        cap: the largest ceiling.
+        max_attempts: consecutive failed attempts allowed before giving up
+            (``None``: never give up).
+        reset_after: seconds a connection must stay healthy before the attempt count
+            starts again from zero.
+    """
+
+    base: float = 0.5
+    factor: float = 2.0
+    cap: float = 30.0
+    max_attempts: int | None = 10
+    reset_after: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.base <= 0 or self.cap <= 0:
+            raise ValueError("base and cap must be positive")
+        if self.factor < 1:
+            raise ValueError("factor must be at least 1")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1 or None")
+        if self.reset_after < 0:
+            raise ValueError("reset_after must not be negative")
+
+    def ceiling(self, attempt: int) -> float:
+        """The largest delay before retry number ``attempt`` (0-based)."""
+        # Compare exponents rather than computing factor**attempt, which overflows.
+        if self.factor == 1 or attempt < 64:
+            return min(self.cap, self.base * self.factor ** min(attempt, 64))
+        return self.cap
+
+
+class RetrySchedule:
+    """Counts consecutive failures and hands out the delay before the next attempt.
+
+    Call :meth:`healthy` when a connection becomes usable; the count resets only if it
+    then stays up for ``backoff.reset_after`` seconds (checked at the next failure).
+    """
+
+    def __init__(
+        self,
+        backoff: Backoff,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.backoff = backoff
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._attempts = 0
+        self._healthy_since: float | None = None
+
+    @property
+    def attempts(self) -> int:
+        """Consecutive failed attempts so far."""
+        return self._attempts
+
+    def healthy(self) -> None:
+        """A connection is up (the reset clock starts)."""
+        self._healthy_since = self._clock()
+
+    def next_delay(self) -> float | None:
+        """Seconds to wait before the next attempt, or ``None`` when attempts are spent."""
+        if (
+            self._healthy_since is not None
+            and self._clock() - self._healthy_since >= self.backoff.reset_after
+        ):
+            self._attempts = 0
+        self._healthy_since = None
+        limit = self.backoff.max_attempts
+        if limit is not None and self._attempts >= limit:
+            return None
+        delay = self._rng.uniform(0, self.backoff.ceiling(self._attempts))
+        self._attempts += 1
+        return delay

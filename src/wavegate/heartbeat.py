@@ -1,0 +1,79 @@
+"""Application heartbeats: ACK tracking, latency and zombie detection (pure)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+
+class HeartbeatTracker:
+    """Decides when a connection is a zombie.
+
+    Call :meth:`beat` at each heartbeat tick: it returns the nonce to send, or
+    ``None`` when the connection is a zombie (``max_missed`` beats in a row got no ACK,
+    or nothing at all arrived for ``silence_factor`` intervals). Call :meth:`ack` for
+    each ACK and :meth:`frame_received` for every frame.
+    """
+
+    def __init__(
+        self,
+        interval: float,
+        *,
+        max_missed: int = 2,
+        silence_factor: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError(f"heartbeat interval must be positive, got {interval!r}")
+        if max_missed < 1:
+            raise ValueError("max_missed must be at least 1")
+        self.interval = interval
+        self.max_missed = max_missed
+        self.silence_factor = silence_factor
+        self._clock = clock
+        self._pending: tuple[int, float] | None = None
+        self.missed = 0
+        self.latencies: deque[float] = deque(maxlen=20)
+        self._last_frame = clock()
+        self._nonce = int(clock() * 1000) % (1 << 52)
+
+    @property
+    def latency(self) -> float | None:
+        """The last measured round trip in seconds."""
+        return self.latencies[-1] if self.latencies else None
+
+    def frame_received(self) -> None:
+        """Any frame arrived: the peer is alive."""
+        self._last_frame = self._clock()
+
+    def zombie_reason(self) -> str | None:
+        """Why the connection counts as dead, or ``None`` while it is healthy."""
+        if self.missed >= self.max_missed:
+            return f"{self.missed} heartbeats in a row got no ACK"
+        silent = self._clock() - self._last_frame
+        if silent > self.silence_factor * self.interval:
+            return f"nothing received for {silent:.2f}s"
+        return None
+
+    def beat(self) -> int | None:
+        """The nonce for the next heartbeat, or ``None`` if the connection is a zombie."""
+        if self._pending is not None:
+            self.missed += 1
+        if self.zombie_reason() is not None:
+            return None
+        # JSON-safe nonces below 2**53 (Discord rejects larger ones).
+        self._nonce = (self._nonce + 1) % (1 << 52)
+        self._pending = (self._nonce, self._clock())
+        return self._nonce
+
+    def ack(self, nonce: object) -> float | None:
+        """Record an ACK; the round trip in seconds, or ``None`` for an unexpected nonce."""
+        self.frame_received()
+        if self._pending is None or nonce != self._pending[0]:
+            return None
+        latency = self._clock() - self._pending[1]
+        self._pending = None
+        self.missed = 0
+        self.latencies.append(latency)
+        return latency

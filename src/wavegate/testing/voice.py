@@ -1,0 +1,391 @@
+"""A fake Discord voice gateway v8 on loopback, with fault injection.
+
+It speaks the server side of the voice gateway (HELLO first; IDENTIFY -> READY;
+SELECT_PROTOCOL -> SESSION_DESCRIPTION; HEARTBEAT -> ACK; RESUME -> RESUMED + replay,
+or 4006), numbers its messages with ``seq`` and keeps a bounded replay buffer per
+session, and records everything each client sent, so tests can prove nothing was lost.
+
+    async with FakeVoiceGateway(heartbeat_interval=0.1) as gateway:
+        client = VoiceClient(gateway.url, credentials)
+        ...
+        await gateway.send_speaking("user", n)        # a numbered server message
+        await gateway.close_session("session", 4015)   # faults
+        await gateway.drop("session")
+        gateway.stop_acking("session")
+        gateway.expire("session")
+
+It never imports the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from .frames import BINARY
+from .server import ConnectionDropped, ServerConnection, WebsocketTestServer
+
+_KNOWN_CLIENT_OPS = frozenset({0, 1, 3, 5, 7, 23, 31, 32})
+
+
+@dataclass
+class FakeVoiceSession:
+    """The server's view of one voice session.
+
+    Attributes:
+        received: every application message the client sent, as ``(op, d)``
+            (JSON) or ``(op, body)`` (binary), in order.
+        sent: numbered messages the server produced in this session.
+        replayed: messages resent after RESUMEs.
+        seq_ack: the last ``seq_ack`` the client reported.
+    """
+
+    session_id: str
+    user_id: str
+    token: str
+    generation: int = 0
+    seq: int = 0
+    buffer: deque[tuple[int, int, bytes]] = field(default_factory=deque)
+    """``(counter, frame opcode, frame payload)`` of recent numbered messages."""
+    received: list[tuple[int, Any]] = field(default_factory=list)
+    sent: int = 0
+    replayed: int = 0
+    seq_ack: int = -1
+    heartbeats: int = 0
+    resumes: int = 0
+    expired: bool = False
+    acking: bool = True
+    mute: ServerConnection | None = None
+    """A connection whose heartbeats are not answered (a zombie)."""
+    ack_delay: float = 0.0
+    conn: ServerConnection | None = None
+    live: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __repr__(self) -> str:
+        return f"<FakeVoiceSession user={self.user_id} seq={self.seq} sent={self.sent}>"
+
+
+class FakeVoiceGateway:
+    """A voice gateway v8 server on 127.0.0.1 (async context manager).
+
+    Args:
+        heartbeat_interval: seconds, announced in HELLO (in ms, as Discord does).
+        replay_size: numbered messages kept per session for resumes.
+        heartbeat_timeout_factor: close with 4009 when no heartbeat came for this
+            many intervals.
+        valid_tokens: when given, IDENTIFY with another token is closed with 4004.
+        modes: encryption modes offered in READY.
+        host, port: where to listen (loopback).
+    """
+
+    def __init__(
+        self,
+        *,
+        heartbeat_interval: float = 0.25,
+        replay_size: int = 256,
+        heartbeat_timeout_factor: float = 3.0,
+        valid_tokens: set[str] | None = None,
+        modes: tuple[str, ...] = ("aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"),
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.heartbeat_interval = heartbeat_interval
+        self.replay_size = replay_size
+        self.heartbeat_timeout_factor = heartbeat_timeout_factor
+        self.valid_tokens = valid_tokens
+        self.modes = modes
+        self.server = WebsocketTestServer(self._handle, host=host, port=port)
+        self.sessions: dict[str, FakeVoiceSession] = {}
+        self.identifies = 0
+        self.resumes = 0
+        self.resumes_refused = 0
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port/?v=8``."""
+        return self.server.url + "?v=8"
+
+    async def __aenter__(self) -> FakeVoiceGateway:
+        await self.server.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.server.stop()
+
+    # -- sending numbered messages ---------------------------------------------------
+
+    def session(self, session_id: str) -> FakeVoiceSession:
+        """The session called ``session_id`` (KeyError if none)."""
+        return self.sessions[session_id]
+
+    async def wait_live(self, session_id: str, timeout: float = 5.0) -> FakeVoiceSession:
+        """Wait until ``session_id`` exists and has a live, authenticated connection."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # Re-read each turn: a new IDENTIFY replaces the session object.
+        while (session := self.sessions.get(session_id)) is None or not session.live.is_set():
+            if loop.time() > deadline:
+                raise asyncio.TimeoutError(f"session {session_id!r} not live within {timeout}s")
+            await asyncio.sleep(0.002)
+        return session
+
+    async def send(self, session_id: str, op: int, data: Any) -> int:
+        """Send a numbered JSON message; returns its ``seq``. Buffered for replay, and
+        written at once if the session has a live connection."""
+        session = self.sessions[session_id]
+        seq = self._next_seq(session)
+        frame = json.dumps({"op": op, "seq": seq, "d": data}, separators=(",", ":")).encode()
+        await self._emit(session, 0x1, frame)
+        return seq
+
+    async def send_speaking(self, session_id: str, number: int) -> int:
+        """Send op 5 SPEAKING carrying ``number`` as its ssrc (handy numbered traffic)."""
+        session = self.sessions[session_id]
+        return await self.send(
+            session_id, 5, {"user_id": session.user_id, "ssrc": number, "speaking": 1}
+        )
+
+    async def send_binary(self, session_id: str, op: int, body: bytes) -> int:
+        """Send a numbered binary (DAVE) frame: ``>HB`` seq and op, then the body."""
+        session = self.sessions[session_id]
+        seq = self._next_seq(session)
+        await self._emit(session, BINARY, struct.pack(">HB", seq, op) + body)
+        return seq
+
+    def _next_seq(self, session: FakeVoiceSession) -> int:
+        session.seq = (session.seq + 1) % (1 << 16)
+        session.sent += 1
+        return session.seq
+
+    async def _emit(self, session: FakeVoiceSession, opcode: int, frame: bytes) -> None:
+        session.buffer.append((session.sent, opcode, frame))
+        while len(session.buffer) > self.replay_size:
+            session.buffer.popleft()
+        conn = session.conn
+        if conn is not None and session.live.is_set():
+            with contextlib.suppress(ConnectionDropped, ConnectionError):
+                await conn.send_frame(opcode, frame)
+
+    # -- faults -----------------------------------------------------------------------
+
+    async def close_session(self, session_id: str, code: int | None, reason: str = "") -> None:
+        """Close the session's connection with ``code`` (a close frame)."""
+        session = self.sessions[session_id]
+        session.live.clear()
+        if session.conn is not None:
+            await session.conn.close(code, reason)
+
+    async def drop(self, session_id: str) -> None:
+        """Fail the session's TCP connection with no close frame (see ``reset()``)."""
+        session = self.sessions[session_id]
+        session.live.clear()
+        if session.conn is not None:
+            await session.conn.reset()
+
+    def stop_acking(self, session_id: str, *, permanently: bool = False) -> None:
+        """Stop answering heartbeats on the session's current connection (a zombie
+        connection), or on every connection from now on when ``permanently``."""
+        session = self.sessions[session_id]
+        session.mute = session.conn
+        if permanently:
+            session.acking = False
+
+    def resume_acking(self, session_id: str) -> None:
+        """Answer the session's heartbeats again."""
+        session = self.sessions[session_id]
+        session.acking = True
+        session.mute = None
+
+    def delay_acks(self, session_id: str, seconds: float) -> None:
+        """Answer the session's heartbeats ``seconds`` late."""
+        self.sessions[session_id].ack_delay = seconds
+
+    def expire(self, session_id: str) -> None:
+        """Forget the session's replay buffer: its next RESUME is refused with 4006."""
+        self.sessions[session_id].expired = True
+
+    async def send_unknown(self, session_id: str, op: int = 18, data: Any = None) -> None:
+        """Send an op the client must ignore (undocumented ops 15/18/20 by default 18)."""
+        conn = self.sessions[session_id].conn
+        if conn is not None:
+            await conn.send_json({"op": op, "d": data if data is not None else {"flags": 2}})
+
+    def reject_handshakes(self, status: int) -> None:
+        """Answer new opening handshakes with HTTP ``status``."""
+        self.server.reject_handshakes(status)
+
+    def stall_handshakes(self) -> None:
+        """Never answer new opening handshakes."""
+        self.server.stall_handshakes()
+
+    def accept_handshakes(self) -> None:
+        """Answer opening handshakes normally again."""
+        self.server.accept_handshakes()
+
+    # -- the protocol -----------------------------------------------------------------
+
+    async def _handle(self, conn: ServerConnection) -> None:
+        interval_ms = self.heartbeat_interval * 1000
+        await conn.send_json({"op": 8, "d": {"v": 8, "heartbeat_interval": interval_ms}})
+        session: FakeVoiceSession | None = None
+        limit = self.heartbeat_timeout_factor * self.heartbeat_interval
+        last_heartbeat = time.monotonic()
+        try:
+            while True:
+                remaining = last_heartbeat + limit - time.monotonic()
+                if remaining <= 0:
+                    await conn.close(4009, "heartbeat timeout")
+                    return
+                try:
+                    opcode, data = await conn.receive(timeout=remaining)
+                except asyncio.TimeoutError:
+                    continue
+                if opcode == BINARY:
+                    if session is None:
+                        await conn.close(4003, "not authenticated")
+                        return
+                    session.received.append((data[0] if data else -1, data[1:]))
+                    continue
+                try:
+                    message = json.loads(data)
+                    op, payload = message["op"], message.get("d")
+                except (ValueError, KeyError, TypeError):
+                    await conn.close(4002, "failed to decode payload")
+                    return
+                if op not in _KNOWN_CLIENT_OPS:
+                    await conn.close(4001, "unknown opcode")
+                    return
+                if session is None:
+                    if op == 3:
+                        last_heartbeat = time.monotonic()
+                        await conn.send_json({"op": 6, "d": {"t": (payload or {}).get("t")}})
+                        continue
+                    session = await self._authenticate(conn, op, payload)
+                    if session is None:
+                        return
+                    continue
+                if op in (0, 7):
+                    await conn.close(4005, "already authenticated")
+                    return
+                if op == 3:
+                    last_heartbeat = time.monotonic()
+                    await self._heartbeat(conn, session, payload)
+                elif op == 1:
+                    await conn.send_json({"op": 4, "d": {
+                        "mode": (payload or {}).get("data", {}).get("mode", self.modes[0]),
+                        "secret_key": list(range(32)),
+                        "dave_protocol_version": 0,
+                    }})  # fmt: skip
+                else:
+                    session.received.append((op, payload))
+        except ConnectionDropped:
+            return
+        finally:
+            if session is not None and session.conn is conn:
+                session.live.clear()
+
+    async def _authenticate(
+        self, conn: ServerConnection, op: int, payload: Any
+    ) -> FakeVoiceSession | None:
+        if not isinstance(payload, dict):
+            await conn.close(4002, "failed to decode payload")
+            return None
+        if op == 0:
+            return await self._identify(conn, payload)
+        if op == 7:
+            return await self._resume(conn, payload)
+        await conn.close(4003, "not authenticated")
+        return None
+
+    async def _identify(
+        self, conn: ServerConnection, payload: dict[str, Any]
+    ) -> FakeVoiceSession | None:
+        try:
+            session_id = str(payload["session_id"])
+            user_id = str(payload["user_id"])
+            token = str(payload["token"])
+            str(payload["server_id"])
+        except KeyError:
+            await conn.close(4020, "bad request")
+            return None
+        if self.valid_tokens is not None and token not in self.valid_tokens:
+            await conn.close(4004, "authentication failed")
+            return None
+        old = self.sessions.get(session_id)
+        if old is not None and old.conn is not None and old.conn is not conn:
+            old.conn.drop()
+        session = FakeVoiceSession(session_id, user_id, token)
+        session.generation = 0 if old is None else old.generation + 1
+        self.sessions[session_id] = session
+        self.identifies += 1
+        session.conn = conn
+        ready = {"ssrc": 1000 + len(self.sessions), "ip": "127.0.0.1", "port": 50000}
+        await conn.send_json({"op": 2, "d": {**ready, "modes": list(self.modes)}})
+        session.live.set()
+        return session
+
+    async def _resume(
+        self, conn: ServerConnection, payload: dict[str, Any]
+    ) -> FakeVoiceSession | None:
+        session = self.sessions.get(str(payload.get("session_id")))
+        seq_ack = payload.get("seq_ack", -1)
+        replay = None
+        if session is not None and not session.expired and payload.get("token") == session.token:
+            replay = self._replay_after(session, seq_ack)
+        if session is None or replay is None:
+            self.resumes_refused += 1
+            await conn.close(4006, "session no longer valid")
+            return None
+        if session.conn is not None and session.conn is not conn:
+            session.conn.drop()
+        session.conn = conn
+        session.seq_ack = seq_ack
+        session.resumes += 1
+        self.resumes += 1
+        await conn.send_json({"op": 9, "d": None})
+        for _, opcode, frame in replay:
+            session.replayed += 1
+            await conn.send_frame(opcode, frame)
+        session.live.set()
+        return session
+
+    @staticmethod
+    def _replay_after(
+        session: FakeVoiceSession, seq_ack: int
+    ) -> list[tuple[int, int, bytes]] | None:
+        """Buffered messages after ``seq_ack``, or ``None`` if some are gone."""
+        buffer = list(session.buffer)
+        if seq_ack == session.seq and (seq_ack != -1 or session.sent == 0):
+            return []
+        if seq_ack == -1:
+            return buffer if buffer and buffer[0][0] == 1 else ([] if session.sent == 0 else None)
+        for index in range(len(buffer) - 1, -1, -1):
+            counter = buffer[index][0]
+            if counter % (1 << 16) == seq_ack:
+                return buffer[index + 1 :]
+        return None
+
+    async def _heartbeat(
+        self, conn: ServerConnection, session: FakeVoiceSession, payload: Any
+    ) -> None:
+        session.heartbeats += 1
+        data = payload if isinstance(payload, dict) else {}
+        if isinstance(data.get("seq_ack"), int):
+            session.seq_ack = data["seq_ack"]
+        if not session.acking or conn is session.mute:
+            return
+        if session.ack_delay:
+            await asyncio.sleep(session.ack_delay)
+        await conn.send_json({"op": 6, "d": {"t": data.get("t")}})
