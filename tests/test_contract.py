@@ -176,6 +176,19 @@ async def test_send_after_tcp_drop_raises_a_signal(
     assert ws.disconnected
 
 
+async def test_first_send_after_a_connection_reset_raises_instead_of_vanishing(
+    server: WebsocketTestServer, make_ws: WebsocketFactory
+) -> None:
+    # asyncio swallows a write that fails at once; the transport must notice it.
+    ws = make_ws()
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    await conn.reset()
+    with pytest.raises(ResumeSignal):
+        await ws.send_json({"op": 3})
+    assert ws.disconnected
+
+
 async def test_send_after_local_disconnect_raises_disconnect_signal(
     server: WebsocketTestServer, make_ws: WebsocketFactory
 ) -> None:

@@ -1,5 +1,6 @@
 """wavegate: resilient websocket connections to real-time gateways."""
 
+from .backoff import Backoff, RetrySchedule
 from .codec import JSONCodec
 from .packets import (
     WebsocketPacket,
@@ -29,6 +30,14 @@ from .signals import (
     Signal,
     WavegateError,
 )
+from .session import (
+    EventKind,
+    Outcome,
+    Session,
+    SessionEvent,
+    SessionProtocol,
+    SessionState,
+)
 from .websocket import Websocket, WebsocketState, WebsocketStats
 
 __version__ = "0.1.0"
@@ -39,18 +48,26 @@ __all__ = [
     "GENERIC",
     "PRESETS",
     "Action",
+    "Backoff",
     "ClosePolicy",
     "DisconnectSignal",
     "EncodeError",
+    "EventKind",
     "Event",
     "InvalidURLError",
     "JSONCodec",
+    "Outcome",
     "PayloadError",
     "ReconnectSignal",
     "ResumeSignal",
+    "RetrySchedule",
     "SendQueueFullError",
     "SendTimeoutError",
+    "Session",
     "SessionClosedError",
+    "SessionEvent",
+    "SessionProtocol",
+    "SessionState",
     "Signal",
     "WavegateError",
     "Websocket",

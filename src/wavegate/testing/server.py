@@ -149,7 +149,12 @@ class ServerConnection:
                 break
         if not transport.is_closing():
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            raw = getattr(transport, "_sock", None)
             transport.abort()
+            if raw is not None:
+                # abort() stops reading now but closes the socket a loop turn later; a
+                # client write in between would land unread. Close (RST) right now.
+                raw.close()
 
     async def wait_closed(self, timeout: float = 5.0) -> None:
         """Wait until the TCP connection is gone."""

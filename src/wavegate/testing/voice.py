@@ -106,6 +106,8 @@ class FakeVoiceGateway:
         self.identifies = 0
         self.resumes = 0
         self.resumes_refused = 0
+        self.received_by_user: dict[str, list[tuple[int, Any]]] = {}
+        """Every application message each user sent, across all its sessions, in order."""
 
     @property
     def url(self) -> str:
@@ -256,7 +258,7 @@ class FakeVoiceGateway:
                     if session is None:
                         await conn.close(4003, "not authenticated")
                         return
-                    session.received.append((data[0] if data else -1, data[1:]))
+                    self._record(session, (data[0] if data else -1, data[1:]))
                     continue
                 try:
                     message = json.loads(data)
@@ -289,12 +291,16 @@ class FakeVoiceGateway:
                         "dave_protocol_version": 0,
                     }})  # fmt: skip
                 else:
-                    session.received.append((op, payload))
+                    self._record(session, (op, payload))
         except ConnectionDropped:
             return
         finally:
             if session is not None and session.conn is conn:
                 session.live.clear()
+
+    def _record(self, session: FakeVoiceSession, message: tuple[int, Any]) -> None:
+        session.received.append(message)
+        self.received_by_user.setdefault(session.user_id, []).append(message)
 
     async def _authenticate(
         self, conn: ServerConnection, op: int, payload: Any
