@@ -40,7 +40,11 @@ def anyio_backend() -> str:
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``predicate()`` is true (checked every few ms), or fail."""
+    """Wait until ``predicate()`` is true, or fail after ``timeout`` seconds.
+
+    For state owned by another component that offers no notification (a server's
+    counters); checked every few milliseconds, in this one place.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():

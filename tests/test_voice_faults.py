@@ -19,9 +19,11 @@ from wavegate.discord.voice import (
 )
 from wavegate.session import EventKind, SessionEvent
 from wavegate.signals import SendQueueFullError, SendTimeoutError, SessionClosedError
+from wavegate.testing.traffic import Traffic
 from wavegate.testing.voice import FakeVoiceGateway
 
-from .voice_harness import CREDENTIALS, Traffic
+from .conftest import eventually
+from .voice_harness import CREDENTIALS, assert_nothing_lost
 
 FAST = Backoff(base=0.01, cap=0.05, max_attempts=5)
 
@@ -54,8 +56,7 @@ async def test_4015_resumes_the_same_session_with_nothing_lost(gateway: FakeVoic
     client, traffic = await started(gateway, events)
     await gateway.close_session(CREDENTIALS.session_id, 4015, "voice server crashed")
     await traffic.run_for(20)
-    await traffic.stop()
-    traffic.assert_nothing_lost()
+    await assert_nothing_lost(traffic)
     lost = [event for event in events if event.kind is EventKind.CONNECTION_LOST]
     assert isinstance(lost[0].signal, ResumeSignal)
     assert lost[0].signal.code == 4015
@@ -80,8 +81,7 @@ async def test_tcp_drop_resumes_and_replays_with_nothing_lost(gateway: FakeVoice
     for _ in range(3):
         await gateway.drop(CREDENTIALS.session_id)
         await traffic.run_for(15)
-    await traffic.stop()
-    traffic.assert_nothing_lost()
+    await assert_nothing_lost(traffic)
     signals = [event.signal for event in events if event.kind is EventKind.CONNECTION_LOST]
     assert all(isinstance(signal, ResumeSignal) for signal in signals)
     assert {signal.event for signal in signals if signal} <= {
@@ -100,8 +100,7 @@ async def test_zombie_connection_is_closed_with_4000_and_resumed(gateway: FakeVo
     zombie = session.conn
     gateway.stop_acking(CREDENTIALS.session_id)
     await traffic.run_for(60)
-    await traffic.stop()
-    traffic.assert_nothing_lost()
+    await assert_nothing_lost(traffic)
     assert client.stats.zombies == 1
     assert "zombie" in kinds(events)
     assert zombie is not None
@@ -121,8 +120,7 @@ async def test_expired_replay_buffer_escalates_to_a_new_session(gateway: FakeVoi
     gateway.expire(CREDENTIALS.session_id)
     await gateway.close_session(CREDENTIALS.session_id, 4015)
     await traffic.run_for(20)
-    await traffic.stop()
-    traffic.assert_nothing_lost()
+    await assert_nothing_lost(traffic)
     assert gateway.resumes_refused == 1
     assert gateway.identifies == 2
     assert client.stats.reconnects == 1
@@ -138,8 +136,7 @@ async def test_4006_opens_a_new_session_never_resumes(gateway: FakeVoiceGateway)
     client, traffic = await started(gateway, events)
     await gateway.close_session(CREDENTIALS.session_id, 4006, "session no longer valid")
     await traffic.run_for(20)
-    await traffic.stop()
-    traffic.assert_nothing_lost()
+    await assert_nothing_lost(traffic)
     lost = next(event for event in events if event.kind is EventKind.CONNECTION_LOST)
     assert isinstance(lost.signal, ReconnectSignal)
     assert "resuming" not in kinds(events)
@@ -168,12 +165,10 @@ async def test_4014_within_the_move_grace_becomes_a_new_session(gateway: FakeVoi
     events: list[SessionEvent] = []
     client, traffic = await started(gateway, events, move_grace=2.0)
     await gateway.close_session(CREDENTIALS.session_id, 4014, "moved")
-    while "move_wait" not in kinds(events):
-        await asyncio.sleep(0.005)
+    await eventually(lambda: "move_wait" in kinds(events))
     client.move_to(gateway.url, token="token-NEW")
     await traffic.run_for(10)
-    await traffic.stop()
-    traffic.assert_nothing_lost()
+    await assert_nothing_lost(traffic)
     assert gateway.session(CREDENTIALS.session_id).token == "token-NEW"
     assert client.outcome is None
     await client.close()
@@ -210,8 +205,7 @@ async def test_a_server_that_always_refuses_resume_is_never_looped_on(
         await gateway.close_session(CREDENTIALS.session_id, 4015)
         await gateway.wait_live(CREDENTIALS.session_id)
         await traffic.run_for(3)
-    await traffic.stop()
-    traffic.assert_nothing_lost()
+    await assert_nothing_lost(traffic)
     # One RESUME per crash, each refused, each followed by exactly one new session.
     assert gateway.resumes_refused == 4
     assert gateway.identifies == 5
@@ -226,12 +220,10 @@ async def test_repeated_failed_resumes_escalate_after_max_resume_attempts(
     client, traffic = await started(gateway, events, max_resume_attempts=2)
     gateway.reject_handshakes(503)  # resumes cannot even connect
     await gateway.close_session(CREDENTIALS.session_id, 4015)
-    while "reconnect_scheduled" not in kinds(events):
-        await asyncio.sleep(0.005)
+    await eventually(lambda: "reconnect_scheduled" in kinds(events))
     gateway.accept_handshakes()
     await traffic.run_for(10)
-    await traffic.stop()
-    traffic.assert_nothing_lost()
+    await assert_nothing_lost(traffic)
     sequence = kinds(events)
     assert sequence.count("resuming") == 2
     assert "reconnect_scheduled" in sequence
@@ -264,8 +256,7 @@ async def test_first_connect_failure_is_retried_until_the_gateway_appears() -> N
         events: list[SessionEvent] = []
         client = VoiceClient(gateway.url, CREDENTIALS, backoff=FAST, on_event=events.append)
         await client.start()
-        while kinds(events).count("reconnect_scheduled") < 2:
-            await asyncio.sleep(0.005)
+        await eventually(lambda: kinds(events).count("reconnect_scheduled") >= 2)
         gateway.accept_handshakes()
         await client.wait_ready(5)
         await client.close()
@@ -278,15 +269,13 @@ async def test_sends_wait_across_a_reconnect_in_order(gateway: FakeVoiceGateway)
     await client.wait_ready(5)
     gateway.reject_handshakes(503)
     await gateway.close_session(CREDENTIALS.session_id, 4006)
-    while client.stats.reconnects == 0:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: client.stats.reconnects > 0)
     sends = [asyncio.create_task(client.send_speaking(1, ssrc=n)) for n in range(50)]
     await asyncio.sleep(0.05)
     assert not any(task.done() for task in sends)  # waiting, not failed
     gateway.accept_handshakes()
     await asyncio.wait_for(asyncio.gather(*sends), 5)
-    while len(gateway.received_by_user.get("user-1", [])) < 50:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: len(gateway.received_by_user.get("user-1", [])) >= 50)
     received = [d["ssrc"] for op, d in gateway.received_by_user["user-1"] if op == 5]
     assert received == list(range(50))
     await client.close()
@@ -322,8 +311,7 @@ async def test_a_timed_out_send_is_withdrawn_and_never_sent(gateway: FakeVoiceGa
     gateway.accept_handshakes()
     await client.wait_ready(5)
     await client.send_speaking(1, ssrc=8)
-    while not gateway.received_by_user.get("user-1"):
-        await asyncio.sleep(0.005)
+    await eventually(lambda: bool(gateway.received_by_user.get("user-1")))
     received = [d["ssrc"] for op, d in gateway.received_by_user["user-1"] if op == 5]
     assert received == [8]
     await client.close()
@@ -336,8 +324,7 @@ async def test_heartbeats_carry_seq_ack_across_sockets_and_measure_latency(
     client, traffic = await started(gateway, events)
     await traffic.stop()
     last_seq = gateway.session(CREDENTIALS.session_id).seq
-    while gateway.session(CREDENTIALS.session_id).seq_ack != last_seq:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: gateway.session(CREDENTIALS.session_id).seq_ack == last_seq)
     await gateway.drop(CREDENTIALS.session_id)
     await gateway.wait_live(CREDENTIALS.session_id)
     assert gateway.session(CREDENTIALS.session_id).seq_ack == last_seq  # RESUME carried it
@@ -366,8 +353,7 @@ async def test_unknown_ops_are_ignored_and_typed_payloads_delivered(
     assert proposals.operation_type == 1
     assert client.protocol.seq_ack == 3
     await client.send_binary(26, b"key-package")
-    while not gateway.received_by_user.get("user-1"):
-        await asyncio.sleep(0.005)
+    await eventually(lambda: bool(gateway.received_by_user.get("user-1")))
     assert gateway.received_by_user["user-1"] == [(26, b"key-package")]
     assert client.state.value == "ready"
     await client.close()
@@ -398,8 +384,7 @@ async def test_close_cancels_every_task_and_leaves_nothing_open(gateway: FakeVoi
     assert outcome.reason == "closed"
     assert client.ws.disconnected
     assert asyncio.all_tasks() - before - {asyncio.current_task()} == set()
-    while gateway.server.open_connections:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: gateway.server.open_connections == 0)
 
 
 async def test_no_token_or_session_id_in_any_log_record(

@@ -16,6 +16,14 @@ from .policy import (
     Action,
     ClosePolicy,
 )
+from .session import (
+    EventKind,
+    Outcome,
+    Session,
+    SessionEvent,
+    SessionProtocol,
+    SessionState,
+)
 from .signals import (
     DisconnectSignal,
     EncodeError,
@@ -29,14 +37,6 @@ from .signals import (
     SessionClosedError,
     Signal,
     WavegateError,
-)
-from .session import (
-    EventKind,
-    Outcome,
-    Session,
-    SessionEvent,
-    SessionProtocol,
-    SessionState,
 )
 from .websocket import Websocket, WebsocketState, WebsocketStats
 
@@ -52,8 +52,8 @@ __all__ = [
     "ClosePolicy",
     "DisconnectSignal",
     "EncodeError",
-    "EventKind",
     "Event",
+    "EventKind",
     "InvalidURLError",
     "JSONCodec",
     "Outcome",

@@ -1,9 +1,10 @@
-"""The ``wavegate`` command."""
+"""The ``wavegate`` command: ``demo`` and ``serve``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
 
@@ -13,16 +14,59 @@ def _parser() -> argparse.ArgumentParser:
         prog="wavegate", description="Resilient websocket connections to real-time gateways."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="scripted faults against an embedded fake gateway")
+    demo = commands.add_parser("demo", help="a voice client rides out a scripted fault storm")
     demo.add_argument("--core", action="store_true", help="only the core Websocket tour")
+    serve = commands.add_parser("serve", help="run the fake Discord voice gateway v8")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=8765, help="port (default 8765; 0 = any free port)"
+    )
+    serve.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval in seconds")
+    serve.add_argument(
+        "--replay-size", type=int, default=256, help="messages kept per session for resume"
+    )
+    serve.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     return parser
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from .testing.voice import FakeVoiceGateway
+
+    gateway = FakeVoiceGateway(
+        heartbeat_interval=args.heartbeat,
+        replay_size=args.replay_size,
+        host=args.host,
+        port=args.port,
+    )
+    async with gateway:
+        print(f"fake voice gateway v8 listening on {gateway.url}", flush=True)
+        print(f"  (heartbeat {args.heartbeat * 1000:.0f} ms; Ctrl-C to stop)", flush=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.Event().wait(), args.duration)
+    return 0
+
+
+def _install_uvloop() -> None:
+    """Use uvloop when it is installed; it is never required."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    if args.command == "demo":
-        from .demo import core_tour
+    _install_uvloop()
+    try:
+        if args.command == "demo":
+            from .demo import core_tour, storm
 
-        return asyncio.run(core_tour(sys.stdout))
+            return asyncio.run(core_tour(sys.stdout) if args.core else storm(sys.stdout))
+        if args.command == "serve":
+            return asyncio.run(_serve(args))
+    except KeyboardInterrupt:
+        return 130
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -1,16 +1,230 @@
-"""``wavegate demo``: scripted runs against the embedded fake servers."""
+"""``wavegate demo``: a voice client rides out a scripted fault storm on the fake gateway.
+
+While the client and the gateway exchange numbered messages both ways, the gateway
+crashes (4015), drops TCP, goes silent on heartbeats (zombie), expires its replay
+buffer, invalidates the session (4006) and finally kicks the client (4014). The
+timeline shows each event as it happens; the tally proves nothing was lost.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TextIO
 
+from .backoff import Backoff
+from .discord.voice import VoiceClient, VoiceCredentials
+from .session import EventKind, SessionEvent
 from .signals import Signal
 from .testing import WebsocketTestServer
+from .testing.traffic import Tally, Traffic
+from .testing.voice import FakeVoiceGateway
 from .websocket import Websocket
+
+try:
+    from rich.console import Console
+    from rich.table import Table
+except ImportError:  # pragma: no cover - rich is a declared dependency of the CLI
+    Console = None  # type: ignore[assignment,misc]
+
+_STYLE = {
+    EventKind.READY: "bold green",
+    EventKind.RESUMED: "bold green",
+    EventKind.CONNECTION_LOST: "bold red",
+    EventKind.ZOMBIE: "bold magenta",
+    EventKind.RESUME_SCHEDULED: "yellow",
+    EventKind.RECONNECT_SCHEDULED: "yellow",
+    EventKind.STOPPED: "bold cyan",
+}
+
+
+@dataclass
+class _Fault:
+    title: str
+    expect: str
+    inject: Callable[[], Awaitable[None]]
+    recovered_by: EventKind | None
+    """The event that ends the recovery (``None``: nothing to recover from)."""
+
+
+class _Printer:
+    """Writes the timeline: rich markup on a terminal, plain text otherwise."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.console = None
+        if Console is not None:
+            self.console = Console(file=out, highlight=False)
+            if not self.console.is_terminal:
+                self.console = Console(file=out, highlight=False, width=120)
+        self.started = time.monotonic()
+
+    def line(self, text: str, style: str = "") -> None:
+        stamp = f"{time.monotonic() - self.started:7.3f}s"
+        if self.console is not None:
+            self.console.print(f"[dim]{stamp}[/dim]  {text}", style=style or None)
+        else:
+            print(f"{stamp}  {text}", file=self.out, flush=True)
+
+    def event(self, event: SessionEvent) -> None:
+        if event.kind is EventKind.HEARTBEAT:
+            return
+        text = event.kind.value
+        if event.signal is not None and event.kind in (
+            EventKind.CONNECTION_LOST,
+            EventKind.STOPPED,
+        ):
+            text += f"  {type(event.signal).__name__}: {event.signal}"
+        if event.delay is not None and event.kind is not EventKind.STOPPED:
+            text += f"  (attempt {event.attempt}, in {event.delay * 1000:.0f} ms)"
+        if event.detail and event.kind is not EventKind.STOPPED:
+            text += f"  {event.detail}"
+        self.line(f"  client: {text}", _STYLE.get(event.kind, ""))
+
+
+async def storm(out: TextIO) -> int:
+    """Run the fault storm; 0 if nothing was lost and every fault ended as expected."""
+    printer = _Printer(out)
+    credentials = VoiceCredentials("guild-42", "user-7", "voice-session-id", "voice-token")
+    recovered = asyncio.Event()
+    awaited: list[EventKind] = []
+
+    def on_event(event: SessionEvent) -> None:
+        printer.event(event)
+        if event.kind in awaited:
+            recovered.set()
+
+    async with FakeVoiceGateway(heartbeat_interval=0.1) as gateway:
+        printer.line(f"fake voice gateway v8 on {gateway.url} (heartbeat 100 ms)", "bold")
+        client = VoiceClient(
+            gateway.url,
+            credentials,
+            backoff=Backoff(base=0.05, cap=0.5, max_attempts=8),
+            websocket=Websocket(open_timeout=2, close_timeout=1),
+            on_event=on_event,
+        )
+        sid = credentials.session_id
+        traffic = Traffic(gateway, client, period=0.003)
+        resumed, ready = EventKind.RESUMED, EventKind.READY
+        faults = [
+            _Fault("server crash: close 4015, 20 messages sent while down", "resume + replay",
+                   lambda: _crash_with_backlog(gateway, sid, traffic), resumed),
+            _Fault("TCP drop, no close frame", "resume", lambda: gateway.drop(sid), resumed),
+            _Fault("zombie: server stops ACKing heartbeats", "resume",
+                   _sync(lambda: gateway.stop_acking(sid)), resumed),
+            _Fault("replay buffer expired, then 4015", "resume refused -> new session",
+                   lambda: _expire_and_crash(gateway, sid), ready),
+            _Fault("session invalidated: close 4006", "new session",
+                   lambda: gateway.close_session(sid, 4006, "session no longer valid"), ready),
+            _Fault("unknown ops 15/18/20 from the server", "ignored",
+                   lambda: _unknown_ops(gateway, sid), None),
+        ]  # fmt: skip
+        await client.start()
+        await client.wait_ready(5)
+        traffic.start()
+        await traffic.run_for(30)
+        recoveries: list[tuple[str, str, float | None]] = []
+        for fault in faults:
+            printer.line(f"FAULT {fault.title}  (expect: {fault.expect})", "bold reverse")
+            awaited[:] = [fault.recovered_by] if fault.recovered_by else []
+            recovered.clear()
+            started = time.monotonic()
+            await fault.inject()
+            if fault.recovered_by:
+                await asyncio.wait_for(recovered.wait(), 10)
+                recoveries.append((fault.title, fault.expect, time.monotonic() - started))
+            else:
+                recoveries.append((fault.title, fault.expect, None))
+            await traffic.run_for(40)
+        printer.line("FAULT kicked: close 4014  (expect: stop)", "bold reverse")
+        await gateway.close_session(sid, 4014, "disconnected")
+        outcome = await asyncio.wait_for(client.wait_closed(), 10)
+        tally = await traffic.stop()
+        replayed = gateway.replayed
+
+    ok = tally.perfect and outcome.reason == "disconnect" and outcome.code == 4014
+    _report(printer, tally, client, recoveries, outcome_text=str(outcome), replayed=replayed, ok=ok)
+    return 0 if ok else 1
+
+
+async def _crash_with_backlog(gateway: FakeVoiceGateway, session_id: str, traffic: Traffic) -> None:
+    await gateway.close_session(session_id, 4015, "crashed")
+    await traffic.server_burst(20)
+
+
+def _sync(action: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        action()
+
+    return run
+
+
+async def _expire_and_crash(gateway: FakeVoiceGateway, session_id: str) -> None:
+    gateway.expire(session_id)
+    await gateway.close_session(session_id, 4015, "crashed")
+
+
+async def _unknown_ops(gateway: FakeVoiceGateway, session_id: str) -> None:
+    for op in (15, 18, 20):
+        await gateway.send_unknown(session_id, op)
+
+
+def _report(
+    printer: _Printer,
+    tally: Tally,
+    client: VoiceClient,
+    recoveries: list[tuple[str, str, float | None]],
+    *,
+    outcome_text: str,
+    replayed: int,
+    ok: bool,
+) -> None:
+    stats = client.stats
+    rows = [
+        ("client -> server", f"{tally.client_sent} sent", f"{tally.server_received} received"),
+        ("server -> client", f"{tally.server_sent} sent", f"{tally.client_received} received"),
+        ("replayed after resume", str(replayed), ""),
+        (
+            "lost / duplicated / out of order",
+            f"{tally.lost} / {tally.duplicated} / {tally.out_of_order}",
+            "",
+        ),
+        (
+            "resumes / new sessions / zombies",
+            f"{stats.resumes} / {stats.reconnects} / {stats.zombies}",
+            "",
+        ),
+        ("final outcome", outcome_text, ""),
+    ]
+    if printer.console is not None:
+        table = Table(title="tally", show_header=False)
+        for row in rows:
+            table.add_row(*row)
+        printer.console.print(table)
+        timing = Table("fault", "expected", "recovered in")
+        for title, expect, seconds in recoveries:
+            timing.add_row(title, expect, "-" if seconds is None else f"{seconds * 1000:.1f} ms")
+        printer.console.print(timing)
+    else:
+        for row in rows:
+            print("  ".join(row), file=printer.out)
+        for title, expect, seconds in recoveries:
+            shown = "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+            print(f"{title}: {expect}, recovered in {shown}", file=printer.out)
+    timed = [seconds for _, _, seconds in recoveries if seconds is not None]
+    if timed:
+        printer.line(f"median time to recover: {statistics.median(timed) * 1000:.1f} ms")
+    printer.line(
+        "PASS: nothing lost" if ok else "FAIL: see the tally above",
+        "bold green" if ok else "bold red",
+    )
 
 
 async def core_tour(out: TextIO) -> int:
-    """Connect, receive packets, then show each of the three signals happening."""
+    """The core ``Websocket`` alone: packets, then each of the three signals."""
 
     def say(text: str) -> None:
         print(text, file=out, flush=True)

@@ -256,11 +256,9 @@ def encode_binary(op: int, body: bytes) -> bytes:
 
 def voice_url(endpoint: str) -> str:
     """The v8 gateway URL for a VOICE_SERVER_UPDATE endpoint, keeping its port."""
-    if endpoint.startswith(("ws://", "wss://")):
-        base = endpoint.rstrip("/")
-    else:
-        base = "wss://" + endpoint.rstrip("/")
-    base = base.split("?", 1)[0]
+    base = endpoint.split("?", 1)[0].rstrip("/")
+    if not base.startswith(("ws://", "wss://")):
+        base = "wss://" + base
     return f"{base}/?v=8"
 
 

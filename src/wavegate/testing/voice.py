@@ -106,6 +106,8 @@ class FakeVoiceGateway:
         self.identifies = 0
         self.resumes = 0
         self.resumes_refused = 0
+        self.replayed = 0
+        """Messages resent after RESUMEs, over all sessions."""
         self.received_by_user: dict[str, list[tuple[int, Any]]] = {}
         """Every application message each user sent, across all its sessions, in order."""
 
@@ -363,6 +365,7 @@ class FakeVoiceGateway:
         await conn.send_json({"op": 9, "d": None})
         for _, opcode, frame in replay:
             session.replayed += 1
+            self.replayed += 1
             await conn.send_frame(opcode, frame)
         session.live.set()
         return session

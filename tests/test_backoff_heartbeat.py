@@ -1,0 +1,165 @@
+"""Pure parts of the supervisor: backoff and heartbeat tracking, on a fake clock."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wavegate import Backoff, RetrySchedule
+from wavegate.heartbeat import HeartbeatTracker
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+backoffs = st.builds(
+    Backoff,
+    base=st.floats(0.001, 10),
+    factor=st.floats(1, 4),
+    cap=st.floats(0.001, 120),
+    max_attempts=st.none() | st.integers(1, 30),
+    reset_after=st.floats(0, 100),
+)
+
+
+@given(backoff=backoffs, seed=st.integers(0, 2**32))
+def test_delays_stay_within_the_full_jitter_bounds_and_the_cap(backoff: Backoff, seed: int) -> None:
+    schedule = RetrySchedule(backoff, clock=FakeClock(), rng=random.Random(seed))
+    for attempt in range(40):
+        delay = schedule.next_delay()
+        if backoff.max_attempts is not None and attempt >= backoff.max_attempts:
+            assert delay is None
+            continue
+        assert delay is not None
+        assert 0 <= delay <= min(backoff.cap, backoff.base * backoff.factor**attempt) + 1e-9
+        assert delay <= backoff.cap + 1e-9
+
+
+@given(attempts=st.integers(1, 50), seed=st.integers(0, 2**32))
+def test_attempts_are_capped_exactly(attempts: int, seed: int) -> None:
+    schedule = RetrySchedule(
+        Backoff(max_attempts=attempts), clock=FakeClock(), rng=random.Random(seed)
+    )
+    delays = [schedule.next_delay() for _ in range(attempts + 5)]
+    assert all(delay is not None for delay in delays[:attempts])
+    assert delays[attempts:] == [None] * 5
+
+
+def test_ceilings_grow_exponentially_then_hold_at_the_cap() -> None:
+    backoff = Backoff(base=0.5, factor=2, cap=30)
+    assert [backoff.ceiling(n) for n in range(8)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
+    assert backoff.ceiling(10_000) == 30  # no overflow
+
+
+def test_jitter_is_spread_over_the_whole_range() -> None:
+    rng = random.Random(7)
+    backoff = Backoff(base=8, factor=1, cap=8, max_attempts=None)
+    delays = []
+    for _ in range(4000):
+        schedule = RetrySchedule(backoff, clock=FakeClock(), rng=rng)
+        delay = schedule.next_delay()
+        assert delay is not None
+        delays.append(delay)
+    quarters = [sum(1 for delay in delays if q * 2 <= delay < (q + 1) * 2) for q in range(4)]
+    assert all(850 < count < 1150 for count in quarters), quarters  # uniform, not clustered
+
+
+def test_count_resets_only_after_a_healthy_period() -> None:
+    clock = FakeClock()
+    schedule = RetrySchedule(
+        Backoff(reset_after=30, max_attempts=None), clock=clock, rng=random.Random(1)
+    )
+    for _ in range(5):
+        schedule.next_delay()
+    assert schedule.attempts == 5
+    schedule.healthy()
+    clock.now += 29  # not long enough: a flapping connection keeps backing off
+    schedule.next_delay()
+    assert schedule.attempts == 6
+    schedule.healthy()
+    clock.now += 30
+    schedule.next_delay()
+    assert schedule.attempts == 1
+
+
+@pytest.mark.parametrize(
+    "options", [{"base": 0}, {"cap": -1}, {"factor": 0.5}, {"max_attempts": 0}, {"reset_after": -1}]
+)
+def test_invalid_backoff_is_rejected(options: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must"):
+        Backoff(**options)  # type: ignore[arg-type]
+
+
+def test_acked_beats_measure_latency_and_never_make_a_zombie() -> None:
+    clock = FakeClock()
+    tracker = HeartbeatTracker(1.0, clock=clock)
+    for _ in range(10):
+        clock.now += 1
+        nonce = tracker.beat()
+        assert nonce is not None
+        clock.now += 0.02
+        assert tracker.ack(nonce) == pytest.approx(0.02)
+    assert tracker.zombie_reason() is None
+    assert tracker.latency == pytest.approx(0.02)
+
+
+def test_two_missed_acks_make_a_zombie() -> None:
+    clock = FakeClock()
+    tracker = HeartbeatTracker(1.0, max_missed=2, silence_factor=100, clock=clock)
+    clock.now += 1
+    assert tracker.beat() is not None
+    clock.now += 1
+    assert tracker.beat() is not None  # one missed
+    clock.now += 1
+    assert tracker.beat() is None  # two missed: zombie
+    assert "2 heartbeats" in (tracker.zombie_reason() or "")
+
+
+def test_silence_makes_a_zombie_even_before_the_first_ack() -> None:
+    clock = FakeClock()
+    tracker = HeartbeatTracker(1.0, max_missed=10, clock=clock)
+    clock.now += 2.5
+    assert tracker.beat() is None
+    assert "nothing received" in (tracker.zombie_reason() or "")
+
+
+def test_frames_keep_a_connection_alive_but_acks_still_count() -> None:
+    clock = FakeClock()
+    tracker = HeartbeatTracker(1.0, max_missed=3, clock=clock)
+    for _ in range(2):
+        clock.now += 1
+        tracker.frame_received()
+        assert tracker.beat() is not None
+    clock.now += 1
+    tracker.frame_received()
+    assert tracker.beat() is not None
+    clock.now += 1
+    tracker.frame_received()
+    assert tracker.beat() is None  # traffic flows but ACKs never come
+
+
+def test_a_wrong_nonce_is_not_an_ack() -> None:
+    clock = FakeClock()
+    tracker = HeartbeatTracker(1.0, clock=clock)
+    nonce = tracker.beat()
+    assert nonce is not None
+    assert tracker.ack(nonce + 1) is None
+    assert tracker.ack(nonce) is not None
+
+
+@given(st.integers(0, 10_000))
+def test_nonces_are_json_safe(start: int) -> None:
+    clock = FakeClock()
+    clock.now = float(start)
+    tracker = HeartbeatTracker(1.0, clock=clock)
+    nonce = tracker.beat()
+    assert nonce is not None
+    assert 0 <= nonce < 2**53

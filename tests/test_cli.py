@@ -1,0 +1,83 @@
+"""The `wavegate` command as a user runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import subprocess
+import sys
+
+import pytest
+
+from wavegate import Websocket, WebsocketPacketJSON
+from wavegate.cli import main
+from wavegate.demo import core_tour, storm
+
+
+async def test_demo_storm_loses_nothing_and_exits_zero() -> None:
+    out = io.StringIO()
+    assert await asyncio.wait_for(storm(out), 25) == 0
+    text = out.getvalue()
+    assert "PASS: nothing lost" in text
+    for fault in ("4015", "TCP drop", "zombie", "expired", "4006", "4014"):
+        assert fault in text
+    assert "0 / 0 / 0" in text  # lost / duplicated / out of order
+
+
+async def test_core_tour_shows_each_signal() -> None:
+    out = io.StringIO()
+    assert await core_tour(out) == 0
+    text = out.getvalue()
+    for name in ("ResumeSignal", "ReconnectSignal", "DisconnectSignal"):
+        assert name in text
+
+
+def test_python_dash_m_wavegate_demo_core_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "wavegate", "demo", "--core"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "DisconnectSignal" in result.stdout
+
+
+def test_serve_speaks_the_voice_gateway_to_an_outside_client() -> None:
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wavegate",
+            "serve",
+            "--port",
+            "0",
+            "--heartbeat",
+            "0.5",
+            "--duration",
+            "20",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        url = line.split("listening on ", 1)[1].strip()
+
+        async def hello() -> object:
+            async with Websocket() as ws:
+                await ws.connect(url)
+                return await ws.receive()
+
+        packet = asyncio.run(asyncio.wait_for(hello(), 10))
+        assert packet == WebsocketPacketJSON({"op": 8, "d": {"v": 8, "heartbeat_interval": 500.0}})
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["frobnicate"])
+    assert exited.value.code == 2
