@@ -51,6 +51,7 @@ async def test_refused_connect_ends_disconnected_and_connect_works_again(
     with pytest.raises(ReconnectSignal) as caught:
         await ws.connect("ws://127.0.0.1:1/")
     assert caught.value.event is Event.CONNECT_REFUSED
+    assert isinstance(caught.value.__cause__, OSError)  # the transport's error, chained
     assert ws.state is WebsocketState.DISCONNECTED
     await ws.connect(server.url)
     assert ws.connected
@@ -549,6 +550,46 @@ async def test_oversized_frame_under_generic_policy_is_a_disconnect(
     await (await server.accepted()).send_text("x" * 101)
     with pytest.raises(DisconnectSignal):
         await ws.receive()
+
+
+@pytest.mark.parametrize(
+    ("frame", "what"),
+    [
+        (bytes([0xC1, 2]) + b"{}", "RSV1 set with no extension negotiated"),
+        (bytes([0x83, 0]), "reserved opcode 3"),
+        (bytes([0x09 & 0x0F, 0]), "fragmented control frame (ping without FIN)"),
+        (bytes([0x80, 1]) + b"x", "continuation with nothing to continue"),
+    ],
+)
+async def test_malformed_frames_fail_the_connection_with_a_signal(
+    server: WebsocketTestServer, make_ws: WebsocketFactory, frame: bytes, what: str
+) -> None:
+    ws = make_ws()
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    await conn.send_json({"before": what})
+    await conn.send_raw(frame)
+    assert await ws.receive() == WebsocketPacketJSON({"before": what})
+    with pytest.raises(Signal) as caught:
+        await ws.receive()
+    assert caught.value.event is Event.PROTOCOL_ERROR
+    assert caught.value.code == 1002
+    assert ws.disconnected
+
+
+async def test_a_masked_frame_from_a_server_is_unmasked_intact(
+    server: WebsocketTestServer, make_ws: WebsocketFactory
+) -> None:
+    # RFC 6455 5.1 says a client should fail the connection; aiohttp is lenient and
+    # unmasks it. Documented in docs/reliability.md; what matters is no corruption.
+    ws = make_ws()
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    mask = b"\x01\x02\x03\x04"
+    payload = b'{"a":1}'
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    await conn.send_raw(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+    assert await ws.receive() == WebsocketPacketJSON({"a": 1})
 
 
 @pytest.mark.parametrize("mode", ["json", "text"])

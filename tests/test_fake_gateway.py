@@ -1,0 +1,131 @@
+"""The fake voice gateway enforces the protocol the way Discord does (reference §10)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from wavegate import DisconnectSignal, ReconnectSignal, Signal, Websocket, WebsocketPacketJSON
+from wavegate.discord.voice import VoiceClient
+from wavegate.session import EventKind, SessionEvent
+from wavegate.testing.voice import FakeVoiceGateway
+
+from .voice_harness import CREDENTIALS
+
+IDENTIFY = {"op": 0, "d": {"server_id": "g", "user_id": "u", "session_id": "s", "token": "t"}}
+
+
+@pytest_asyncio.fixture
+async def gateway() -> AsyncIterator[FakeVoiceGateway]:
+    async with FakeVoiceGateway(
+        heartbeat_interval=0.1, valid_tokens={"t", CREDENTIALS.token}
+    ) as running:
+        yield running
+
+
+async def closed_with(gateway: FakeVoiceGateway, *messages: dict[str, Any] | str) -> Signal:
+    """Send ``messages`` on a raw connection; the signal the gateway ends it with."""
+    ws = Websocket(ping_interval=None)
+    await ws.connect(gateway.url)
+    hello = await ws.receive()
+    assert isinstance(hello, WebsocketPacketJSON)
+    assert hello.payload["op"] == 8
+    for message in messages:
+        await (ws.send_text(message) if isinstance(message, str) else ws.send_json(message))
+    try:
+        while True:
+            await asyncio.wait_for(ws.receive(), 5)
+    except Signal as signal:
+        return signal
+    finally:
+        await ws.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("messages", "code"),
+    [
+        ([{"op": 1, "d": {}}], 4003),
+        ([{"op": 5, "d": {}}], 4003),
+        ([IDENTIFY, IDENTIFY], 4005),
+        ([IDENTIFY, {"op": 7, "d": {}}], 4005),
+        ([{"op": 99, "d": {}}], 4001),
+        (["{not json"], 4002),
+        (
+            [
+                {
+                    "op": 0,
+                    "d": {"server_id": "g", "user_id": "u", "session_id": "s", "token": "wrong"},
+                }
+            ],
+            4004,
+        ),
+        ([{"op": 0, "d": {"user_id": "u"}}], 4020),
+        (
+            [{"op": 7, "d": {"server_id": "g", "session_id": "nope", "token": "t", "seq_ack": -1}}],
+            4006,
+        ),
+    ],
+)
+async def test_protocol_violations_close_with_discords_codes(
+    gateway: FakeVoiceGateway, messages: list[dict[str, Any] | str], code: int
+) -> None:
+    signal = await closed_with(gateway, *messages)
+    assert signal.code == code
+
+
+async def test_a_client_that_stops_heartbeating_is_closed_with_4009(
+    gateway: FakeVoiceGateway,
+) -> None:
+    signal = await closed_with(gateway, IDENTIFY)
+    assert isinstance(signal, ReconnectSignal)
+    assert signal.code == 4009
+
+
+async def test_delayed_acks_show_in_the_measured_latency(gateway: FakeVoiceGateway) -> None:
+    client = VoiceClient(gateway.url, CREDENTIALS, max_missed_acks=5)
+    await client.start()
+    await client.wait_ready(5)
+    gateway.delay_acks(CREDENTIALS.session_id, 0.05)
+    latencies: list[float] = []
+    async for event in client.events():
+        if event.kind is EventKind.HEARTBEAT and event.latency is not None:
+            latencies.append(event.latency)
+            if len(latencies) == 3:
+                break
+    assert min(latencies[1:]) >= 0.05
+    await client.close()
+
+
+async def test_events_iterator_sees_the_whole_life_and_ends_when_stopped(
+    gateway: FakeVoiceGateway,
+) -> None:
+    client = VoiceClient(gateway.url, CREDENTIALS)
+    seen: list[SessionEvent] = []
+
+    async def watch() -> None:
+        async for event in client.events():
+            seen.append(event)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    await client.start()
+    await client.wait_ready(5)
+    await gateway.close_session(CREDENTIALS.session_id, 4015)
+    await gateway.wait_live(CREDENTIALS.session_id)
+    await gateway.close_session(CREDENTIALS.session_id, 4021, "rate limited")
+    outcome = await client.wait_closed()
+    await asyncio.wait_for(watcher, 5)  # the iterator ended by itself
+    kinds = [event.kind for event in seen if event.kind is not EventKind.HEARTBEAT]
+    assert kinds[:4] == [
+        EventKind.CONNECTING,
+        EventKind.READY,
+        EventKind.CONNECTION_LOST,
+        EventKind.RESUME_SCHEDULED,
+    ]
+    assert kinds[-1] is EventKind.STOPPED
+    assert isinstance(outcome.signal, DisconnectSignal)
+    assert seen[-1].signal is outcome.signal
