@@ -190,6 +190,28 @@ async def test_first_send_after_a_connection_reset_raises_instead_of_vanishing(
     assert ws.disconnected
 
 
+async def test_frames_that_arrived_before_a_failed_send_are_still_delivered(
+    server: WebsocketTestServer, make_ws: WebsocketFactory
+) -> None:
+    ws = make_ws()
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    for n in range(5):
+        await conn.send_json({"n": n})
+    conn.drop()  # FIN after the frames (an RST would make the kernel discard them)
+    for _ in range(10):  # loop turns: the client reads the frames and the FIN
+        await asyncio.sleep(0)
+    with pytest.raises(ResumeSignal) as failed_send:
+        await ws.send_json({"op": 3})  # the send notices the end first
+    assert ws.disconnected
+    assert [await ws.receive() for _ in range(5)] == [
+        WebsocketPacketJSON({"n": n}) for n in range(5)
+    ]
+    with pytest.raises(ResumeSignal) as caught:
+        await ws.receive()
+    assert caught.value.event is failed_send.value.event  # one ending, one instruction
+
+
 async def test_send_after_local_disconnect_raises_disconnect_signal(
     server: WebsocketTestServer, make_ws: WebsocketFactory
 ) -> None:

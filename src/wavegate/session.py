@@ -589,8 +589,9 @@ class Session:
         tracker = HeartbeatTracker(interval, max_missed=self.max_missed_acks, clock=self._clock)
         self._zombie = None
         self._beat_now.clear()
+        reader = asyncio.ensure_future(self._read(tracker))
         tasks = {
-            asyncio.ensure_future(self._read(tracker)),
+            reader,
             asyncio.ensure_future(self._heartbeat(tracker)),
             asyncio.ensure_future(self._write()),
         }
@@ -600,6 +601,8 @@ class Session:
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks)
+        if reader not in done:
+            await self._drain()
         if self._zombie is not None:
             return self._zombie
         for task in done:
@@ -632,6 +635,14 @@ class Session:
                 self._beat_now.set()
             else:
                 self._deliver(item)
+
+    async def _drain(self) -> None:
+        """Deliver frames that arrived before a send noticed the end (bounded)."""
+        with contextlib.suppress(Signal, PayloadError, asyncio.TimeoutError):
+            while True:
+                item = self.protocol.interpret(await asyncio.wait_for(self.ws.receive(), 1.0))
+                if item is not None and not isinstance(item, (HeartbeatAck, HeartbeatRequest)):
+                    self._deliver(item)
 
     async def _heartbeat(self, tracker: HeartbeatTracker) -> None:
         while True:

@@ -175,6 +175,9 @@ class Websocket:
         self._opener: asyncio.Task[Transport] | None = None
         self._disconnect_done: asyncio.Future[None] | None = None
         self._receiving = False
+        # A connection whose end a send noticed first: receive() still returns the
+        # frames that arrived before it, then raises the same signal.
+        self._draining: Transport | None = None
         self.frames_in = 0
         self.frames_out = 0
         self.bytes_in = 0
@@ -275,6 +278,7 @@ class Websocket:
             raise RuntimeError("already connected; call disconnect() before connect()")
         self._set_state(WebsocketState.CONNECTING)
         self._end = None
+        self._draining = None
         self._url = url
         loop = asyncio.get_running_loop()
         self._connect_done = loop.create_future()
@@ -372,8 +376,12 @@ class Websocket:
             self._disconnect_done.set_result(None)
             log.debug("disconnected (code %s)", code)
 
-    async def _connection_ended(self, ended: TransportClosed) -> Signal:
-        """Record how the connection ended (once) and return the signal to raise."""
+    async def _connection_ended(self, ended: TransportClosed, *, by_send: bool = False) -> Signal:
+        """Record how the connection ended (once) and return the signal to raise.
+
+        When a send noticed the end, the transport stays readable (``_draining``) so
+        that frames which arrived before it are still delivered.
+        """
         if self._end is not None:
             # Someone else already decided (a local disconnect, or another task).
             return self._end.again()
@@ -384,6 +392,8 @@ class Websocket:
         self._end = signal
         transport = self._transport
         self._transport = None
+        if by_send and not self._receiving:
+            self._draining = transport
         if self._state is WebsocketState.CONNECTED:
             self._set_state(WebsocketState.DISCONNECTED)
         log.info("connection ended: %s -> %s", signal, type(signal).__name__)
@@ -428,10 +438,13 @@ class Websocket:
         self._receiving = True
         try:
             if transport is None or self._state is not WebsocketState.CONNECTED:
-                transport = await self._current_transport()
+                transport = self._draining or await self._current_transport()
             try:
                 kind, data, _ = await transport.receive()
             except TransportClosed as ended:
+                if transport is self._draining:
+                    self._draining = None
+                    raise self._ended_signal() from None
                 raise await self._connection_ended(ended) from ended.__cause__
         finally:
             self._receiving = False
@@ -476,7 +489,7 @@ class Websocket:
         try:
             await transport.send(kind, data)
         except TransportClosed as ended:
-            raise await self._connection_ended(ended) from ended.__cause__
+            raise await self._connection_ended(ended, by_send=True) from ended.__cause__
         self.frames_out += 1
         self.bytes_out += len(data)
 
