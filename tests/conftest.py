@@ -8,6 +8,7 @@ import pytest_asyncio
 
 from wavegate import Websocket
 from wavegate.testing import WebsocketTestServer
+from wavegate.transport import TRANSPORTS
 
 
 @pytest_asyncio.fixture
@@ -19,12 +20,19 @@ async def server() -> AsyncIterator[WebsocketTestServer]:
 WebsocketFactory = Callable[..., Websocket]
 
 
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every test that makes its websockets with ``make_ws`` runs once per transport."""
+    return str(request.param)
+
+
 @pytest_asyncio.fixture
-async def make_ws() -> AsyncIterator[WebsocketFactory]:
-    """Websockets that are disconnected after the test, whatever it did."""
+async def make_ws(transport: str) -> AsyncIterator[WebsocketFactory]:
+    """Websockets (on the test's transport) disconnected after the test, whatever it did."""
     made: list[Websocket] = []
 
     def make(**options: object) -> Websocket:
+        options.setdefault("transport", transport)
         ws = Websocket(**options)  # type: ignore[arg-type]
         made.append(ws)
         return ws

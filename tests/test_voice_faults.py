@@ -411,3 +411,22 @@ def test_credentials_repr_hides_secrets() -> None:
     credentials = VoiceCredentials("1", "2", "sess-xyz", "tok-xyz")
     assert "sess-xyz" not in repr(credentials)
     assert "tok-xyz" not in repr(credentials)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "picows"])
+async def test_resumes_lose_nothing_on_every_transport(
+    gateway: FakeVoiceGateway, transport: str
+) -> None:
+    events: list[SessionEvent] = []
+    client, traffic = await started(gateway, events, websocket=Websocket(transport=transport))
+    await gateway.close_session(CREDENTIALS.session_id, 4015)
+    await traffic.run_for(10)
+    await gateway.drop(CREDENTIALS.session_id)
+    await traffic.run_for(10)
+    gateway.stop_acking(CREDENTIALS.session_id)
+    await traffic.run_for(60)
+    await gateway.close_session(CREDENTIALS.session_id, 4006)
+    await traffic.run_for(10)
+    await assert_nothing_lost(traffic)
+    assert (client.stats.resumes, client.stats.zombies, client.stats.reconnects) == (3, 1, 1)
+    await client.close()

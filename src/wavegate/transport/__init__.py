@@ -90,10 +90,26 @@ class Connector(Protocol):
     async def __call__(self, url: str, options: TransportOptions) -> Transport: ...
 
 
+TRANSPORTS = ("aiohttp", "picows")
+"""Transport names ``Websocket(transport=...)`` accepts."""
+
+
 def get_connector(name: str) -> Connector:
-    """The connector of the transport called ``name`` (``"aiohttp"``)."""
+    """The connector of the transport called ``name`` (one of :data:`TRANSPORTS`).
+
+    Raises:
+        ValueError: an unknown name, or picows without ``pip install wavegate[fast]``.
+    """
     if name == "aiohttp":
         from .aiohttp_transport import connect
 
         return connect
-    raise ValueError(f"unknown transport {name!r}; available: 'aiohttp'")
+    if name == "picows":
+        try:
+            from .picows_transport import connect as connect_picows
+        except ImportError as exc:
+            raise ValueError(
+                "transport='picows' needs picows: pip install 'wavegate[fast]'"
+            ) from exc
+        return connect_picows
+    raise ValueError(f"unknown transport {name!r}; available: {', '.join(TRANSPORTS)}")
