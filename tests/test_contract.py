@@ -754,3 +754,15 @@ async def test_async_with_disconnects_on_exit(server: WebsocketTestServer) -> No
     assert ws.disconnected
     await conn.wait_closed()
     assert conn.close_received == (1000, "")
+
+
+async def test_many_connections_on_one_loop_all_open_and_close(
+    server: WebsocketTestServer, make_ws: WebsocketFactory
+) -> None:
+    # The aiohttp transport shares one session per loop: no connection limit may apply.
+    sockets = [make_ws() for _ in range(120)]
+    await asyncio.gather(*(ws.connect(server.url) for ws in sockets))
+    assert all(ws.connected for ws in sockets)
+    assert server.handshakes == 120
+    await asyncio.gather(*(ws.disconnect() for ws in sockets))
+    await eventually(lambda: server.open_connections == 0)

@@ -11,19 +11,16 @@ exception crosses this seam except as ``__cause__``.
 from __future__ import annotations
 
 import ssl as ssl_module
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..signals import Event
 
 TEXT = 1
-"""Frame kind of a text frame (its RFC 6455 opcode); data is UTF-8 bytes, unvalidated."""
+"""Frame kind of a text frame (its RFC 6455 opcode)."""
 BINARY = 2
 """Frame kind of a binary frame (its RFC 6455 opcode)."""
-
-Frame = tuple[int, bytes, Any]
-"""``(kind, data, extra)``: what ``Transport.receive()`` returns for a data frame."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +62,20 @@ class ConnectFailed(Exception):
 
 
 class Transport(Protocol):
-    """One open websocket connection."""
+    """One open websocket connection.
 
-    async def receive(self) -> Frame:
-        """Wait for the next data frame; raise :class:`TransportClosed` when it ends."""
+    ``recv`` is the hot path and may be the websocket library's own coroutine, with no
+    wrapper: whatever it raises is handed to :meth:`ended`, which translates it.
+    """
+
+    @property
+    def recv(self) -> Callable[[], Awaitable[str | bytes]]:
+        """Wait for the next message: ``str`` for a text frame (valid UTF-8, decoded),
+        ``bytes`` for a binary one. Raises when the connection ends (see :meth:`ended`)."""
+        ...
+
+    def ended(self, exc: BaseException) -> TransportClosed:
+        """Translate what ``recv`` or ``send`` raised into a :class:`TransportClosed`."""
         ...
 
     async def send(self, kind: int, data: bytes) -> None:
@@ -84,10 +91,8 @@ class Transport(Protocol):
         ...
 
 
-class Connector(Protocol):
-    """Opens connections: ``await connector(url, options)``."""
-
-    async def __call__(self, url: str, options: TransportOptions) -> Transport: ...
+Connector = Callable[[str, TransportOptions], Coroutine[Any, Any, Transport]]
+"""Opens connections: ``await connector(url, options)``."""
 
 
 TRANSPORTS = ("aiohttp", "picows")
