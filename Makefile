@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-quick clean
+.PHONY: demo test lint typecheck unit bench bench-quick conformance conformance-full soak soak-ci test-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/python -m wavegate demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks chaos conformance
+	$(BIN)/ruff format --check src tests benchmarks chaos conformance
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -43,5 +43,24 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.run --quick --out /tmp/wavegate-bench-quick
 
+# Autobahn|Testsuite (needs CPython 2.7.18 from pyenv): non-compression cases, per transport.
+conformance: $(STAMP)
+	conformance/run.sh conformance/fuzzingserver.json
+
+# Every case, compression included (about 9 minutes per client): when compression code changes.
+conformance-full: $(STAMP)
+	conformance/run.sh conformance/fuzzingserver-full.json
+
+# Chaos soak: voice sessions under random faults, seeded; zero loss, zero leaks.
+soak: $(STAMP)
+	$(BIN)/python -m chaos.soak --duration 120
+
+soak-ci: $(STAMP)
+	$(BIN)/python -m chaos.soak --duration 30
+
+# The suite on every CPython 3.10-3.13 that pyenv provides.
+test-all:
+	tools/test-all.sh
+
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .venv-tools .venv-autobahn .venv-py* reports build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

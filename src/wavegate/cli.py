@@ -1,4 +1,4 @@
-"""The ``wavegate`` command: ``demo`` and ``serve``."""
+"""The ``wavegate`` command: ``demo``, ``serve`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
         "--replay-size", type=int, default=256, help="messages kept per session for resume"
     )
     serve.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    bench = commands.add_parser("bench", help="a short benchmark (the full suite is `make bench`)")
+    bench.add_argument("--messages", type=int, default=100_000, help="messages per throughput run")
+    bench.add_argument("--rounds", type=int, default=3, help="rounds (medians are reported)")
     return parser
 
 
@@ -67,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(core_tour(sys.stdout) if args.core else storm(sys.stdout))
         if args.command == "serve":
             return asyncio.run(_serve(args))
+        if args.command == "bench":
+            from .bench import run
+
+            return run(sys.stdout, messages=args.messages, rounds=args.rounds)
     except KeyboardInterrupt:
         return 130
     return 2  # pragma: no cover - argparse rejects unknown commands

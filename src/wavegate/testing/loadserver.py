@@ -66,6 +66,8 @@ class _LoadProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Keep the kernel fed while streaming: pause only past 4 MiB of unsent data.
+        transport.set_write_buffer_limits(high=4 << 20)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -108,6 +110,8 @@ class _LoadProtocol(asyncio.Protocol):
             chunk = self.blob[self.sent : self.sent + (1 << 20)]
             self.sent += len(chunk)
             self.transport.write(chunk)
+            if self.sent == len(self.blob):
+                self.transport.write(frames.encode_frame(frames.CLOSE, frames.close_payload(1000)))
 
     def pause_writing(self) -> None:
         self.paused = True

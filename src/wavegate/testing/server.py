@@ -21,6 +21,7 @@ import itertools
 import json
 import select
 import socket
+import ssl as ssl_module
 import struct
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -250,6 +251,7 @@ class WebsocketTestServer:
         host: the address to listen on (loopback only).
         port: 0 for an ephemeral port.
         max_size: largest client frame accepted.
+        ssl: a server-side SSLContext to serve ``wss://``.
     """
 
     def __init__(
@@ -259,8 +261,10 @@ class WebsocketTestServer:
         host: str = "127.0.0.1",
         port: int = 0,
         max_size: int = 16 << 20,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.handler = handler
+        self.ssl = ssl
         self.host = host
         self.port = port
         self.max_size = max_size
@@ -278,8 +282,9 @@ class WebsocketTestServer:
 
     @property
     def url(self) -> str:
-        """``ws://host:port/`` of the running server."""
-        return f"ws://{self.host}:{self.port}/"
+        """``ws://host:port/`` (``wss://`` with TLS) of the running server."""
+        scheme = "wss" if self.ssl is not None else "ws"
+        return f"{scheme}://{self.host}:{self.port}/"
 
     # -- fault knobs ------------------------------------------------------------------
 
@@ -310,7 +315,9 @@ class WebsocketTestServer:
 
     async def start(self) -> None:
         """Start listening (the port is known afterwards)."""
-        self._server = await asyncio.start_server(self._on_client, self.host, self.port)
+        self._server = await asyncio.start_server(
+            self._on_client, self.host, self.port, ssl=self.ssl
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

@@ -29,6 +29,9 @@ class Tally:
     lost: int
     duplicated: int
     out_of_order: int
+    invalidated: int = 0
+    """Server messages of a session the server replaced (a new IDENTIFY) that never
+    arrived: lost by the protocol's design (no replay across sessions), not silently."""
 
     @property
     def perfect(self) -> bool:
@@ -55,8 +58,15 @@ class Traffic:
     client_sent: int = 0
     server_sent: int = 0
     client_received: list[int] = field(default_factory=list)
+    server_generations: list[int] = field(default_factory=list)
+    """The session generation each server message was sent in."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _running: bool = True
+    _read_pause_until: float = 0.0
+
+    def pause_reading(self, seconds: float) -> None:
+        """The application stops reading for ``seconds`` (a slow consumer)."""
+        self._read_pause_until = asyncio.get_running_loop().time() + seconds
 
     @property
     def session_id(self) -> str:
@@ -95,6 +105,7 @@ class Traffic:
     async def _server_send(self) -> None:
         number = self.server_sent  # taken before the await: bursts may interleave
         self.server_sent += 1
+        self.server_generations.append(self.gateway.session(self.session_id).generation)
         await self.gateway.send_speaking(self.session_id, number)
 
     async def server_burst(self, count: int) -> None:
@@ -104,10 +115,13 @@ class Traffic:
             await self._server_send()
 
     async def _client_reader(self) -> None:
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(SessionClosedError):
             async for message in self.client:
                 if isinstance(message, Speaking) and message.user_id == self.user_id:
                     self.client_received.append(message.ssrc)
+                if loop.time() < self._read_pause_until:
+                    await asyncio.sleep(self._read_pause_until - loop.time())
 
     def server_received(self) -> list[int]:
         """The numbers the gateway received from this user, in order."""
@@ -152,12 +166,17 @@ class Traffic:
         received = self.server_received()
         up = _compare(self.client_sent, received)
         down = _compare(self.server_sent, self.client_received)
+        session = self.gateway.sessions.get(self.session_id)
+        latest = session.generation if session is not None else 0
+        missing = set(range(self.server_sent)) - set(self.client_received)
+        invalidated = sum(1 for number in missing if self.server_generations[number] < latest)
         return Tally(
             self.client_sent,
             len(received),
             self.server_sent,
             len(self.client_received),
-            lost=up[0] + down[0],
+            lost=up[0] + down[0] - invalidated,
             duplicated=up[1] + down[1],
             out_of_order=up[2] + down[2],
+            invalidated=invalidated,
         )

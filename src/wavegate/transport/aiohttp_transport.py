@@ -213,12 +213,16 @@ async def connect(url: str, options: TransportOptions) -> AiohttpTransport:
     except asyncio.CancelledError:
         await shared.release()
         raise
-    except (aiohttp.InvalidURL, ValueError) as exc:
+    except aiohttp.InvalidURL as exc:
         await shared.release()
-        raise InvalidURLError(f"cannot connect with this URL and these options: {exc}") from exc
+        raise InvalidURLError(f"cannot connect to this URL: {exc}") from exc
     except (asyncio.TimeoutError, OSError, aiohttp.ClientError) as exc:
+        # Before ValueError: certificate errors are ValueErrors too (ssl.CertificateError).
         await shared.release()
         raise _connect_failure(exc) from exc
+    except ValueError as exc:
+        await shared.release()
+        raise InvalidURLError(f"cannot connect with this URL and these options: {exc}") from exc
     if options.ping_interval is not None:
         # aiohttp waits heartbeat/2 for the pong; honour ping_timeout instead.
         ws._pong_heartbeat = options.ping_timeout
