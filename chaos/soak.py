@@ -81,7 +81,7 @@ async def start_client(
         handshake_timeout=2.0,
     )
     await client.start()
-    traffic = Traffic(gateway, client, period=0.02)
+    traffic = Traffic(gateway, client, period=0.02, keep_history=False)
     traffic.start()
     return traffic
 
@@ -122,21 +122,31 @@ async def soak(duration: float, sessions: int, seed: int) -> int:
     run = Run()
     baseline_tasks = len(asyncio.all_tasks())
     baseline_fds = open_fds()
-    async with FakeVoiceGateway(heartbeat_interval=0.1, replay_size=4096) as gateway:
+    async with FakeVoiceGateway(
+        heartbeat_interval=0.1, replay_size=256, keep_received=False
+    ) as gateway:
         generations = [0] * sessions
         traffics = [await start_client(gateway, user, 0, rng) for user in range(sessions)]
         loop = asyncio.get_running_loop()
         started = loop.time()
         rss_after_warmup: int | None = None
+        next_report = started + 10
         while loop.time() - started < duration:
-            if rss_after_warmup is None and loop.time() - started > min(10.0, duration / 4):
+            if loop.time() >= next_report:
+                next_report += 10
+                gc.collect()
+                print(f"  {loop.time() - started:5.0f}s  RSS {rss_kib() / 1024:.1f} MB", flush=True)
+            if rss_after_warmup is None and loop.time() - started > duration / 4:
                 gc.collect()
                 rss_after_warmup = rss_kib()
             await asyncio.sleep(rng.uniform(0.01, 0.06))
+            for each in traffics:
+                each.check()  # verify arrivals as they come, and forget them
             user = rng.randrange(sessions)
             traffic = traffics[user]
             if traffic.client.outcome is not None:  # stopped by a final code: replace it
                 run.tallies.append(await traffic.stop())
+                gateway.sessions.pop(traffic.session_id, None)  # a new user replaces it
                 run.stopped += 1
                 run.resumes += traffic.client.stats.resumes
                 run.reconnects += traffic.client.stats.reconnects
@@ -153,9 +163,14 @@ async def soak(duration: float, sessions: int, seed: int) -> int:
         for traffic in traffics:
             if traffic.session_id in gateway.sessions:
                 gateway.resume_acking(traffic.session_id)
+        stuck = 0
         for traffic in traffics:
             if traffic.client.outcome is None:
-                await traffic.run_for(3)
+                try:
+                    await traffic.run_for(3, timeout=10)
+                except asyncio.TimeoutError as exc:
+                    stuck += 1
+                    print(f"STUCK: {exc}", flush=True)
             run.tallies.append(await traffic.stop(timeout=20))
             run.resumes += traffic.client.stats.resumes
             run.reconnects += traffic.client.stats.reconnects
@@ -183,7 +198,8 @@ async def soak(duration: float, sessions: int, seed: int) -> int:
     print(f"lost {lost}, duplicated {duplicated}, out of order {disorder}")
     print(f"leaked tasks {leaked_tasks}, leaked fds {leaked_fds}, RSS growth {rss_growth:.1f} MB")
     ok = (
-        total["lost"] == 0
+        stuck == 0
+        and total["lost"] == 0
         and total["duplicated"] == 0
         and total["out_of_order"] == 0
         and leaked_tasks == 0

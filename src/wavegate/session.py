@@ -603,14 +603,18 @@ class Session:
             await asyncio.wait(tasks)
         if reader not in done:
             await self._drain()
+        # Every task's outcome is retrieved (two may have failed at once); the first
+        # finished one's signal is the connection's ending, unless it was a zombie.
+        first = [task for task in done if not task.cancelled()]
+        failures = [task.exception() for task in tasks if not task.cancelled()]
         if self._zombie is not None:
             return self._zombie
-        for task in done:
-            exc = task.exception()
+        for exc in [task.exception() for task in first] + failures:
+            if exc is not None and not isinstance(exc, Signal):
+                raise exc
+        for exc in [task.exception() for task in first] + failures:
             if isinstance(exc, Signal):
                 return exc
-            if exc is not None:
-                raise exc
         raise AssertionError("a connection task ended without a signal")
 
     async def _read(self, tracker: HeartbeatTracker) -> None:

@@ -68,6 +68,8 @@ class ServerConnection:
         self.answer_pings = answer_pings
         self.close_received: tuple[int | None, str] | None = None
         self.closed = asyncio.Event()
+        self.handled = asyncio.Event()
+        """Set when the server's handler for this connection has returned."""
         self.pings_received = 0
         self._reader = reader
         self._writer = writer
@@ -269,16 +271,20 @@ class WebsocketTestServer:
         self.port = port
         self.max_size = max_size
         self.answer_pings = True
+        self.deflate = False
+        """Accept permessage-deflate when the client offers it (frames are still sent
+        as the test writes them: compress them yourself and set RSV1)."""
         self.handshake_delay = 0.0
         """Seconds to wait before answering each opening handshake."""
         self.handshakes = 0
-        self.connections: list[ServerConnection] = []
+        self.connections: set[ServerConnection] = set()
+        """Connections whose handshake was accepted and that are still open."""
         self._handshake_mode = "accept"
         self._reject_status = 503
         self._server: asyncio.Server | None = None
         self._accepted: asyncio.Queue[ServerConnection] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._stalled: list[asyncio.StreamWriter] = []
+        self._stalled: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -308,7 +314,8 @@ class WebsocketTestServer:
         return live + sum(1 for writer in self._stalled if not writer.transport.is_closing())
 
     async def accepted(self, timeout: float = 5.0) -> ServerConnection:
-        """The next connection whose handshake the server accepted."""
+        """The next connection whose handshake the server accepted (servers without a
+        handler; with one, the handler receives each connection)."""
         return await asyncio.wait_for(self._accepted.get(), timeout)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -324,9 +331,9 @@ class WebsocketTestServer:
         """Stop listening, drop every connection and wait for the server's tasks."""
         if self._server is not None:
             self._server.close()
-        for conn in self.connections:
+        for conn in list(self.connections):
             conn.drop()
-        for writer in self._stalled:
+        for writer in list(self._stalled):
             writer.transport.abort()
         for task in self._tasks:
             task.cancel()
@@ -377,9 +384,12 @@ class WebsocketTestServer:
         if self.handshake_delay:
             await asyncio.sleep(self.handshake_delay)
         if mode == "stall":
-            self._stalled.append(writer)
-            await reader.read()  # until the client gives up
-            writer.transport.abort()
+            self._stalled.add(writer)
+            try:
+                await reader.read()  # until the client gives up
+            finally:
+                writer.transport.abort()
+                self._stalled.discard(writer)
             return
         if mode == "reject":
             status = self._reject_status
@@ -389,24 +399,34 @@ class WebsocketTestServer:
             writer.close()
             return
         key = headers.get("sec-websocket-key", "")
+        extensions = ""
+        if self.deflate and "permessage-deflate" in headers.get("sec-websocket-extensions", ""):
+            extensions = "Sec-WebSocket-Extensions: permessage-deflate\r\n"
         writer.write(
             (
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Accept: {frames.accept_key(key)}\r\n\r\n"
+                f"Sec-WebSocket-Accept: {frames.accept_key(key)}\r\n{extensions}\r\n"
             ).encode()
         )
         await writer.drain()
         conn = ServerConnection(
             reader, writer, path, headers, answer_pings=self.answer_pings, max_size=self.max_size
         )
-        self.connections.append(conn)
-        self._accepted.put_nowait(conn)
+        self.connections.add(conn)
         if self.handler is None:
-            await conn._run()
-            return
-        reading = asyncio.create_task(conn._run())
+            # Only a test driving connections itself takes them from here; with a
+            # handler, nobody would, and the queue would keep every connection alive.
+            self._accepted.put_nowait(conn)
         try:
-            await self.handler(conn)
+            if self.handler is None:
+                await conn._run()
+                return
+            reading = asyncio.create_task(conn._run())
+            try:
+                await self.handler(conn)
+            finally:
+                conn.drop()
+                await reading
+                conn.handled.set()
         finally:
-            conn.drop()
-            await reading
+            self.connections.discard(conn)

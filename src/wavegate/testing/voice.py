@@ -25,6 +25,7 @@ import json
 import struct
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -33,6 +34,28 @@ from .frames import BINARY
 from .server import ConnectionDropped, ServerConnection, WebsocketTestServer
 
 _KNOWN_CLIENT_OPS = frozenset({0, 1, 3, 5, 7, 23, 31, 32})
+TEXT = 0x1
+
+
+@dataclass
+class _ConnectionState:
+    conn: ServerConnection
+    last_heartbeat: float
+    session: FakeVoiceSession | None = None
+    closing: bool = False
+
+
+async def _retire(conn: ServerConnection) -> None:
+    """Take an old connection out of service: read what the client sent on it (reset
+    drains first), and let its handler record it, before the new one takes over."""
+    await conn.reset()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(conn.handled.wait(), 2.0)
+
+
+async def _send_quietly(conn: ServerConnection, message: dict[str, Any]) -> None:
+    with contextlib.suppress(ConnectionDropped, ConnectionError):
+        await conn.send_json(message)
 
 
 @dataclass
@@ -93,6 +116,7 @@ class FakeVoiceGateway:
         heartbeat_timeout_factor: float = 3.0,
         valid_tokens: set[str] | None = None,
         modes: tuple[str, ...] = ("aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"),
+        keep_received: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -101,6 +125,7 @@ class FakeVoiceGateway:
         self.heartbeat_timeout_factor = heartbeat_timeout_factor
         self.valid_tokens = valid_tokens
         self.modes = modes
+        self.keep_received = keep_received
         self.server = WebsocketTestServer(self._handle, host=host, port=port)
         self.sessions: dict[str, FakeVoiceSession] = {}
         self.identifies = 0
@@ -108,6 +133,7 @@ class FakeVoiceGateway:
         self.resumes_refused = 0
         self.replayed = 0
         """Messages resent after RESUMEs, over all sessions."""
+        self._pending: set[asyncio.Future[None]] = set()
         self.received_by_user: dict[str, list[tuple[int, Any]]] = {}
         """Every application message each user sent, across all its sessions, in order."""
 
@@ -243,65 +269,91 @@ class FakeVoiceGateway:
     async def _handle(self, conn: ServerConnection) -> None:
         interval_ms = self.heartbeat_interval * 1000
         await conn.send_json({"op": 8, "d": {"v": 8, "heartbeat_interval": interval_ms}})
-        session: FakeVoiceSession | None = None
-        limit = self.heartbeat_timeout_factor * self.heartbeat_interval
-        last_heartbeat = time.monotonic()
+        state = _ConnectionState(conn, time.monotonic())
         try:
             while True:
-                remaining = last_heartbeat + limit - time.monotonic()
-                if remaining <= 0:
-                    await conn.close(4009, "heartbeat timeout")
-                    return
-                try:
-                    opcode, data = await conn.receive(timeout=remaining)
-                except asyncio.TimeoutError:
+                message = await self._next_message(state)
+                if message is None:
                     continue
-                if opcode == BINARY:
-                    if session is None:
-                        await conn.close(4003, "not authenticated")
-                        return
-                    self._record(session, (data[0] if data else -1, data[1:]))
+                if state.closing:
+                    # Closed by us: what the client sent before it saw the close still counts.
+                    if state.session is not None and (
+                        message[0] == BINARY or isinstance(message[1], dict)
+                    ):
+                        self._record_late(state, message)
                     continue
-                try:
-                    message = json.loads(data)
-                    op, payload = message["op"], message.get("d")
-                except (ValueError, KeyError, TypeError):
-                    await conn.close(4002, "failed to decode payload")
-                    return
-                if op not in _KNOWN_CLIENT_OPS:
-                    await conn.close(4001, "unknown opcode")
-                    return
-                if session is None:
-                    if op == 3:
-                        last_heartbeat = time.monotonic()
-                        await conn.send_json({"op": 6, "d": {"t": (payload or {}).get("t")}})
-                        continue
-                    session = await self._authenticate(conn, op, payload)
-                    if session is None:
-                        return
-                    continue
-                if op in (0, 7):
-                    await conn.close(4005, "already authenticated")
-                    return
-                if op == 3:
-                    last_heartbeat = time.monotonic()
-                    await self._heartbeat(conn, session, payload)
-                elif op == 1:
-                    await conn.send_json({"op": 4, "d": {
-                        "mode": (payload or {}).get("data", {}).get("mode", self.modes[0]),
-                        "secret_key": list(range(32)),
-                        "dave_protocol_version": 0,
-                    }})  # fmt: skip
-                else:
-                    self._record(session, (op, payload))
+                await self._dispatch(state, *message)
         except ConnectionDropped:
             return
         finally:
+            session = state.session
             if session is not None and session.conn is conn:
                 session.live.clear()
 
+    async def _next_message(self, state: _ConnectionState) -> tuple[int, Any] | None:
+        """The next ``(opcode, message)`` (JSON decoded for text), or ``None`` on a timeout."""
+        conn = state.conn
+        limit = self.heartbeat_timeout_factor * self.heartbeat_interval
+        remaining = state.last_heartbeat + limit - time.monotonic()
+        if remaining <= 0 and not state.closing:
+            await self._close(state, 4009, "heartbeat timeout")
+            return None
+        try:
+            opcode, data = await conn.receive(timeout=remaining if not state.closing else None)
+        except asyncio.TimeoutError:
+            return None
+        if opcode == BINARY:
+            return BINARY, data
+        try:
+            return TEXT, json.loads(data)
+        except ValueError:
+            return TEXT, None
+
+    async def _close(self, state: _ConnectionState, code: int, reason: str) -> None:
+        state.closing = True
+        await state.conn.close(code, reason)
+
+    def _record_late(self, state: _ConnectionState, message: tuple[int, Any]) -> None:
+        opcode, value = message
+        assert state.session is not None
+        if opcode == BINARY:
+            self._record(state.session, (value[0] if value else -1, value[1:]))
+        elif value.get("op") not in (0, 1, 3, 7):
+            self._record(state.session, (value.get("op"), value.get("d")))
+
+    async def _dispatch(self, state: _ConnectionState, opcode: int, message: Any) -> None:
+        conn, session = state.conn, state.session
+        if opcode == BINARY:
+            if session is None:
+                await self._close(state, 4003, "not authenticated")
+            else:
+                self._record(session, (message[0] if message else -1, message[1:]))
+            return
+        if not isinstance(message, dict) or "op" not in message:
+            await self._close(state, 4002, "failed to decode payload")
+            return
+        op, payload = message["op"], message.get("d")
+        if op not in _KNOWN_CLIENT_OPS:
+            await self._close(state, 4001, "unknown opcode")
+        elif op == 3:
+            state.last_heartbeat = time.monotonic()
+            await self._heartbeat(conn, session, payload)
+        elif session is None:
+            state.session = await self._authenticate(conn, op, payload)
+            if state.session is None:
+                state.closing = True
+        elif op in (0, 7):
+            await self._close(state, 4005, "already authenticated")
+        elif op == 1:
+            mode = (payload or {}).get("data", {}).get("mode", self.modes[0])
+            description = {"mode": mode, "secret_key": list(range(32)), "dave_protocol_version": 0}
+            await conn.send_json({"op": 4, "d": description})
+        else:
+            self._record(session, (op, payload))
+
     def _record(self, session: FakeVoiceSession, message: tuple[int, Any]) -> None:
-        session.received.append(message)
+        if self.keep_received:
+            session.received.append(message)
         self.received_by_user.setdefault(session.user_id, []).append(message)
 
     async def _authenticate(
@@ -333,7 +385,7 @@ class FakeVoiceGateway:
             return None
         old = self.sessions.get(session_id)
         if old is not None and old.conn is not None and old.conn is not conn:
-            old.conn.drop()
+            await _retire(old.conn)
         session = FakeVoiceSession(session_id, user_id, token)
         session.generation = 0 if old is None else old.generation + 1
         self.sessions[session_id] = session
@@ -357,7 +409,7 @@ class FakeVoiceGateway:
             await conn.close(4006, "session no longer valid")
             return None
         if session.conn is not None and session.conn is not conn:
-            session.conn.drop()
+            await _retire(session.conn)
         session.conn = conn
         session.seq_ack = seq_ack
         session.resumes += 1
@@ -387,14 +439,25 @@ class FakeVoiceGateway:
         return None
 
     async def _heartbeat(
-        self, conn: ServerConnection, session: FakeVoiceSession, payload: Any
+        self, conn: ServerConnection, session: FakeVoiceSession | None, payload: Any
     ) -> None:
-        session.heartbeats += 1
         data = payload if isinstance(payload, dict) else {}
-        if isinstance(data.get("seq_ack"), int):
-            session.seq_ack = data["seq_ack"]
-        if not session.acking or conn is session.mute:
-            return
-        if session.ack_delay:
-            await asyncio.sleep(session.ack_delay)
-        await conn.send_json({"op": 6, "d": {"t": data.get("t")}})
+        reply = {"op": 6, "d": {"t": data.get("t")}}
+        if session is not None:
+            session.heartbeats += 1
+            if isinstance(data.get("seq_ack"), int):
+                session.seq_ack = data["seq_ack"]
+            if not session.acking or conn is session.mute:
+                return
+            if session.ack_delay:
+                # Late, without holding up the client's other messages.
+                asyncio.get_running_loop().call_later(
+                    session.ack_delay, lambda: self._late(_send_quietly(conn, reply))
+                )
+                return
+        await conn.send_json(reply)
+
+    def _late(self, sending: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(sending)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
