@@ -78,3 +78,23 @@ async def test_close_frame_without_status_is_1005(
     with pytest.raises(Action.RESUME.signal_type) as caught:
         await ws.receive()
     assert caught.value.code == 1005
+
+
+@pytest.mark.parametrize("code", [1004, 1006, 1015, 1016, 2999])
+async def test_a_close_code_invalid_on_the_wire(
+    server: WebsocketTestServer, make_ws: WebsocketFactory, transport: str, code: int
+) -> None:
+    ws = make_ws()
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    await conn.close(code)
+    with pytest.raises(Signal) as caught:
+        await ws.receive()
+    if transport == "aiohttp" or code != 1006:
+        # RFC 6455 7.4.1: such a code fails the connection with 1002.
+        assert (caught.value.code, caught.value.event) == (1002, Event.PROTOCOL_ERROR)
+    else:
+        # picows echoes 1006 (its own behaviour, see conformance/allowlist.txt): the
+        # signal still carries what the peer sent.
+        assert (caught.value.code, caught.value.event) == (1006, Event.PEER_CLOSE)
+    assert ws.disconnected

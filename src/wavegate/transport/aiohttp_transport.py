@@ -20,6 +20,10 @@ from . import BINARY, TEXT, ConnectFailed, TransportClosed, TransportOptions
 _KINDS = {TEXT: WSMsgType.TEXT, BINARY: WSMsgType.BINARY}
 
 
+def _valid_on_the_wire(code: int) -> bool:
+    return code in _SENDABLE or 3000 <= code <= 4999
+
+
 class _SharedSession:
     """One aiohttp session per event loop, shared by its connections (~5 KiB less each).
 
@@ -89,6 +93,14 @@ class AiohttpTransport:
         raise self._ended(msg.type, msg.data)
 
     async def _peer_closed(self, code: int, reason: str) -> TransportClosed:
+        if code and not _valid_on_the_wire(code):
+            # RFC 6455 7.4: 1004-1006, 1015, unassigned 1xxx/2xxx may never be sent.
+            with contextlib.suppress(OSError, aiohttp.ClientError, asyncio.TimeoutError):
+                await self._ws.close(code=1002, message=b"invalid close code")
+            await self._release()
+            return TransportClosed(
+                Event.PROTOCOL_ERROR, 1002, f"peer sent invalid close code {code}", local=True
+            )
         # Echo the peer's code (RFC 6455 5.5.1) rather than aiohttp's autoclose 1000:
         # Discord treats a 1000 from the client as "end the session".
         echo = code if 3000 <= code <= 4999 or code in _SENDABLE else 1000
