@@ -240,8 +240,6 @@ def _picows_listener(count: int, done: asyncio.Future[float], echo: bool) -> Any
                 orjson.loads(frame.get_payload_as_memoryview())
             elif kind is not picows.WSMsgType.BINARY:
                 return
-            if self.left == count and not echo:
-                self.started = time.perf_counter()
             self.left -= 1
             if echo:
                 self.latencies.append(time.perf_counter() - self.sent_at)
@@ -249,7 +247,7 @@ def _picows_listener(count: int, done: asyncio.Future[float], echo: bool) -> Any
                     self.sent_at = time.perf_counter()
                     transport.send(picows.WSMsgType.TEXT, ECHO_BYTES)
             if not self.left and not done.done():
-                done.set_result(time.perf_counter() - self.started)
+                done.set_result(time.perf_counter())
 
     return Listener
 
@@ -258,14 +256,15 @@ async def picows_callback_stream(url: str, count: int) -> float:
     import picows
 
     done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-    # The first frame starts the clock (a callback client has no "after connect"
-    # moment), so COUNT - 1 frames are timed; scale to COUNT.
     transport, _ = await picows.ws_connect(
         _picows_listener(count, done, echo=False), url, max_frame_size=MAX_SIZE
     )
-    elapsed = await done
+    # Timed from the end of connect, like every other client (frames that arrived
+    # during the handshake count against it, as they do for the others).
+    started = time.perf_counter()
+    finished = await done
     transport.disconnect()
-    return elapsed * count / (count - 1)
+    return finished - started
 
 
 async def picows_callback_echo(url: str, count: int) -> list[float]:
