@@ -275,34 +275,53 @@ def plot(data: dict[str, Any], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
-    fig, axes = plt.subplots(1, len(data["throughput"]), figsize=(15, 4.5))
-    for axis, (name, series) in zip(axes, data["throughput"].items(), strict=True):
-        clients = list(series)
-        medians = [series[client].median for client in clients]
+    def thousands(value: float, _: object) -> str:
+        return f"{value / 1000:,.0f}k"
+
+    def bars(axis: Any, values: dict[str, float], fmt: str) -> None:
+        clients = list(values)
         colours = [
             "tab:green" if client.startswith("wavegate") else "tab:grey" for client in clients
         ]
-        axis.barh(clients, medians, color=colours)
-        axis.set_title(f"{name}: {WORKLOADS[name][0]}")
-        axis.set_xlabel("messages/s")
+        axis.barh(clients, [values[c] for c in clients], color=colours)
+        for index, client in enumerate(clients):
+            axis.text(
+                values[client], index, " " + fmt.format(values[client]), va="center", fontsize=8
+            )
         axis.invert_yaxis()
+        axis.margins(x=0.25)
+
+    fig, axes = plt.subplots(1, len(data["throughput"]), figsize=(16, 4.8))
+    for axis, (name, series) in zip(axes, data["throughput"].items(), strict=True):
+        medians = {client: s.median for client, s in series.items() if client != "raw-socket"}
+        bars(axis, medians, "{:,.0f}")
+        limit = series["raw-socket"].median
+        axis.set_title(f"{name}: {WORKLOADS[name][0]}\n(plain socket, no parsing: {limit:,.0f}/s)")
+        axis.xaxis.set_major_formatter(FuncFormatter(thousands))
+        axis.set_xlabel("messages/s (higher is better)")
     fig.tight_layout()
     fig.savefig(out / "throughput.png", dpi=110)
     plt.close(fig)
-    p50 = data["latency"]["p50"]
-    fig, axis = plt.subplots(figsize=(7, 4))
-    clients = list(p50)
-    axis.barh(
-        clients,
-        [p50[c].median for c in clients],
-        color=["tab:green" if c.startswith("wavegate") else "tab:grey" for c in clients],
-    )
+    fig, axis = plt.subplots(figsize=(8, 4))
+    bars(axis, {client: s.median for client, s in data["latency"]["p50"].items()}, "{:.1f} µs")
     axis.set_title("D: small JSON round trip, p50 (µs, lower is better)")
-    axis.invert_yaxis()
     fig.tight_layout()
     fig.savefig(out / "latency.png", dpi=110)
     plt.close(fig)
+
+
+def replot(out: Path) -> None:
+    """Redraw the plots from ``results.json`` (no measuring)."""
+    raw = json.loads((out / "results.json").read_text())
+    data = {
+        "throughput": {
+            w: {c: Series(v) for c, v in s.items()} for w, s in raw["throughput"].items()
+        },
+        "latency": {p: {c: Series(v) for c, v in s.items()} for p, s in raw["latency"].items()},
+    }
+    plot(data, out)
 
 
 def main() -> None:
@@ -311,7 +330,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer messages and rounds")
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    parser.add_argument("--replot", action="store_true", help="redraw plots from results.json")
     args = parser.parse_args()
+    if args.replot:
+        replot(Path(args.out))
+        return
     rounds = 2 if args.quick else args.rounds
     scale = 0.25 if args.quick else 1.0
     started = time.monotonic()

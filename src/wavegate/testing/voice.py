@@ -210,19 +210,26 @@ class FakeVoiceGateway:
 
     # -- faults -----------------------------------------------------------------------
 
-    async def close_session(self, session_id: str, code: int | None, reason: str = "") -> None:
-        """Close the session's connection with ``code`` (a close frame)."""
-        session = self.sessions[session_id]
-        session.live.clear()
-        if session.conn is not None:
-            await session.conn.close(code, reason)
+    async def close_session(
+        self, session_id: str, code: int | None, reason: str = "", *, timeout: float = 5.0
+    ) -> None:
+        """Close the session's live connection with ``code`` (a close frame).
 
-    async def drop(self, session_id: str) -> None:
-        """Fail the session's TCP connection with no close frame (see ``reset()``)."""
-        session = self.sessions[session_id]
+        Waits (at most ``timeout`` s) for the session to have a live connection, so a
+        fault is never silently applied to a connection that is already gone.
+        """
+        session = await self.wait_live(session_id, timeout)
         session.live.clear()
-        if session.conn is not None:
-            await session.conn.reset()
+        assert session.conn is not None
+        await session.conn.close(code, reason)
+
+    async def drop(self, session_id: str, *, timeout: float = 5.0) -> None:
+        """Fail the session's live TCP connection with no close frame (see ``reset()``);
+        waits for a live connection as :meth:`close_session` does."""
+        session = await self.wait_live(session_id, timeout)
+        session.live.clear()
+        assert session.conn is not None
+        await session.conn.reset()
 
     def stop_acking(self, session_id: str, *, permanently: bool = False) -> None:
         """Stop answering heartbeats on the session's current connection (a zombie
