@@ -1,6 +1,6 @@
 """Autobahn|Testsuite echo client written on wavegate's public Websocket.
 
-    python -m conformance.client URL TRANSPORT
+    python -m conformance.client URL TRANSPORT [deflate]
 
 Runs every case the fuzzing server offers (its config chooses them): each message
 is echoed back as it came (text as text, binary as binary) until the case ends.
@@ -20,10 +20,13 @@ from wavegate import (
     WebsocketPacketText,
 )
 
+COMPRESSION = False
+
 
 def websocket(transport: str) -> Websocket:
     return Websocket(
         transport=transport,
+        compression=COMPRESSION,
         policy=GENERIC,
         receive_mode="text",
         max_size=64 << 20,  # case 9.x sends messages of up to 16 MiB
@@ -72,4 +75,5 @@ async def main(base: str, transport: str) -> None:
 
 
 if __name__ == "__main__":
+    COMPRESSION = sys.argv[3:] == ["deflate"]
     asyncio.run(main(sys.argv[1].rstrip("/"), sys.argv[2]))
