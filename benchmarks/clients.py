@@ -44,28 +44,16 @@ def wavegate_factory(transport: str) -> Callable[[], Any]:
 
 
 async def wavegate_stream(url: str, count: int, transport: str) -> float:
-    ws = wavegate_factory(transport)()
-    await ws.connect(url)
-    receive = ws.receive
-    started = time.perf_counter()
-    for _ in range(count):
-        await receive()
-    elapsed = time.perf_counter() - started
-    await ws.disconnect()
-    return elapsed
+    # The same measurement as `wavegate bench`, so the two never drift apart.
+    from wavegate.bench import wavegate_stream as measure
+
+    return await measure(url, count, transport, max_size=MAX_SIZE)
 
 
 async def wavegate_echo(url: str, count: int, transport: str) -> list[float]:
-    ws = wavegate_factory(transport)()
-    await ws.connect(url)
-    latencies = []
-    for _ in range(count):
-        started = time.perf_counter()
-        await ws.send_json(ECHO_MESSAGE)
-        await ws.receive()
-        latencies.append(time.perf_counter() - started)
-    await ws.disconnect()
-    return latencies
+    from wavegate.bench import wavegate_round_trips
+
+    return await wavegate_round_trips(url, count, transport)
 
 
 async def wavegate_connect(url: str, transport: str) -> Callable[[], Awaitable[None]]:

@@ -25,8 +25,9 @@ from .websocket import Websocket
 MESSAGE = {"op": 3, "d": {"t": 1732412345678, "seq_ack": 42}}
 
 
-async def _wavegate_stream(url: str, count: int, transport: str) -> float:
-    ws = Websocket(transport=transport, ping_interval=None)
+async def wavegate_stream(url: str, count: int, transport: str, max_size: int = 1 << 20) -> float:
+    """Seconds to receive ``count`` messages, one ``await`` each (connecting not timed)."""
+    ws = Websocket(transport=transport, ping_interval=None, max_size=max_size)
     await ws.connect(url)
     receive = ws.receive
     started = time.perf_counter()
@@ -34,10 +35,11 @@ async def _wavegate_stream(url: str, count: int, transport: str) -> float:
         await receive()
     elapsed = time.perf_counter() - started
     await ws.disconnect()
-    return count / elapsed
+    return elapsed
 
 
-async def _wavegate_echo(url: str, count: int, transport: str) -> float:
+async def wavegate_round_trips(url: str, count: int, transport: str) -> list[float]:
+    """Seconds for each of ``count`` small JSON messages sent to an echo server and back."""
     ws = Websocket(transport=transport, ping_interval=None)
     await ws.connect(url)
     samples = []
@@ -47,7 +49,7 @@ async def _wavegate_echo(url: str, count: int, transport: str) -> float:
         await ws.receive()
         samples.append(time.perf_counter() - started)
     await ws.disconnect()
-    return statistics.median(samples) * 1e6
+    return samples
 
 
 async def _aiohttp_stream(url: str, count: int) -> float:
@@ -67,6 +69,14 @@ async def _aiohttp_echo(url: str, count: int) -> float:
             orjson.loads((await ws.receive()).data)
             samples.append(time.perf_counter() - started)
         return statistics.median(samples) * 1e6
+
+
+async def _rate(url: str, count: int, transport: str) -> float:
+    return count / await wavegate_stream(url, count, transport)
+
+
+async def _median_us(url: str, count: int, transport: str) -> float:
+    return statistics.median(await wavegate_round_trips(url, count, transport)) * 1e6
 
 
 def _available_transports() -> list[str]:
@@ -91,8 +101,8 @@ async def _measure(port: int, messages: int, rounds: int) -> dict[str, tuple[flo
     }
     for name in _available_transports():
         clients[f"wavegate ({name})"] = (
-            lambda name=name: _wavegate_stream(stream, messages, name),  # type: ignore[misc]
-            lambda name=name: _wavegate_echo(echo, 2000, name),  # type: ignore[misc]
+            lambda name=name: _rate(stream, messages, name),  # type: ignore[misc]
+            lambda name=name: _median_us(echo, 2000, name),  # type: ignore[misc]
         )
     rates: dict[str, list[float]] = {name: [] for name in clients}
     latencies: dict[str, list[float]] = {name: [] for name in clients}

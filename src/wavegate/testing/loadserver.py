@@ -59,6 +59,7 @@ class _LoadProtocol(asyncio.Protocol):
         self.blob: memoryview | None = None
         self.sent = 0
         self.paused = False
+        self.close_sent = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -97,10 +98,9 @@ class _LoadProtocol(asyncio.Protocol):
         self.path = target.path
         if target.path == "/stream":
             query = {name: values[0] for name, values in parse_qs(target.query).items()}
-            blob = stream_blob(query.get("kind", "text"), int(query["size"]), int(query["count"]))
-            self.blob = memoryview(
-                blob + frames.encode_frame(frames.CLOSE, frames.close_payload(1000))
-            )
+            # The cached blob is written as is (no per-connection copy), then one close frame.
+            kind, size, count = query.get("kind", "text"), int(query["size"]), int(query["count"])
+            self.blob = memoryview(stream_blob(kind, size, count))
             self._stream()
 
     def _stream(self) -> None:
@@ -112,6 +112,7 @@ class _LoadProtocol(asyncio.Protocol):
             self.transport.write(chunk)
             if self.sent == len(self.blob):
                 self.transport.write(frames.encode_frame(frames.CLOSE, frames.close_payload(1000)))
+                self.close_sent = True
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -147,7 +148,8 @@ class _LoadProtocol(asyncio.Protocol):
                 payload = frames.unmask(payload, bytes(buffer[offset : offset + 4]))
             del buffer[:end]
             if opcode == frames.CLOSE:
-                self.transport.write(frames.encode_frame(frames.CLOSE, payload[:2]))
+                if not self.close_sent:  # a close answers a close, once (RFC 6455 5.5.1)
+                    self.transport.write(frames.encode_frame(frames.CLOSE, payload[:2]))
                 self.transport.close()
                 return
             if opcode == frames.PING:
