@@ -134,10 +134,10 @@ async def websockets_echo(url: str, count: int) -> list[float]:
 
 
 async def websockets_connect(url: str) -> Callable[[], Awaitable[None]]:
-    import websockets
+    from websockets.asyncio.client import connect
 
-    ws = await websockets.connect(url, compression=None, ping_interval=None)
-    return ws.close  # type: ignore[no-any-return]
+    ws = await connect(url, compression=None, ping_interval=None)
+    return ws.close
 
 
 # -- aiohttp --------------------------------------------------------------------------

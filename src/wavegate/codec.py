@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,18 @@ def _stdlib_dumps(value: Any) -> str:
 
 
 STDLIB = JSONCodec("json", json.loads, _stdlib_dumps)
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_finite(item) for item in value)
+    return False
+
+
 """The standard library's ``json`` module."""
 
 try:
@@ -35,5 +48,14 @@ except ImportError:  # pragma: no cover - orjson is a declared dependency
     ORJSON: JSONCodec | None = None
     DEFAULT: JSONCodec = STDLIB
 else:
-    ORJSON = JSONCodec("orjson", orjson.loads, orjson.dumps)
+
+    def _orjson_dumps(value: Any) -> bytes:
+        encoded = orjson.dumps(value)
+        # orjson writes NaN and infinities as null, silently; JSON has no such values.
+        # Only a payload with a null can hide one, so only then is it walked.
+        if b"null" in encoded and _has_non_finite(value):
+            raise ValueError("NaN and infinities cannot be encoded as JSON")
+        return encoded
+
+    ORJSON = JSONCodec("orjson", orjson.loads, _orjson_dumps)
     DEFAULT = ORJSON

@@ -48,6 +48,7 @@ CONNECT_FAILURES = frozenset(
         Event.CONNECT_TLS,
         Event.CONNECT_TLS_CERTIFICATE,
         Event.CONNECT_ERROR,
+        Event.HANDSHAKE_INVALID,
     }
 )
 
@@ -60,6 +61,8 @@ _DEFAULT_CONNECT_FAILURES: Mapping[Event, Action] = MappingProxyType(
         # A certificate that does not verify will not verify on the next try either.
         Event.CONNECT_TLS_CERTIFICATE: DISCONNECT,
         Event.CONNECT_ERROR: RECONNECT,
+        # The same server will break the protocol the same way on the next try.
+        Event.HANDSHAKE_INVALID: DISCONNECT,
     }
 )
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 SECRET_KEYS = frozenset(
     {"token", "session_id", "password", "secret", "authorization", "api_key", "access_token"}
@@ -26,12 +26,90 @@ def redact(value: Any, secret_keys: frozenset[str] = SECRET_KEYS) -> Any:
     return value
 
 
+_SECRET_NAME_PARTS = ("token", "secret", "password", "key", "auth", "cookie", "session")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a query key or header name looks like it carries a secret."""
+    lowered = name.lower()
+    return lowered in SECRET_KEYS or any(part in lowered for part in _SECRET_NAME_PARTS)
+
+
 def redact_url(url: str) -> str:
     """``url`` with user info and the values of secret-looking query keys removed."""
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     query = [
-        (key, REDACTED if key.lower() in SECRET_KEYS or "key" in key.lower() else value)
+        (key, REDACTED if is_secret_name(key) else value)
         for key, value in parse_qsl(parts.query, keep_blank_values=True)
     ]
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="<>"), ""))
+
+
+def secrets_in(urls: Iterable[str | None], headers: Mapping[str, str]) -> frozenset[str]:
+    """The secrets a connection carries: URL user info, secret-looking query values and
+    header values, each also as it looks percent-encoded."""
+    found: set[str] = set()
+    for url in urls:
+        if not url:
+            continue
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            found.update(netloc.rsplit("@", 1)[0].split(":"))
+        found.update(
+            value
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+            if is_secret_name(key)
+        )
+    for name, value in headers.items():
+        if is_secret_name(name):
+            found.add(value)
+            found.update(value.split())  # "Bearer abc": the token alone may be shown
+    found = {secret for secret in found if len(secret) >= 4}
+    return frozenset(found | {quote(s, safe="") for s in found} | {quote_plus(s) for s in found})
+
+
+def scrub_text(text: str, secrets: frozenset[str]) -> str:
+    """``text`` with every occurrence of each secret replaced by :data:`REDACTED`."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def scrub_exception(
+    exc: BaseException | None, secrets: frozenset[str], stand_in: type[BaseException]
+) -> BaseException | None:
+    """``exc`` with its cause and context chain scrubbed of ``secrets``.
+
+    An exception whose text holds a secret is replaced by a ``stand_in`` carrying its
+    type name and scrubbed text (and its traceback); the others are kept, with their
+    ``__cause__``/``__context__`` scrubbed in turn.
+    """
+    if exc is None or not secrets:
+        return exc
+    return _scrub(exc, secrets, stand_in, set())
+
+
+def _scrub(
+    exc: BaseException, secrets: frozenset[str], stand_in: type[BaseException], seen: set[int]
+) -> BaseException:
+    seen.add(id(exc))
+    cause, context = exc.__cause__, exc.__context__
+    if cause is not None and id(cause) not in seen:
+        cause = _scrub(cause, secrets, stand_in, seen)
+    if context is not None and id(context) not in seen:
+        context = _scrub(context, secrets, stand_in, seen)
+    try:
+        text = f"{exc}\n{exc!r}"
+    except Exception:  # a broken __str__ must not hide the ending
+        text = type(exc).__name__
+    if any(secret in text for secret in secrets):
+        name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        replaced = stand_in(f"{name}: {scrub_text(str(exc), secrets)}")
+        replaced.__traceback__ = exc.__traceback__
+        replaced.__suppress_context__ = exc.__suppress_context__
+        exc = replaced
+    exc.__cause__, exc.__context__ = cause, context
+    return exc

@@ -44,6 +44,9 @@ class Event(str, Enum):
     """Any other failure to open the TCP connection."""
     HANDSHAKE_STATUS = "handshake_status"
     """The server answered the upgrade with an HTTP status (in ``code``)."""
+    HANDSHAKE_INVALID = "handshake_invalid"
+    """The server accepted the upgrade but broke RFC 6455 4.1 doing so (a subprotocol
+    or extension the client never offered, a wrong accept key): retrying cannot help."""
     NOT_CONNECTED = "not_connected"
     """A send or receive was issued with no connection and none ever signalled."""
 
@@ -72,6 +75,8 @@ class Signal(Exception):
         self.reason = reason
         self.event = event
         self.initiated_locally = initiated_locally
+        # The cause says why; the exception being handled when it was raised does not.
+        self.__suppress_context__ = True
 
     def __str__(self) -> str:
         where = "local" if self.initiated_locally else "peer"
@@ -111,6 +116,15 @@ class ResumeSignal(Signal):
 
 class WavegateError(Exception):
     """Base of every wavegate error that is not a :class:`Signal`."""
+
+
+class RedactedError(WavegateError):
+    """Stands in, in a signal's cause chain, for a transport library's exception whose
+    text held a secret (a URL token or password, a header value).
+
+    Its message is the original exception's type and text with each secret replaced
+    by ``<redacted>``; its own ``__cause__`` and ``__context__`` are scrubbed the same way.
+    """
 
 
 class InvalidURLError(WavegateError, ValueError):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl as ssl_module
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from types import TracebackType
 from typing import Any, Literal
@@ -20,13 +22,14 @@ from .packets import (
     WebsocketPacketText,
 )
 from .policy import DISCORD_VOICE, ClosePolicy
-from .redact import redact_url
+from .redact import redact_url, scrub_exception, scrub_text, secrets_in
 from .signals import (
     DisconnectSignal,
     EncodeError,
     Event,
     InvalidURLError,
     PayloadError,
+    RedactedError,
     Signal,
 )
 from .transport import (
@@ -52,17 +55,49 @@ class WebsocketState(IntEnum):
     DISCONNECTING = 3
 
 
-_TRANSITIONS: Mapping[WebsocketState, frozenset[WebsocketState]] = {
-    WebsocketState.DISCONNECTED: frozenset({WebsocketState.CONNECTING}),
-    WebsocketState.CONNECTING: frozenset({WebsocketState.CONNECTED, WebsocketState.DISCONNECTED}),
-    WebsocketState.CONNECTED: frozenset(
-        {WebsocketState.DISCONNECTING, WebsocketState.DISCONNECTED}
-    ),
-    WebsocketState.DISCONNECTING: frozenset({WebsocketState.DISCONNECTED}),
-}
-
-
 _CONNECTED = WebsocketState.CONNECTED
+_CONNECTING = WebsocketState.CONNECTING
+_DISCONNECTED = WebsocketState.DISCONNECTED
+_DISCONNECTING = WebsocketState.DISCONNECTING
+
+TRANSITIONS: Mapping[WebsocketState, frozenset[WebsocketState]] = {
+    # connect() starts an opening.
+    _DISCONNECTED: frozenset({_CONNECTING}),
+    # The opening succeeds or fails; or disconnect() is called while it runs.
+    _CONNECTING: frozenset({_CONNECTED, _DISCONNECTED, _DISCONNECTING}),
+    # disconnect() starts a close; or the connection ends (peer, network, keepalive).
+    _CONNECTED: frozenset({_DISCONNECTING, _DISCONNECTED}),
+    # The close (or the cancelled opening) is done.
+    _DISCONNECTING: frozenset({_DISCONNECTED}),
+}
+"""Every state change a :class:`Websocket` can make (``_set_state`` enforces it)."""
+
+_MAX_BACKLOG = 4096
+"""Frames a failed send may read ahead while looking for the peer's close frame."""
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One ``connect()`` and the connection it opened: everything about how it ends.
+
+    ``end`` is decided once, by whoever observes the ending first; a local
+    ``disconnect()`` decides it at the moment it is called. ``backlog`` holds frames
+    that arrived before the end but were read by a send looking for the peer's close
+    frame: ``receive()`` returns them before the signal.
+    """
+
+    url: str
+    secrets: frozenset[str]
+    settled: asyncio.Future[None]
+    """Resolved when the opening is over (connected, failed or abandoned)."""
+    finished: asyncio.Future[None]
+    """Resolved when the connection is over (``DISCONNECTED``)."""
+    opener: asyncio.Task[Transport] | None = None
+    transport: Transport | None = None
+    end: Signal | None = None
+    verdict: asyncio.Future[None] | None = None
+    """Created by a send waiting for the reader to decide ``end``."""
+    backlog: deque[str | bytes] = field(default_factory=deque)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,17 +205,11 @@ class Websocket:
         self._dumps = json_codec.dumps
         self._decode_json = receive_mode == "json"
         self._state = WebsocketState.DISCONNECTED
-        self._transport: Transport | None = None
-        self._url: str | None = None
-        # How the current (or last) connection ended; set once per connection.
-        self._end: Signal | None = None
-        self._connect_done: asyncio.Future[None] | None = None
-        self._opener: asyncio.Task[Transport] | None = None
-        self._disconnect_done: asyncio.Future[None] | None = None
+        self._conn: _Connection | None = None
+        """The current connection, or the last one."""
         self._receiving = False
-        # A connection whose end a send noticed first: receive() still returns the
-        # frames that arrived before it, then raises the same signal.
-        self._draining: Transport | None = None
+        self._draining: asyncio.Future[None] | None = None
+        """Set while a failed send reads ahead for the peer's close frame."""
         self.frames_in = 0
         self.frames_out = 0
         self.bytes_in = 0
@@ -221,17 +250,19 @@ class Websocket:
     @property
     def last_signal(self) -> Signal | None:
         """The signal that ended the last connection, if it has ended."""
-        return self._end
+        return None if self._conn is None else self._conn.end
 
     @property
     def close_code(self) -> int | None:
         """The close code of the last connection end (``None`` if none yet)."""
-        return None if self._end is None else self._end.code
+        end = self.last_signal
+        return None if end is None else end.code
 
     @property
     def close_reason(self) -> str | None:
         """The close reason of the last connection end (``None`` if none yet)."""
-        return None if self._end is None else self._end.reason
+        end = self.last_signal
+        return None if end is None else end.reason
 
     @property
     def stats(self) -> WebsocketStats:
@@ -239,12 +270,12 @@ class Websocket:
         return WebsocketStats(self.frames_in, self.frames_out, self.bytes_in, self.bytes_out)
 
     def _set_state(self, new: WebsocketState) -> None:
-        if new not in _TRANSITIONS[self._state]:
+        if new not in TRANSITIONS[self._state]:
             raise AssertionError(f"illegal state change {self._state.name} -> {new.name}")
         self._state = new
 
     def __repr__(self) -> str:
-        url = "-" if self._url is None else redact_url(self._url)
+        url = "-" if self._conn is None else redact_url(self._conn.url)
         return f"<Websocket {self._state.name} {url} policy={self._policy.name!r}>"
 
     async def __aenter__(self) -> Websocket:
@@ -258,7 +289,7 @@ class Websocket:
     ) -> None:
         await self.disconnect()
 
-    # -- opening and closing -------------------------------------------------------
+    # -- opening ---------------------------------------------------------------------
 
     async def connect(self, url: str) -> None:
         """Open the connection.
@@ -268,153 +299,188 @@ class Websocket:
             RuntimeError: already connected.
             ReconnectSignal: the open failed in a way worth retrying (timeout,
                 refused, DNS, 5xx/408/429...), per the policy.
-            DisconnectSignal: the open failed for good (4xx, bad certificate), or
-                ``disconnect()`` was called meanwhile.
+            DisconnectSignal: the open failed for good (4xx, bad certificate, a
+                handshake that breaks RFC 6455), or ``disconnect()`` was called meanwhile.
         """
         _check_url(url)
-        if self._state is WebsocketState.CONNECTING:
-            await self._wait_connect()
+        if self._state is _CONNECTING:
+            await self._wait_opening()
             return
-        if self._state is WebsocketState.DISCONNECTING and self._disconnect_done is not None:
-            await asyncio.shield(self._disconnect_done)
-        if self._state is WebsocketState.CONNECTED:
+        if self._state is _DISCONNECTING:
+            assert self._conn is not None
+            await asyncio.shield(self._conn.finished)
+        if self._state is _CONNECTED:
             raise RuntimeError("already connected; call disconnect() before connect()")
-        self._set_state(WebsocketState.CONNECTING)
-        self._end = None
-        self._draining = None
-        self._url = url
         loop = asyncio.get_running_loop()
-        self._connect_done = loop.create_future()
-        opener = self._opener = loop.create_task(self._connector(url, self._options))
+        options = self._options
+        conn = self._conn = _Connection(
+            url,
+            secrets_in((url, options.proxy), options.headers),
+            loop.create_future(),
+            loop.create_future(),
+        )
+        self._set_state(_CONNECTING)
+        conn.opener = loop.create_task(self._connector(url, options))
+        signal = await self._open(conn, conn.opener)
+        if signal is not None:
+            log.info("connect to %s failed: %s", redact_url(url), signal)
+            raise signal
+
+    async def _open(self, conn: _Connection, opener: asyncio.Task[Transport]) -> Signal | None:
+        """Await the opening; ``None`` once connected, else the signal to raise."""
         try:
             transport = await opener
         except ConnectFailed as failed:
-            signal = self._policy.signal_for(failed.event, code=failed.code, reason=failed.reason)
-            signal.__cause__ = failed.__cause__
-            self._finish_connect(signal)
-            log.info("connect to %s failed: %s", redact_url(url), signal)
-            raise signal from failed.__cause__
+            self._decide(conn, failed.event, failed.code, failed.reason, False, failed.__cause__)
+            return self._closed(conn)
         except asyncio.CancelledError:
-            if opener.cancelled() and self._end is not None:
-                # disconnect() cancelled the opening; the caller was not cancelled.
-                self._finish_connect(self._end)
-                raise self._end.again() from None
+            if opener.cancelled() and self._state is _DISCONNECTING:
+                return self._closed(conn)  # disconnect() cancelled the opening, not our caller
             await self._cancel_opener(opener)
-            self._finish_connect(
-                DisconnectSignal(
-                    "connect() was cancelled", event=Event.LOCAL_CLOSE, initiated_locally=True
-                )
-            )
+            reason = "connect() was cancelled"
+            self._decide(conn, Event.LOCAL_CLOSE, None, reason, True, None)
+            self._closed(conn)
             raise
         except Exception as exc:
-            self._finish_connect(
-                DisconnectSignal(f"connect() failed: {exc}", event=Event.CONNECT_ERROR)
-            )
+            self._decide(conn, Event.CONNECT_ERROR, None, f"connect() failed: {exc}", False, exc)
+            self._closed(conn)
             raise
-        self._transport = transport
-        self._set_state(WebsocketState.CONNECTED)
-        self._opener = None
-        self._connect_done.set_result(None)
-        log.debug("connected to %s", redact_url(url))
+        if self._state is _DISCONNECTING:
+            # disconnect() came in the loop turn the opening completed: close what opened.
+            assert conn.end is not None
+            await transport.close(conn.end.code or 1000, conn.end.reason)
+            return self._closed(conn)
+        conn.transport = transport
+        self._set_state(_CONNECTED)
+        conn.settled.set_result(None)
+        log.debug("connected to %s", redact_url(conn.url))
+        return None
 
-    async def _cancel_opener(self, opener: asyncio.Task[Transport]) -> None:
+    @staticmethod
+    async def _cancel_opener(opener: asyncio.Task[Transport]) -> None:
         opener.cancel()
         await asyncio.wait({opener})
         if not opener.cancelled() and opener.exception() is None:
             # It finished opening just as we were cancelled: close what it opened.
             await opener.result().abort()
 
-    def _finish_connect(self, signal: Signal) -> None:
-        self._end = signal
-        self._opener = None
-        self._set_state(WebsocketState.DISCONNECTED)
-        if self._connect_done is not None and not self._connect_done.done():
-            self._connect_done.set_result(None)
+    async def _wait_opening(self) -> tuple[_Connection, Transport]:
+        """Wait for the opening in flight: the connection, or the signal it ended with."""
+        conn = self._conn
+        assert conn is not None
+        await asyncio.shield(conn.settled)
+        if conn is self._conn and self._state is _CONNECTED and conn.transport is not None:
+            return conn, conn.transport
+        raise self._ended_signal(conn)
 
-    async def _wait_connect(self) -> Transport:
-        """Wait for the in-flight connect; the transport, or the signal it ended with."""
-        assert self._connect_done is not None
-        await asyncio.shield(self._connect_done)
-        if self._transport is not None and self._state is WebsocketState.CONNECTED:
-            return self._transport
-        raise self._ended_signal()
+    # -- closing ---------------------------------------------------------------------
 
     async def disconnect(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection; idempotent, bounded by ``close_timeout``.
 
-        A ``receive()`` blocked in another task wakes with :class:`DisconnectSignal`.
-        Close with a code in 3000..4999 (for instance 4000) to keep a Discord session
-        resumable: Discord invalidates sessions closed with 1000 or 1001.
+        A ``receive()`` or a send blocked in another task wakes with
+        :class:`DisconnectSignal`. Called while connecting, it abandons the opening (or
+        closes the connection that opened meanwhile). Close with a code in 3000..4999
+        (for instance 4000) to keep a Discord session resumable: Discord invalidates
+        sessions closed with 1000 or 1001. Cancelling it still releases the socket.
 
         Raises:
             ValueError: ``code`` is not 1000 or in 3000..4999, or ``reason`` is longer
                 than 123 bytes.
         """
         _check_close(code, reason)
-        state = self._state
-        if state is WebsocketState.DISCONNECTED:
+        conn, state = self._conn, self._state
+        if conn is None or state is _DISCONNECTED:
             return
-        local = DisconnectSignal(reason, code=code, event=Event.LOCAL_CLOSE, initiated_locally=True)
-        if state is WebsocketState.CONNECTING:
-            self._end = local
-            if self._opener is not None:
-                self._opener.cancel()
-            assert self._connect_done is not None
-            await asyncio.shield(self._connect_done)
+        if state is _DISCONNECTING:
+            await asyncio.shield(conn.finished)
             return
-        if state is WebsocketState.DISCONNECTING:
-            assert self._disconnect_done is not None
-            await asyncio.shield(self._disconnect_done)
+        self._decide(conn, Event.LOCAL_CLOSE, code, reason, True, None)
+        self._set_state(_DISCONNECTING)
+        if state is _CONNECTING:
+            assert conn.opener is not None
+            conn.opener.cancel()
+            await asyncio.shield(conn.finished)
             return
-        transport = self._transport
+        transport = conn.transport
         assert transport is not None
-        self._end = local
-        self._disconnect_done = asyncio.get_running_loop().create_future()
-        self._set_state(WebsocketState.DISCONNECTING)
         try:
             await transport.close(code, reason)
         finally:
-            self._transport = None
-            self._set_state(WebsocketState.DISCONNECTED)
-            self._disconnect_done.set_result(None)
+            self._closed(conn)
             log.debug("disconnected (code %s)", code)
 
-    async def _connection_ended(self, ended: TransportClosed, *, by_send: bool = False) -> Signal:
-        """Record how the connection ended (once) and return the signal to raise.
+    def _closed(self, conn: _Connection) -> Signal:
+        """The connection is over: DISCONNECTED, every waiter woken; its signal."""
+        assert conn.end is not None
+        conn.transport = None
+        if self._state is not _DISCONNECTED and conn is self._conn:
+            self._set_state(_DISCONNECTED)
+        for future in (conn.settled, conn.finished, conn.verdict):
+            if future is not None and not future.done():
+                future.set_result(None)
+        return conn.end
 
-        When a send noticed the end, the transport stays readable (``_draining``) so
-        that frames which arrived before it are still delivered.
-        """
-        if self._end is not None:
-            # Someone else already decided (a local disconnect, or another task).
-            return self._end.again()
-        signal = self._policy.signal_for(
-            ended.event, code=ended.code, reason=ended.reason, initiated_locally=ended.local
-        )
-        signal.__cause__ = ended.__cause__
-        self._end = signal
-        transport = self._transport
-        self._transport = None
-        if by_send and not self._receiving:
-            self._draining = transport
-        if self._state is WebsocketState.CONNECTED:
-            self._set_state(WebsocketState.DISCONNECTED)
-        log.info("connection ended: %s -> %s", signal, type(signal).__name__)
-        if transport is not None:
-            await transport.abort()
-        return signal
+    # -- endings ---------------------------------------------------------------------
 
-    def _ended_signal(self) -> Signal:
-        if self._end is not None:
-            return self._end.again()
+    def _decide(
+        self,
+        conn: _Connection,
+        event: Event,
+        code: int | None,
+        reason: str,
+        local: bool,
+        cause: BaseException | None,
+    ) -> None:
+        """Record how ``conn`` ended, once: the first observed ending wins."""
+        if conn.end is not None:
+            return
+        if event is Event.LOCAL_CLOSE:
+            signal: Signal = DisconnectSignal(
+                reason, code=code, event=event, initiated_locally=True
+            )
+        else:
+            signal = self._policy.signal_for(
+                event,
+                code=code,
+                reason=scrub_text(reason, conn.secrets),
+                initiated_locally=local,
+            )
+            signal.__cause__ = scrub_exception(cause, conn.secrets, RedactedError)
+        conn.end = signal
+        if conn.verdict is not None and not conn.verdict.done():
+            conn.verdict.set_result(None)
+
+    async def _connection_ended(self, conn: _Connection, ended: TransportClosed) -> Signal:
+        """The transport reported the end of ``conn``: decide (once), drop the transport
+        unless a local close owns it, and return the signal to raise."""
+        first = conn.end is None
+        self._decide(conn, ended.event, ended.code, ended.reason, ended.local, ended.__cause__)
+        assert conn.end is not None
+        if first:
+            log.info("connection ended: %s -> %s", conn.end, type(conn.end).__name__)
+        transport = conn.transport
+        if self._state is _CONNECTED and conn is self._conn:
+            self._closed(conn)
+            if transport is not None:
+                await transport.abort()
+        return conn.end if first else conn.end.again()
+
+    def _ended_signal(self, conn: _Connection | None) -> Signal:
+        if conn is not None and conn.end is not None:
+            return conn.end.again()
         return DisconnectSignal("not connected; call connect() first", event=Event.NOT_CONNECTED)
 
-    async def _current_transport(self) -> Transport:
-        if self._state is WebsocketState.CONNECTING:
-            return await self._wait_connect()
-        raise self._ended_signal()
+    async def _live(self) -> tuple[_Connection, Transport]:
+        """The connection to use: the open one, or the one being opened."""
+        conn = self._conn
+        if self._state is _CONNECTED and conn is not None and conn.transport is not None:
+            return conn, conn.transport
+        if self._state is _CONNECTING:
+            return await self._wait_opening()
+        raise self._ended_signal(conn)
 
-    # -- receiving -----------------------------------------------------------------
+    # -- receiving -------------------------------------------------------------------
 
     async def receive(self) -> WebsocketPacket:
         """Wait for the next packet.
@@ -437,17 +503,23 @@ class Websocket:
             raise RuntimeError(
                 "receive() is already waiting in another task; only one reader is allowed"
             )
-        transport = self._transport
-        if transport is None or self._state is not _CONNECTED:
+        conn = self._conn
+        transport = None if conn is None else conn.transport
+        if transport is None or self._state is not _CONNECTED or self._draining is not None:
             return await self._receive_slow()
+        assert conn is not None
         self._receiving = True
         try:
             # The hot path: the transport's recv may be the library's own coroutine.
             data = await transport.recv()
         except Exception as exc:
-            raise await self._receive_failed(transport, exc) from exc.__cause__
+            failure: Exception | None = exc
+        else:
+            failure = None
         finally:
             self._receiving = False
+        if failure is not None:
+            raise await self._connection_ended(conn, transport.ended(failure))
         # _packet() inlined for text and binary: a method call is a measurable share here.
         self.frames_in += 1
         self.bytes_in += len(data)
@@ -464,24 +536,24 @@ class Websocket:
         return WebsocketPacketText(data)  # type: ignore[arg-type]
 
     async def _receive_slow(self) -> WebsocketPacket:
-        """``receive()`` while connecting, or draining a connection a send saw end."""
+        """``receive()`` while connecting, while a send reads ahead, or after the end."""
         self._receiving = True
         try:
-            transport = self._draining or await self._current_transport()
+            if self._draining is not None:
+                await asyncio.shield(self._draining)
+            conn = self._conn
+            if conn is not None and conn.backlog:
+                return self._packet(conn.backlog.popleft())
+            conn, transport = await self._live()
             try:
                 data = await transport.recv()
             except Exception as exc:
-                raise await self._receive_failed(transport, exc) from exc.__cause__
+                failure = exc
+            else:
+                return self._packet(data)
         finally:
             self._receiving = False
-        return self._packet(data)
-
-    async def _receive_failed(self, transport: Transport, exc: Exception) -> Signal:
-        ended = transport.ended(exc)
-        if transport is self._draining:
-            self._draining = None
-            return self._ended_signal()
-        return await self._connection_ended(ended)
+        raise await self._connection_ended(conn, transport.ended(failure))
 
     def _packet(self, data: str | bytes) -> WebsocketPacket:
         self.frames_in += 1
@@ -498,25 +570,85 @@ class Websocket:
             raise PayloadError("JSON text frame is not an object", data)  # type: ignore[arg-type]
         return WebsocketPacketJSON(value)
 
-    # -- sending -------------------------------------------------------------------
+    # -- sending ---------------------------------------------------------------------
+
+    async def writable(self) -> None:
+        """Wait until a send would write at once: connected (waiting for a connect in
+        flight), with room in the socket's buffer. Cancelling it changes nothing.
+
+        Raises:
+            DisconnectSignal, ReconnectSignal, ResumeSignal: the connection ended.
+        """
+        conn, transport = await self._live()
+        try:
+            await transport.writable()
+        except TransportClosed as ended:
+            failure = ended
+        else:
+            return
+        raise await self._send_failed(conn, failure)
 
     async def _send(self, kind: int, data: bytes) -> None:
-        transport = self._transport
-        if transport is None or self._state is not WebsocketState.CONNECTED:
-            transport = await self._current_transport()
+        conn = self._conn
+        transport = None if conn is None else conn.transport
+        if transport is None or self._state is not _CONNECTED:
+            conn, transport = await self._live()
+        assert conn is not None
         try:
-            await transport.send(kind, data)
+            # Wait for room first, then write the whole frame at once: cancelled while
+            # waiting, nothing was written; once written, nothing waits.
+            await transport.writable()
+            transport.send(kind, data)
         except TransportClosed as ended:
-            raise await self._connection_ended(ended, by_send=True) from ended.__cause__
-        self.frames_out += 1
-        self.bytes_out += len(data)
+            failure = ended
+        else:
+            self.frames_out += 1
+            self.bytes_out += len(data)
+            return
+        raise await self._send_failed(conn, failure)
+
+    async def _send_failed(self, conn: _Connection, ended: TransportClosed) -> Signal:
+        """A send saw the connection fail. The read side decides how it ended (the
+        peer's close frame may still be unread, and frames before it must still be
+        delivered); the send's view counts only if the read side cannot tell in time."""
+        if conn.end is None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._read_verdict(conn), self._options.close_timeout)
+        return await self._connection_ended(conn, ended)
+
+    async def _read_verdict(self, conn: _Connection) -> None:
+        """Wait until the read side decides how ``conn`` ended: the task in
+        ``receive()`` if there is one, else read ahead into the backlog ourselves."""
+        loop = asyncio.get_running_loop()
+        if self._receiving or self._draining is not None:
+            if conn.verdict is None:
+                conn.verdict = loop.create_future()
+            await asyncio.shield(conn.verdict)
+            return
+        transport = conn.transport
+        if transport is None:
+            return
+        draining = self._draining = loop.create_future()
+        try:
+            while conn.end is None and len(conn.backlog) < _MAX_BACKLOG:
+                try:
+                    conn.backlog.append(await transport.recv())
+                except Exception as exc:
+                    await self._connection_ended(conn, transport.ended(exc))
+        finally:
+            self._draining = None
+            draining.set_result(None)
 
     async def send_json(self, data: dict[str, Any]) -> None:
         """Send ``data`` as a JSON text frame.
 
+        Waits for room in the socket's buffer first (backpressure), then writes the
+        frame whole. Cancelled while waiting, nothing was sent.
+
         Raises:
             TypeError: ``data`` is not a dict.
-            EncodeError: the codec cannot encode it (nothing was sent).
+            EncodeError: the codec cannot encode it (NaN and infinities included;
+                nothing was sent).
             DisconnectSignal, ReconnectSignal, ResumeSignal: not connected, or the
                 connection ended (the message was not sent).
         """
@@ -531,7 +663,7 @@ class Websocket:
         await self._send(TEXT, encoded)
 
     async def send_bytes(self, data: bytes) -> None:
-        """Send a binary frame.
+        """Send a binary frame (as :meth:`send_json` for waiting and cancelling).
 
         Raises:
             TypeError: ``data`` is not bytes, bytearray or memoryview.
@@ -542,7 +674,7 @@ class Websocket:
         await self._send(BINARY, bytes(data) if isinstance(data, memoryview) else data)
 
     async def send_text(self, data: str) -> None:
-        """Send a text frame as-is (no JSON encoding).
+        """Send a text frame as-is, no JSON encoding (as :meth:`send_json` otherwise).
 
         Raises:
             TypeError: ``data`` is not a str.

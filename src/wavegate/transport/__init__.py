@@ -39,10 +39,21 @@ class TransportOptions:
 
 
 class TransportClosed(Exception):
-    """An open connection ended; raised by ``receive()`` and ``send()``."""
+    """An open connection ended; raised by ``recv``, ``writable`` and ``send``.
+
+    A send may see the connection fail before the read side knows why (the peer's
+    close frame may still be unread): ``Websocket`` lets the read side decide, within
+    ``close_timeout``. The transport sets ``__cause__`` (the library's exception) once,
+    when it records the ending; every later report of that ending is the same object.
+    """
 
     def __init__(
-        self, event: Event, code: int | None = None, reason: str = "", *, local: bool = False
+        self,
+        event: Event,
+        code: int | None = None,
+        reason: str = "",
+        *,
+        local: bool = False,
     ) -> None:
         super().__init__(reason)
         self.event = event
@@ -66,6 +77,10 @@ class Transport(Protocol):
 
     ``recv`` is the hot path and may be the websocket library's own coroutine, with no
     wrapper: whatever it raises is handed to :meth:`ended`, which translates it.
+
+    Sending is split in two so that a frame is either written whole or not at all:
+    :meth:`writable` waits (cancellably) until the socket's buffer has room, then
+    :meth:`send` writes the frame at once without waiting. Nothing waits after a write.
     """
 
     @property
@@ -75,19 +90,32 @@ class Transport(Protocol):
         ...
 
     def ended(self, exc: BaseException) -> TransportClosed:
-        """Translate what ``recv`` or ``send`` raised into a :class:`TransportClosed`."""
+        """Translate what ``recv`` raised into the connection's :class:`TransportClosed`."""
         ...
 
-    async def send(self, kind: int, data: bytes) -> None:
-        """Send one frame (TEXT or BINARY); raise :class:`TransportClosed` if it ended."""
+    async def writable(self) -> None:
+        """Wait until the write buffer is below its high-water mark.
+
+        Raises :class:`TransportClosed` if the connection ended. Cancelling it leaves
+        nothing written.
+        """
+        ...
+
+    def send(self, kind: int, data: bytes) -> None:
+        """Write one frame (TEXT or BINARY) now, whole; never waits.
+
+        Raises :class:`TransportClosed` (nothing was written) if the connection ended.
+        """
         ...
 
     async def close(self, code: int, reason: str) -> None:
-        """Close with ``code``, bounded by the close timeout; never raises."""
+        """Close with ``code``, bounded by the close timeout; never raises. The socket is
+        released even if the call is cancelled."""
         ...
 
     async def abort(self) -> None:
-        """Drop the connection without a close handshake and release it; never raises."""
+        """Drop the connection at once (no close handshake, no flushing) and release it;
+        never raises."""
         ...
 
 

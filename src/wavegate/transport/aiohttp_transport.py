@@ -1,6 +1,7 @@
 """The aiohttp transport (default).
 
-Every aiohttp detail lives here: its exceptions, message types and close-code access.
+Every aiohttp detail lives here: its exceptions, message types and close-code access,
+and the few of its internals wavegate needs (``_WebSocketResponse`` below names them).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import asyncio
 import contextlib
 import ssl as ssl_module
 import weakref
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -18,10 +20,83 @@ from ..signals import Event, InvalidURLError
 from . import BINARY, TEXT, ConnectFailed, TransportClosed, TransportOptions
 
 _KINDS = {TEXT: WSMsgType.TEXT, BINARY: WSMsgType.BINARY}
+_ABNORMAL = 1006
+# Codes an endpoint may put in a close frame it sends (RFC 6455 7.4.1).
+_SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 
 def _valid_on_the_wire(code: int) -> bool:
     return code in _SENDABLE or 3000 <= code <= 4999
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class _WebSocketResponse(aiohttp.ClientWebSocketResponse):
+    """aiohttp's client websocket with the changes wavegate needs.
+
+    This class is the only place that touches aiohttp internals (pinned by the
+    ``aiohttp>=3.14,<4`` requirement and covered by the contract tests):
+
+    - a keepalive failure is reported to ``on_keepalive_failure`` (aiohttp would only
+      close gracefully, which waits forever for a peer that stopped reading);
+    - :meth:`write` writes a frame at once, whole, and never waits afterwards (aiohttp's
+      ``send_frame`` may wait for the buffer to drain after writing, so a timeout there
+      could not tell whether the frame went out); compressed frames are compressed
+      in the event loop for the same reason (about 4 ms per MiB of JSON);
+    - :meth:`close_frame_waiting` looks at the last message aiohttp buffered (aiohttp
+      handles a close frame only when it is read; picows and websockets at arrival);
+    - :meth:`abandon` drops the socket and cancels aiohttp's keepalive timers at once
+      (otherwise they keep every closed connection alive for ``ping_interval``), and
+      :meth:`wake_writers` wakes whoever waits for the buffer to drain.
+    """
+
+    on_keepalive_failure: Callable[[BaseException], None] | None = None
+
+    def _handle_ping_pong_exception(self, exc: BaseException) -> None:
+        if not self._closed and self.on_keepalive_failure is not None:
+            self.on_keepalive_failure(exc)
+        super()._handle_ping_pong_exception(exc)
+
+    @property
+    def socket_transport(self) -> asyncio.Transport:
+        return self._writer.transport
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._writer.protocol.writing_paused
+
+    async def wait_writable(self) -> None:
+        """Wait until the buffer drained or the connection was lost (whatever aiohttp
+        does to its drain future then: it may cancel it). Cancelling this wait leaves
+        aiohttp's future alone, as other waiters share it."""
+        drained = asyncio.ensure_future(self._writer.protocol._drain_helper())
+        drained.add_done_callback(_retrieve)
+        await asyncio.wait({drained})
+
+    def write(self, data: bytes, opcode: WSMsgType) -> None:
+        if self.compress:
+            self._writer._send_compressed_frame_sync(data, opcode, None)
+        else:
+            self._writer._write_websocket_frame(data, opcode, 0)
+
+    def close_frame_waiting(self) -> bool:
+        """Whether the peer's close frame has arrived but nobody has read it yet: from
+        then on the peer discards what we send (RFC 6455 5.5.1)."""
+        buffer = self._reader._buffer
+        return bool(buffer) and buffer[-1][0].type is WSMsgType.CLOSE
+
+    def wake_writers(self) -> None:
+        waiter = self._writer.protocol._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def abandon(self) -> None:
+        self._set_closed()
+        self.socket_transport.abort()
+        self._response.close()
 
 
 class _SharedSession:
@@ -41,6 +116,7 @@ class _SharedSession:
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
             cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None),
+            ws_response_class=_WebSocketResponse,
         )
         self.users = 0
 
@@ -61,27 +137,32 @@ class _SharedSession:
             await self.session.close()
 
 
-_ABNORMAL = 1006
-# Codes an endpoint may put in a close frame it sends (RFC 6455 7.4.1).
-_SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
-
-
 class AiohttpTransport:
-    """A connection opened with ``aiohttp.ClientSession.ws_connect``."""
+    """A connection opened with ``aiohttp.ClientSession.ws_connect``.
 
-    __slots__ = ("_closing_locally", "_shared", "_ws")
+    ``_ending`` is the first ending the transport knows for certain (a close frame read,
+    our own close, a keepalive expiry); every later failure reports it.
+    """
 
-    def __init__(
-        self, shared: _SharedSession | None, ws: aiohttp.ClientWebSocketResponse[bool]
-    ) -> None:
+    __slots__ = ("_ending", "_shared", "_ws")
+
+    def __init__(self, shared: _SharedSession | None, ws: _WebSocketResponse) -> None:
         self._shared = shared
         self._ws = ws
-        self._closing_locally = False
+        self._ending: TransportClosed | None = None
+        ws.on_keepalive_failure = self._keepalive_failed
+
+    def _record(self, ending: TransportClosed) -> TransportClosed:
+        if self._ending is None:
+            self._ending = ending
+        return self._ending
 
     async def _release(self) -> None:
         shared, self._shared = self._shared, None
         if shared is not None:
             await shared.release()
+
+    # -- receiving -------------------------------------------------------------------
 
     async def recv(self) -> str | bytes:
         msg = await self._ws.receive()
@@ -90,41 +171,53 @@ class AiohttpTransport:
             return cast("str | bytes", msg.data)
         if kind is WSMsgType.CLOSE:
             raise await self._peer_closed(cast(int, msg.data), str(msg.extra or ""))
-        raise self._ended(msg.type, msg.data)
+        raise self._record(self._classify(kind, msg.data))
 
     async def _peer_closed(self, code: int, reason: str) -> TransportClosed:
+        # Recorded before answering, so that a send failing meanwhile reports this close.
         if code and not _valid_on_the_wire(code):
             # RFC 6455 7.4: 1004-1006, 1015, unassigned 1xxx/2xxx may never be sent.
-            with contextlib.suppress(OSError, aiohttp.ClientError, asyncio.TimeoutError):
-                await self._ws.close(code=1002, message=b"invalid close code")
-            await self._release()
-            return TransportClosed(
-                Event.PROTOCOL_ERROR, 1002, f"peer sent invalid close code {code}", local=True
+            ending = self._record(
+                TransportClosed(
+                    Event.PROTOCOL_ERROR, 1002, f"peer sent invalid close code {code}", local=True
+                )
             )
-        # Echo the peer's code (RFC 6455 5.5.1) rather than aiohttp's autoclose 1000:
-        # Discord treats a 1000 from the client as "end the session".
-        echo = code if 3000 <= code <= 4999 or code in _SENDABLE else 1000
-        with contextlib.suppress(OSError, aiohttp.ClientError, asyncio.TimeoutError):
-            await self._ws.close(code=echo)
-        await self._release()
-        # aiohttp reports a close frame without a status as code 0; RFC 6455 says 1005.
-        return TransportClosed(Event.PEER_CLOSE, code or 1005, reason)
+            echo = 1002
+        else:
+            # aiohttp reports a close frame without a status as code 0; RFC 6455 says 1005.
+            ending = self._record(TransportClosed(Event.PEER_CLOSE, code or 1005, reason))
+            # Echo the peer's code (RFC 6455 5.5.1) rather than aiohttp's autoclose 1000:
+            # Discord treats a 1000 from the client as "end the session".
+            echo = code if _valid_on_the_wire(code) else 1000
+        try:
+            await self._close_handshake(echo, "")
+        finally:
+            self._ws.abandon()  # at once, even when cancelled
+            await self._release()
+        return ending
 
-    def _ended(self, kind: WSMsgType, data: object) -> TransportClosed:
-        if self._closing_locally or kind is WSMsgType.CLOSING:
+    async def _close_handshake(self, code: int, reason: str) -> None:
+        # aiohttp bounds waiting for the answer with ClientWSTimeout.ws_close; the outer
+        # timeout also bounds writing the close frame to a peer that stopped reading.
+        timeout = self._ws._timeout.ws_close or 5.0
+        with contextlib.suppress(asyncio.TimeoutError, OSError, aiohttp.ClientError):
+            await asyncio.wait_for(self._ws.close(code=code, message=reason.encode()), timeout)
+
+    def _classify(self, kind: WSMsgType, data: object) -> TransportClosed:
+        if kind is WSMsgType.CLOSING:
             return TransportClosed(Event.LOCAL_CLOSE, self._ws.close_code, local=True)
         if kind is WSMsgType.ERROR:
             return self._error(cast(BaseException, data))
         stored = self._ws.exception()
         if isinstance(stored, aiohttp.ServerTimeoutError):
-            # The keepalive closed the socket while nobody was reading.
             return self._error(stored)
         # CLOSED without a close frame: EOF or a dropped connection.
         return TransportClosed(
             Event.NO_CLOSE_FRAME, _ABNORMAL, "connection lost without a close frame"
         )
 
-    def _error(self, exc: BaseException) -> TransportClosed:
+    @staticmethod
+    def _error(exc: BaseException) -> TransportClosed:
         if isinstance(exc, aiohttp.ServerTimeoutError):
             ended = TransportClosed(
                 Event.KEEPALIVE_TIMEOUT, _ABNORMAL, "no pong from the peer", local=True
@@ -141,42 +234,60 @@ class AiohttpTransport:
     def ended(self, exc: BaseException) -> TransportClosed:
         if isinstance(exc, TransportClosed):
             return exc
-        return self._error(exc)
+        return self._record(self._error(exc))
 
-    async def send(self, kind: int, data: bytes) -> None:
+    def _keepalive_failed(self, exc: BaseException) -> None:
+        # aiohttp's keepalive gave up (no pong, or the ping could not be written):
+        # drop the socket now so that blocked sends and receives wake up.
+        self._record(self._error(exc))
+        self._ws.socket_transport.abort()
+
+    # -- sending ---------------------------------------------------------------------
+
+    def _lost(self, why: str) -> TransportClosed:
+        """The ending a send sees: the known one, or "connection lost" (not recorded:
+        the read side may still find the peer's close frame)."""
+        if self._ending is not None:
+            return self._ending
+        return TransportClosed(Event.TRANSPORT_ERROR, _ABNORMAL, why)
+
+    async def writable(self) -> None:
+        ws = self._ws
+        while True:
+            if self._ending is not None or ws.socket_transport.is_closing():
+                raise self._lost("connection lost")
+            if not ws.writing_paused:
+                return
+            await ws.wait_writable()
+
+    def send(self, kind: int, data: bytes) -> None:
+        if self._ending is not None:
+            raise self._ending
+        if self._ws.close_frame_waiting():
+            raise self._lost("the peer closed the connection")
         try:
-            await self._ws.send_frame(data, _KINDS[kind])
+            self._ws.write(data, _KINDS[kind])
         except (OSError, aiohttp.ClientError, RuntimeError) as exc:
-            cause = self._ws.exception()
-            if isinstance(cause, aiohttp.ServerTimeoutError):
-                raise self._error(cause) from cause
-            ended = TransportClosed(Event.TRANSPORT_ERROR, _ABNORMAL, f"send failed: {exc}")
-            raise ended from exc
-        if self._ws._writer.transport.is_closing():
+            raise self._lost(f"send failed: {exc}") from exc
+        if self._ws.socket_transport.is_closing():
             # asyncio swallows a write that fails at once (reset or broken pipe) and
             # closes the transport: the frame did not leave, so say so.
-            raise TransportClosed(
-                Event.TRANSPORT_ERROR, _ABNORMAL, "connection lost; frame not sent"
-            )
+            raise self._lost("connection lost; frame not sent")
+
+    # -- ending ----------------------------------------------------------------------
 
     async def close(self, code: int, reason: str) -> None:
-        self._closing_locally = True
+        self._record(TransportClosed(Event.LOCAL_CLOSE, code, local=True))
+        self._ws.wake_writers()
         try:
-            # aiohttp bounds the close handshake with ClientWSTimeout.ws_close; the outer
-            # timeout is a second guard in case the writer itself blocks.
-            timeout = self._ws._timeout.ws_close
-            await asyncio.wait_for(
-                self._ws.close(code=code, message=reason.encode()), (timeout or 5) + 1
-            )
-        except (asyncio.TimeoutError, OSError, aiohttp.ClientError):
-            pass
+            await self._close_handshake(code, reason)
         finally:
-            await self.abort()
+            self._ws.abandon()  # at once, even when cancelled
+            await self._release()
 
     async def abort(self) -> None:
-        self._closing_locally = True
-        # Closing the response drops the TCP connection with no close handshake.
-        self._ws._response.close()
+        self._record(TransportClosed(Event.LOCAL_CLOSE, None, local=True))
+        self._ws.abandon()
         await self._release()
 
 
@@ -184,7 +295,7 @@ def _connect_failure(exc: BaseException) -> ConnectFailed:
     if isinstance(exc, asyncio.TimeoutError):
         return ConnectFailed(Event.CONNECT_TIMEOUT, None, "opening handshake timed out")
     if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status == 101:
-        return ConnectFailed(Event.CONNECT_ERROR, None, f"invalid handshake: {exc.message}")
+        return ConnectFailed(Event.HANDSHAKE_INVALID, None, f"invalid handshake: {exc.message}")
     if isinstance(exc, aiohttp.ClientResponseError):
         return ConnectFailed(Event.HANDSHAKE_STATUS, exc.status, f"HTTP {exc.status} {exc.message}")
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
@@ -204,6 +315,20 @@ def _connect_failure(exc: BaseException) -> ConnectFailed:
     return ConnectFailed(Event.CONNECT_ERROR, None, f"{type(exc).__name__}: {exc}")
 
 
+def _unoffered(ws: _WebSocketResponse, options: TransportOptions) -> str | None:
+    """What the server's 101 answer negotiated that we never offered (RFC 6455 4.1)."""
+    headers: Any = ws._response.headers
+    protocol = headers.get("Sec-WebSocket-Protocol")
+    if protocol is not None:
+        return f"Sec-WebSocket-Protocol {protocol!r}, but the client offered no subprotocol"
+    extensions = headers.get("Sec-WebSocket-Extensions")
+    if extensions is not None and not ws.compress:
+        # Nothing offered, or something other than the permessage-deflate we offered.
+        offered = "permessage-deflate" if options.compression else "no extension"
+        return f"Sec-WebSocket-Extensions {extensions!r}, but the client offered {offered}"
+    return None
+
+
 async def connect(url: str, options: TransportOptions) -> AiohttpTransport:
     """Open a websocket to ``url``; raise :class:`ConnectFailed` on any failure."""
     shared = _SharedSession.acquire()
@@ -221,7 +346,7 @@ async def connect(url: str, options: TransportOptions) -> AiohttpTransport:
             ssl=options.ssl,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=options.close_timeout),
         )
-        ws = await asyncio.wait_for(opening, options.open_timeout)
+        ws = cast(_WebSocketResponse, await asyncio.wait_for(opening, options.open_timeout))
     except asyncio.CancelledError:
         await shared.release()
         raise
@@ -235,6 +360,11 @@ async def connect(url: str, options: TransportOptions) -> AiohttpTransport:
     except ValueError as exc:
         await shared.release()
         raise InvalidURLError(f"cannot connect with this URL and these options: {exc}") from exc
+    unoffered = _unoffered(ws, options)
+    if unoffered is not None:
+        ws.abandon()
+        await shared.release()
+        raise ConnectFailed(Event.HANDSHAKE_INVALID, None, f"the server answered with {unoffered}")
     if options.ping_interval is not None:
         # aiohttp waits heartbeat/2 for the pong; honour ping_timeout instead.
         ws._pong_heartbeat = options.ping_timeout

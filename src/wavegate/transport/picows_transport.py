@@ -1,27 +1,30 @@
 """The picows transport (``pip install wavegate[fast]``, ``Websocket(transport="picows")``).
 
-Built on ``picows.websockets``, whose ``recv()`` is compiled (Cython): ``Websocket``
-awaits it directly, with no wrapper, so a buffered message costs one await. picows
-assembles fragments, validates UTF-8, enforces ``max_size``, answers pings and close
-frames (echoing the code) and closes with 1011 when its keepalive ping gets no pong.
-This module translates its exceptions; every picows detail lives here.
+Built on picows' compiled ``websockets``-style connection, whose frame handling and
+``recv()`` are Cython: ``Websocket`` awaits ``recv`` directly, with no wrapper, so a
+buffered message costs one await. picows assembles fragments, validates UTF-8,
+enforces ``max_size``, answers pings and echoes the peer's close code.
+
+wavegate opens the connection itself (``picows.ws_connect``) with :class:`_Listener`, a
+Python subclass of picows' connection that overrides only rare callbacks: write
+pressure (so that a frame is written whole, at once, and nothing ever waits after a
+write), and the end of the connection. Keepalive is wavegate's own, so that its expiry
+is reported as such. Every picows detail lives in this module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl as ssl_module
-from typing import Any
+from typing import Any, cast
 
-import picows.websockets as pws
-from picows.websockets.exceptions import (
-    ConnectionClosed,
-    InvalidHandshake,
-    InvalidStatus,
-    InvalidURI,
-)
+import picows
+from picows.websockets.asyncio.connection import ClientConnection
+from picows.websockets.compat import Request, Response
+from picows.websockets.exceptions import ConnectionClosed
 
 from ..signals import Event, InvalidURLError
 from . import TEXT, ConnectFailed, TransportClosed, TransportOptions
@@ -29,6 +32,15 @@ from . import TEXT, ConnectFailed, TransportClosed, TransportOptions
 _ABNORMAL = 1006
 _TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux
 _TCP_ESTABLISHED = 1
+_HIGH_WATER = 32768
+"""Write buffer size past which :meth:`PicowsTransport.writable` waits."""
+_UNANSWERED_LIMIT = 1 << 20
+"""Bytes picows may queue on its own (pongs) while the peer reads nothing, before the
+connection is failed: a peer that floods pings and never reads the pongs would
+otherwise grow memory without bound."""
+_FLOOD_CHECK = 0.05
+"""Seconds between checks of the write buffer while writing is paused."""
+_log = logging.getLogger("wavegate.transport.picows")
 
 
 def _established(sock: socket.socket) -> bool:
@@ -41,82 +53,241 @@ def _established(sock: socket.socket) -> bool:
         return False
 
 
+class _Listener(ClientConnection):
+    """picows' compiled connection, with wavegate's hooks on its rare callbacks."""
+
+    owner: PicowsTransport
+
+    def pause_writing(self) -> None:
+        # Not passed on: picows' own send would then wait after writing.
+        self.owner._writing_paused()
+
+    def resume_writing(self) -> None:
+        self.owner._writing_resumed()
+
+    def on_ws_disconnected(self, transport: Any) -> None:
+        super().on_ws_disconnected(transport)
+        self.owner._disconnected(transport)
+
+
 class PicowsTransport:
-    """A ``picows.websockets`` client connection."""
+    """A picows connection. ``_ending`` is the first ending known for certain."""
 
-    __slots__ = ("_close_timeout", "_conn", "_local_code", "_sock", "recv")
+    __slots__ = (
+        "_capacity",
+        "_ending",
+        "_flood_check",
+        "_keepalive",
+        "_listener",
+        "_options",
+        "_paused_at",
+        "_sock",
+        "_wt",
+        "recv",
+    )
 
-    def __init__(self, conn: Any, sock: socket.socket, options: TransportOptions) -> None:
-        self._conn = conn
+    def __init__(self, options: TransportOptions) -> None:
+        self._options = options
+        self._ending: TransportClosed | None = None
+        self._capacity: asyncio.Future[None] | None = None
+        self._paused_at: int | None = None
+        self._flood_check: asyncio.TimerHandle | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+        self._listener: _Listener | None = None
+        self._wt: Any = None
+        self._sock: socket.socket | None = None
+
+    def _opened(self, wt: Any, listener: _Listener, sock: socket.socket) -> None:
+        self._wt = wt
+        self._listener = listener
         self._sock = sock
-        self._close_timeout = options.close_timeout
-        self._local_code: int | None = None
-        self.recv = conn.recv
+        self.recv = listener.recv
+        if self._options.ping_interval is not None:
+            self._keepalive = asyncio.ensure_future(self._keep_alive())
+
+    def _record(self, ending: TransportClosed) -> TransportClosed:
+        if self._ending is None:
+            self._ending = ending
+        return self._ending
+
+    # -- endings ---------------------------------------------------------------------
 
     def ended(self, exc: BaseException) -> TransportClosed:
         if isinstance(exc, TransportClosed):
             return exc
-        if self._local_code is not None:
-            ended = TransportClosed(Event.LOCAL_CLOSE, self._local_code, local=True)
-        elif isinstance(exc, ConnectionClosed):
-            ended = self._closed(exc)
+        if self._ending is not None:
+            return self._ending
+        if isinstance(exc, ConnectionClosed):
+            ended = self._closed(exc.rcvd, exc.sent, bool(exc.rcvd_then_sent))
         else:
             ended = TransportClosed(
                 Event.TRANSPORT_ERROR, _ABNORMAL, f"{type(exc).__name__}: {exc}"
             )
         ended.__cause__ = exc
-        return ended
+        return self._record(ended)
 
     @staticmethod
-    def _closed(exc: ConnectionClosed) -> TransportClosed:
-        rcvd, sent = exc.rcvd, exc.sent
-        if rcvd is not None and (sent is None or exc.rcvd_then_sent):
+    def _closed(rcvd: Any, sent: Any, rcvd_then_sent: bool) -> TransportClosed:
+        if rcvd is not None and (sent is None or rcvd_then_sent):
             return TransportClosed(Event.PEER_CLOSE, int(rcvd.code) or 1005, rcvd.reason or "")
         if sent is not None:
-            code, reason = int(sent.code), sent.reason or ""
-            if code == 1011 and "keepalive" in reason:
-                return TransportClosed(Event.KEEPALIVE_TIMEOUT, _ABNORMAL, reason, local=True)
             # picows closed it for a protocol error: 1002, 1007 (bad UTF-8), 1009 (size).
+            code, reason = int(sent.code), sent.reason or ""
             return TransportClosed(Event.PROTOCOL_ERROR, code, reason, local=True)
         return TransportClosed(
             Event.NO_CLOSE_FRAME, _ABNORMAL, "connection lost without a close frame"
         )
 
-    async def send(self, kind: int, data: bytes) -> None:
-        try:
-            await self._conn.send(data, text=kind == TEXT)
-        except Exception as exc:
-            raise self.ended(exc) from exc
+    def _current_ending(self) -> TransportClosed:
+        """The ending, once the connection is closing or closed (picows reads close
+        frames as they arrive, so what it knows is final). Its cause is the
+        ``ConnectionClosed`` picows' ``recv()`` raises for it."""
+        if self._ending is None:
+            handshake = self._wt.close_handshake
+            if handshake is None:
+                cause = ConnectionClosed(None, None, None)
+            else:
+                cause = ConnectionClosed(handshake.recv, handshake.sent, handshake.recv_then_sent)
+            ended = self._closed(cause.rcvd, cause.sent, bool(cause.rcvd_then_sent))
+            ended.__cause__ = cause
+            self._record(ended)
+        assert self._ending is not None
+        return self._ending
+
+    def _fail(self, ending: TransportClosed) -> None:
+        """End the connection now with ``ending`` (no close handshake)."""
+        self._record(ending)
+        self._wt.disconnect(False)
+
+    def _disconnected(self, wt: Any) -> None:
+        if self._wt is None:
+            self._wt = wt  # it ended before connect() returned it
+        self._current_ending()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        self._writing_resumed()
+
+    # -- keepalive -------------------------------------------------------------------
+
+    async def _keep_alive(self) -> None:
+        interval, listener = self._options.ping_interval, self._listener
+        assert interval is not None
+        assert listener is not None
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(interval)
+                pong = await listener.ping()
+                try:
+                    await asyncio.wait_for(pong, self._options.ping_timeout)
+                except asyncio.TimeoutError:
+                    self._fail(
+                        TransportClosed(
+                            Event.KEEPALIVE_TIMEOUT, _ABNORMAL, "no pong from the peer", local=True
+                        )
+                    )
+                    return
+
+    # -- write pressure --------------------------------------------------------------
+
+    def _writing_paused(self) -> None:
+        if self._paused_at is None:
+            self._paused_at = self._wt.underlying_transport.get_write_buffer_size()
+            self._flood_check = asyncio.get_running_loop().call_later(
+                _FLOOD_CHECK, self._check_flood
+            )
+
+    def _writing_resumed(self) -> None:
+        self._paused_at = None
+        if self._flood_check is not None:
+            self._flood_check.cancel()
+            self._flood_check = None
+        self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        """Let every ``writable()`` look again (room, or an ending to report)."""
+        capacity, self._capacity = self._capacity, None
+        if capacity is not None and not capacity.done():
+            capacity.set_result(None)
+
+    def _check_flood(self) -> None:
+        if self._paused_at is None:
+            return
+        waiting = self._wt.underlying_transport.get_write_buffer_size()
+        if waiting - self._paused_at > _UNANSWERED_LIMIT:
+            self._fail(
+                TransportClosed(
+                    Event.TRANSPORT_ERROR,
+                    _ABNORMAL,
+                    f"the peer does not read ({waiting} bytes waiting) but keeps sending "
+                    "control frames that need an answer",
+                    local=True,
+                )
+            )
+            return
+        self._flood_check = asyncio.get_running_loop().call_later(_FLOOD_CHECK, self._check_flood)
+
+    def _closing(self) -> bool:
+        wt = self._wt
+        return bool(wt.is_disconnected or wt.is_close_frame_sent)
+
+    async def writable(self) -> None:
+        while True:
+            if self._ending is not None or self._closing():
+                raise self._current_ending()
+            if self._paused_at is None:
+                return
+            if self._capacity is None:
+                self._capacity = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._capacity)
+
+    def send(self, kind: int, data: bytes) -> None:
+        if self._ending is not None or self._closing():
+            raise self._current_ending()
+        self._wt.send(picows.WSMsgType.TEXT if kind == TEXT else picows.WSMsgType.BINARY, data)
+        assert self._sock is not None
         if not _established(self._sock):
             # asyncio swallows a write that fails at once (reset, broken pipe), and
-            # picows hides its transport: ask the kernel. The frame did not leave.
+            # picows hides its transport's state: ask the kernel. The frame did not leave.
             raise TransportClosed(
                 Event.TRANSPORT_ERROR, _ABNORMAL, "connection lost; frame not sent"
             )
 
+    # -- closing ---------------------------------------------------------------------
+
     async def close(self, code: int, reason: str) -> None:
-        self._local_code = code
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._conn.close(code, reason), self._close_timeout + 1)
-        await self.abort()
+        self._record(TransportClosed(Event.LOCAL_CLOSE, code, local=True))
+        self._wake_writers()
+        try:
+            if not self._closing():
+                self._wt.send_close(code, reason.encode())
+            await asyncio.wait_for(
+                asyncio.shield(self._wt.wait_disconnected()), self._options.close_timeout
+            )
+        except (asyncio.TimeoutError, OSError, picows.WSError):
+            pass
+        finally:
+            self._drop()  # at once, even when cancelled
 
     async def abort(self) -> None:
-        if self._local_code is None:
-            self._local_code = 0
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)  # picows sees EOF and tears down
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._conn.wait_closed(), self._close_timeout)
+        self._record(TransportClosed(Event.LOCAL_CLOSE, None, local=True))
+        self._drop()
+
+    def _drop(self) -> None:
+        self._wt.disconnect(False)
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
 
 
 def _connect_failure(exc: BaseException) -> ConnectFailed:
     if isinstance(exc, asyncio.TimeoutError):
         return ConnectFailed(Event.CONNECT_TIMEOUT, None, "opening handshake timed out")
-    if isinstance(exc, InvalidStatus):
-        status = int(exc.response.status_code)
+    if isinstance(exc, picows.WSInvalidStatusError):
+        status = int(exc.response.status) if exc.response is not None else 0
         return ConnectFailed(Event.HANDSHAKE_STATUS, status, f"HTTP {status}")
-    if isinstance(exc, InvalidHandshake):
-        return ConnectFailed(Event.CONNECT_ERROR, None, f"invalid handshake: {exc}")
+    if isinstance(exc, picows.WSHandshakeError):
+        return ConnectFailed(Event.HANDSHAKE_INVALID, None, f"invalid handshake: {exc}")
     if isinstance(exc, ssl_module.SSLCertVerificationError):
         return ConnectFailed(Event.CONNECT_TLS_CERTIFICATE, None, f"certificate rejected: {exc}")
     if isinstance(exc, ssl_module.SSLError):
@@ -126,6 +297,26 @@ def _connect_failure(exc: BaseException) -> ConnectFailed:
     if isinstance(exc, socket.gaierror):
         return ConnectFailed(Event.CONNECT_DNS, None, f"name resolution failed: {exc}")
     return ConnectFailed(Event.CONNECT_ERROR, None, f"{type(exc).__name__}: {exc}")
+
+
+def _unoffered(headers: Any) -> str | None:
+    """What the server's 101 answer negotiated that we never offered (RFC 6455 4.1)."""
+    for name in ("Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions"):
+        value = headers.get(name)
+        if value is not None:
+            return f"{name} {value!r}, but the client offered none"
+    return None
+
+
+def _ssl_context(url: str, option: ssl_module.SSLContext | bool) -> ssl_module.SSLContext | None:
+    if isinstance(option, ssl_module.SSLContext):
+        return option
+    if option is False and url.startswith("wss:"):
+        context = ssl_module.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl_module.CERT_NONE
+        return context
+    return None
 
 
 async def connect(url: str, options: TransportOptions) -> PicowsTransport:
@@ -139,13 +330,7 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
         raise InvalidURLError(
             "the picows transport does not take credentials in the URL; send a header"
         )
-    ssl_context: ssl_module.SSLContext | None = None
-    if isinstance(options.ssl, ssl_module.SSLContext):
-        ssl_context = options.ssl
-    elif options.ssl is False and url.startswith("wss:"):
-        ssl_context = ssl_module.create_default_context()
-        ssl_context.check_hostname = False
-        ssl_context.verify_mode = ssl_module.CERT_NONE
+    transport = PicowsTransport(options)
     sockets: list[socket.socket] = []
     loop = asyncio.get_running_loop()
 
@@ -158,32 +343,56 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
         sockets.append(sock)
         return sock
 
-    def shut_down() -> None:
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+    def listener(request: Any, response: Any) -> _Listener:
+        made = _Listener(
+            request=Request.from_picows(request),
+            response=Response.from_picows(response),
+            subprotocol=None,
+            permessage_deflate=None,
+            ping_interval=None,  # wavegate's own keepalive (PicowsTransport._keep_alive)
+            ping_timeout=None,
+            close_timeout=options.close_timeout,
+            max_queue=16,
+            write_limit=_HIGH_WATER,
+            max_message_size=options.max_size,
+            max_frame_size=options.max_size or 2**31 - 1,
+            logger=_log,
+        )
+        made.owner = transport
+        return made
 
-    opening = pws.connect(
+    opening = picows.ws_connect(
+        listener,
         url,
-        compression=None,
-        additional_headers=dict(options.headers) or None,
+        ssl_context=_ssl_context(url, options.ssl),
+        websocket_handshake_timeout=None,  # bounded below, so the socket is shut down
+        enable_auto_ping=False,
+        enable_auto_pong=True,
+        max_frame_size=options.max_size or 2**31 - 1,
+        extra_headers=dict(options.headers) or None,
         proxy=options.proxy,
-        open_timeout=None,  # bounded below, so that the socket is shut down on timeout
-        ping_interval=options.ping_interval,
-        ping_timeout=options.ping_timeout,
-        close_timeout=options.close_timeout,
-        max_size=options.max_size,
-        ssl=ssl_context,
         socket_factory=socket_factory,
+        logger_name=_log,
     )
     try:
-        conn = await asyncio.wait_for(opening, options.open_timeout)
+        wt, made = await asyncio.wait_for(opening, options.open_timeout)
     except asyncio.CancelledError:
-        shut_down()
+        _shut_down(sockets)
         raise
-    except InvalidURI as exc:
+    except picows.WSInvalidURL as exc:
         raise InvalidURLError(str(exc)) from exc
-    except (asyncio.TimeoutError, OSError, pws.exceptions.WebSocketException) as exc:
-        shut_down()
+    except (asyncio.TimeoutError, OSError, picows.WSError) as exc:
+        _shut_down(sockets)
         raise _connect_failure(exc) from exc
-    return PicowsTransport(conn, sockets[-1], options)
+    unoffered = _unoffered(wt.response.headers)
+    if unoffered is not None:
+        wt.disconnect(False)
+        raise ConnectFailed(Event.HANDSHAKE_INVALID, None, f"the server answered with {unoffered}")
+    transport._opened(wt, cast(_Listener, made), sockets[-1])
+    return transport
+
+
+def _shut_down(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)

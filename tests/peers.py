@@ -1,0 +1,156 @@
+"""Servers wavegate did not write: the ``websockets`` library's server and raw sockets.
+
+Our own test servers agree with our client by construction; these do not. A raw
+server does the opening handshake by hand and then does exactly what a test says
+(stop reading, flood pings, close the TCP connection right after a close frame...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from websockets.asyncio.server import ServerConnection, serve
+
+from wavegate.testing import frames
+
+RawHandler = Callable[["RawPeer"], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def websockets_server(
+    handler: Callable[[ServerConnection], Awaitable[None]], **options: object
+) -> AsyncIterator[str]:
+    """A ``websockets.asyncio.server`` on 127.0.0.1; yields its ``ws://`` URL."""
+    options.setdefault("compression", None)
+    async with serve(handler, "127.0.0.1", 0, **options) as server:  # type: ignore[arg-type]
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/"
+
+
+class RawPeer:
+    """One accepted TCP connection of a :func:`raw_server`, handshake done by hand."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.request = b""
+
+    @property
+    def sock(self) -> socket.socket:
+        sock: socket.socket = self.writer.get_extra_info("socket")
+        return sock
+
+    async def handshake(self, extra_headers: str = "") -> None:
+        """Read the upgrade request and accept it (``extra_headers``: CRLF-ended lines)."""
+        self.request = await self.reader.readuntil(b"\r\n\r\n")
+        key = ""
+        for line in self.request.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "sec-websocket-key":
+                key = value.strip()
+        self.writer.write(
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Accept: {frames.accept_key(key)}\r\n"
+                f"{extra_headers}\r\n"
+            ).encode()
+        )
+        await self.writer.drain()
+
+    async def reject(self, status: int, reason: str = "Rejected") -> None:
+        """Answer the upgrade request with an HTTP status and close."""
+        self.request = await self.reader.readuntil(b"\r\n\r\n")
+        self.writer.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+        )
+        await self.writer.drain()
+        self.writer.close()
+
+    def write_frame(self, opcode: int, payload: bytes = b"") -> None:
+        self.writer.write(frames.encode_frame(opcode, payload))
+
+    async def read_frame(self) -> tuple[int, bytes]:
+        """The next client frame ``(opcode, unmasked payload)``."""
+        head = await self.reader.readexactly(2)
+        length = head[1] & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", await self.reader.readexactly(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
+        mask = await self.reader.readexactly(4)
+        return head[0] & 0x0F, frames.unmask(await self.reader.readexactly(length), mask)
+
+    def stop_reading(self) -> None:
+        """Never read again: the client's writes fill the kernel buffers, then block."""
+        transport = self.writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.pause_reading()
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handler: RawHandler) -> AsyncIterator[str]:
+    """A plain asyncio TCP server on 127.0.0.1 running ``handler`` per connection.
+
+    Every connection is aborted and every handler cancelled on exit.
+    """
+    tasks: set[asyncio.Task[None]] = set()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        writers.append(writer)
+        # Small buffers so that "stopped reading" is felt after a few hundred KiB.
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        try:
+            await handler(RawPeer(reader, writer))
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            tasks.discard(task)
+            if not writer.transport.is_closing():
+                writer.transport.abort()  # the handler is done with it
+
+    server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"ws://127.0.0.1:{port}/"
+    finally:
+        server.close()
+        for writer in writers:
+            writer.transport.abort()
+        for task in list(tasks):
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        await server.wait_closed()
+
+
+def open_fds() -> int:
+    """How many file descriptors this process has open (Linux)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def established_to(port: int) -> int:
+    """How many of this process's TCP sockets are ESTABLISHED to ``port`` (Linux)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if fields[3] == "01" and remote_port == port and fields[9] in inodes:
+                    count += 1
+    return count

@@ -1,0 +1,484 @@
+"""The Websocket contract against servers wavegate did not write.
+
+``websockets``' server and raw asyncio sockets (``tests/peers.py``) close, stall,
+flood and misbehave in ways our own test server would not think of. Each test here
+reproduced a defect before it was fixed (issue 8 of the project's tracker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import traceback
+from urllib.parse import urlsplit
+
+import pytest
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Response
+
+from wavegate import (
+    DisconnectSignal,
+    EncodeError,
+    Event,
+    ResumeSignal,
+    Signal,
+    Websocket,
+    WebsocketState,
+)
+from wavegate.codec import STDLIB
+from wavegate.testing import frames
+
+from .conftest import WebsocketFactory, eventually
+from .peers import RawPeer, established_to, open_fds, raw_server, websockets_server
+
+# -- a send racing the peer's close -------------------------------------------------
+
+RACE_CODES = (4014, 4021, 4006)
+RACE_RUNS = 30
+
+
+async def _close_after_first_message(code: int) -> tuple[object, object]:
+    async def with_websockets(conn: ServerConnection) -> None:
+        await conn.recv()
+        await conn.close(code, "race")
+
+    async def raw_close_then_fin(peer: RawPeer) -> None:
+        await peer.handshake()
+        await peer.read_frame()
+        peer.write_frame(frames.CLOSE, frames.close_payload(code, "race"))
+        peer.writer.close()  # FIN right behind the close frame, as some servers do
+
+    return with_websockets, raw_close_then_fin
+
+
+async def _race_once(ws: Websocket, url: str, *, with_reader: bool) -> list[Signal]:
+    """Send in a loop (and receive, when ``with_reader``) until the peer's close ends both."""
+    await ws.connect(url)
+
+    async def sender() -> Signal:
+        while True:
+            try:
+                await ws.send_json({"op": 5, "d": {"speaking": 1}})
+            except Signal as signal:
+                return signal
+            await asyncio.sleep(0)
+
+    async def reader() -> Signal:
+        while True:
+            try:
+                await ws.receive()
+            except Signal as signal:
+                return signal
+
+    tasks = [asyncio.ensure_future(sender())]
+    if with_reader:
+        tasks.append(asyncio.ensure_future(reader()))
+    return list(await asyncio.gather(*tasks))
+
+
+@pytest.mark.parametrize("code", RACE_CODES)
+@pytest.mark.parametrize("server_kind", ["websockets", "raw-close-then-fin"])
+@pytest.mark.parametrize("with_reader", [True, False], ids=["reader", "no-reader"])
+@pytest.mark.timeout(60)
+async def test_a_send_racing_the_peers_close_raises_the_signal_of_its_close_code(
+    make_ws: WebsocketFactory, code: int, server_kind: str, with_reader: bool
+) -> None:
+    with_websockets, raw = await _close_after_first_message(code)
+    server = (
+        websockets_server(with_websockets)  # type: ignore[arg-type]
+        if server_kind == "websockets"
+        else raw_server(raw)  # type: ignore[arg-type]
+    )
+    async with server as url:
+        ws = make_ws()
+        for _ in range(RACE_RUNS):
+            for signal in await _race_once(ws, url, with_reader=with_reader):
+                assert (signal.event, signal.code) == (Event.PEER_CLOSE, code), repr(signal)
+                assert isinstance(signal, ws.policy.action_for_code(code).signal_type)
+            assert ws.disconnected
+
+
+# -- a peer that stopped reading -----------------------------------------------------
+
+
+async def _stop_reading(peer: RawPeer) -> None:
+    await peer.handshake()
+    peer.stop_reading()
+    await asyncio.Event().wait()
+
+
+async def _send_until_blocked(ws: Websocket) -> asyncio.Task[None]:
+    """Start sending 1 MiB frames; return once a send has been blocked for a while."""
+
+    async def send_forever() -> None:
+        while True:
+            await ws.send_bytes(b"x" * (1 << 20))
+
+    task = asyncio.ensure_future(send_forever())
+    while not task.done():
+        sent = ws.stats.frames_out
+        await asyncio.sleep(0.3)
+        if ws.stats.frames_out == sent:
+            return task
+    return task
+
+
+@pytest.mark.timeout(60)
+async def test_keepalive_expiry_wakes_a_send_blocked_on_a_peer_that_stopped_reading(
+    make_ws: WebsocketFactory, transport: str
+) -> None:
+    async with raw_server(_stop_reading) as url:
+        port = urlsplit(url).port
+        assert port is not None
+        ws = make_ws(ping_interval=0.5, ping_timeout=0.5)
+        await ws.connect(url)
+        sending = await _send_until_blocked(ws)
+        with pytest.raises(ResumeSignal) as caught:
+            await asyncio.wait_for(sending, 20)
+        assert caught.value.event is Event.KEEPALIVE_TIMEOUT
+        assert ws.disconnected
+        await eventually(lambda: established_to(port) == 0)
+
+
+@pytest.mark.timeout(60)
+async def test_disconnect_wakes_a_blocked_send_and_really_closes_the_socket(
+    make_ws: WebsocketFactory, transport: str
+) -> None:
+    async with raw_server(_stop_reading) as url:
+        port = urlsplit(url).port
+        assert port is not None
+        ws = make_ws(ping_interval=None, close_timeout=0.5)
+        await ws.connect(url)
+        sending = await _send_until_blocked(ws)
+        await asyncio.wait_for(ws.disconnect(4000), 10)
+        assert ws.disconnected
+        with pytest.raises(DisconnectSignal) as caught:
+            await asyncio.wait_for(sending, 10)
+        assert caught.value.event is Event.LOCAL_CLOSE
+        await eventually(lambda: established_to(port) == 0)
+
+
+# -- cancelling disconnect() ---------------------------------------------------------
+
+
+async def _never_answer_close(peer: RawPeer) -> None:
+    await peer.handshake()
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        while True:
+            await peer.read_frame()
+
+
+@pytest.mark.timeout(60)
+async def test_cancelling_disconnect_still_releases_the_socket(
+    make_ws: WebsocketFactory, transport: str
+) -> None:
+    async with raw_server(_never_answer_close) as url:
+        ws = make_ws(close_timeout=0.2)
+        await ws.connect(url)
+        await ws.disconnect()
+        before = open_fds()
+        for _ in range(100):
+            await ws.connect(url)
+            closing = asyncio.ensure_future(ws.disconnect(4000))
+            await asyncio.sleep(0.01)
+            closing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await closing
+            assert ws.disconnected
+        await eventually(lambda: open_fds() <= before + 2)
+
+
+# -- a peer flooding pings -----------------------------------------------------------
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+@pytest.mark.timeout(60)
+async def test_a_ping_flood_from_a_peer_that_never_reads_the_pongs_is_bounded(
+    make_ws: WebsocketFactory, transport: str
+) -> None:
+    flooded = asyncio.Event()
+    pings = frames.encode_frame(frames.PING, b"") * (1 << 20)  # 2 MiB of pings per write
+
+    async def flood(peer: RawPeer) -> None:
+        await peer.handshake()
+        peer.stop_reading()
+        try:
+            for _ in range(12):  # 24 MiB of pings: 72 MiB of pongs if nothing bounds them
+                peer.writer.write(pings)
+                await asyncio.wait_for(peer.writer.drain(), 2)
+        finally:  # done, throttled (drain timed out) or failed by the client
+            flooded.set()
+        await asyncio.Event().wait()
+
+    async with raw_server(flood) as url:
+        ws = make_ws(ping_interval=None)
+        await ws.connect(url)
+        gc.collect()
+        before = _rss()
+        receiving = asyncio.ensure_future(ws.receive())
+        await asyncio.wait_for(flooded.wait(), 50)
+        growth = _rss() - before
+        assert growth < 40 << 20, f"RSS grew by {growth >> 20} MiB"
+        if transport == "picows":
+            # picows answers each ping at once: past a limit, the connection is failed.
+            with pytest.raises(ResumeSignal) as caught:
+                await asyncio.wait_for(receiving, 10)
+            assert caught.value.event is Event.TRANSPORT_ERROR
+            assert "does not read" in caught.value.reason
+        else:
+            # aiohttp answers pings as receive() reads them: it stops reading instead.
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Signal):
+                await receiving
+
+
+# -- no leak per connection ----------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+async def test_closed_connections_leave_no_timer_task_or_memory_behind(
+    make_ws: WebsocketFactory, transport: str
+) -> None:
+    async def greet(conn: ServerConnection) -> None:
+        await conn.send('{"op": 8}')
+        with contextlib.suppress(Exception):
+            await conn.wait_closed()
+
+    loop = asyncio.get_running_loop()
+    async with websockets_server(greet, ping_interval=None) as url:
+        ws = make_ws(ping_interval=20, ping_timeout=20)
+        for _ in range(50):  # warm up: pools, caches, first allocations
+            await ws.connect(url)
+            await ws.receive()
+            await ws.disconnect(4000)
+        gc.collect()
+        rss, tasks = _rss(), len(asyncio.all_tasks())
+        for _ in range(3000):
+            await ws.connect(url)
+            await ws.receive()
+            await ws.disconnect(4000)
+        gc.collect()
+        timers = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+        assert [h for h in timers if h.when() - loop.time() > 5] == []
+        assert len(asyncio.all_tasks()) <= tasks + 1
+        growth = _rss() - rss
+        assert growth < 10 << 20, f"RSS grew by {growth >> 20} MiB over 3,000 connections"
+
+
+# -- the opening handshake (RFC 6455 4.1) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Sec-WebSocket-Protocol: chat", "Sec-WebSocket-Extensions: permessage-deflate"],
+)
+async def test_a_handshake_with_something_the_client_never_offered_fails_for_good(
+    make_ws: WebsocketFactory, header: str
+) -> None:
+    async def answer(peer: RawPeer) -> None:
+        await peer.handshake(header + "\r\n")
+        await asyncio.Event().wait()
+
+    async with raw_server(answer) as url:
+        ws = make_ws()
+        with pytest.raises(DisconnectSignal) as caught:
+            await ws.connect(url)
+        assert caught.value.event is Event.HANDSHAKE_INVALID
+        assert header.split(":")[0].lower() in str(caught.value).lower()
+        assert ws.disconnected
+
+
+async def test_an_unknown_extension_in_answer_to_compression_fails_for_good() -> None:
+    async def answer(peer: RawPeer) -> None:
+        await peer.handshake("Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n")
+        await asyncio.Event().wait()
+
+    async with raw_server(answer) as url, Websocket(compression=True) as ws:
+        with pytest.raises(DisconnectSignal) as caught:
+            await ws.connect(url)
+        assert caught.value.event is Event.HANDSHAKE_INVALID
+
+
+# -- secrets in cause chains ---------------------------------------------------------
+
+TOKEN = "tok-SECRET-123456"
+PASSWORD = "pw-SECRET-654321"
+BEARER = "bearer-SECRET-777"
+
+
+def _everything_reachable(exc: BaseException) -> str:
+    """Every str and repr reachable from ``exc`` through causes and contexts."""
+    seen: set[int] = set()
+    texts = []
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        texts += [str(item), repr(item), repr(item.args)]
+        stack += [item.__cause__, item.__context__]
+    return "\n".join(texts) + "".join(traceback.format_exception(exc))
+
+
+@pytest.mark.parametrize("server_kind", ["raw", "websockets"])
+async def test_no_secret_is_reachable_from_a_handshake_failure_signal(
+    make_ws: WebsocketFactory, transport: str, server_kind: str
+) -> None:
+    async def reject(peer: RawPeer) -> None:
+        await peer.reject(503, "Service Unavailable")
+
+    def unavailable(conn: ServerConnection, request: object) -> Response:
+        return conn.respond(503, "down\n")
+
+    server = (
+        raw_server(reject)
+        if server_kind == "raw"
+        else websockets_server(lambda conn: asyncio.sleep(0), process_request=unavailable)
+    )
+    async with server as url:
+        secret_url = url.replace("ws://", f"ws://user:{PASSWORD}@") + f"?v=8&token={TOKEN}"
+        if transport == "picows":
+            secret_url = url + f"?v=8&token={TOKEN}"  # picows refuses credentials in URLs
+        # aiohttp refuses an Authorization header beside credentials in the URL.
+        ws = make_ws(headers={"X-Api-Key": BEARER})
+        with pytest.raises(Signal) as caught:
+            await ws.connect(secret_url)
+        assert caught.value.code == 503
+        reachable = _everything_reachable(caught.value)
+        for secret in (TOKEN, PASSWORD, BEARER):
+            assert secret not in reachable
+
+
+async def test_no_secret_is_reachable_from_a_refused_connect(make_ws: WebsocketFactory) -> None:
+    ws = make_ws(headers={"Authorization": f"Bearer {BEARER}"})
+    with pytest.raises(Signal) as caught:
+        await ws.connect(f"ws://127.0.0.1:1/?token={TOKEN}")
+    reachable = _everything_reachable(caught.value)
+    assert TOKEN not in reachable
+    assert BEARER not in reachable
+
+
+# -- causes ---------------------------------------------------------------------------
+
+
+async def test_a_peer_close_signal_keeps_the_transports_cause_every_time_it_is_raised(
+    make_ws: WebsocketFactory, transport: str
+) -> None:
+    async def close_at_once(conn: ServerConnection) -> None:
+        await conn.close(4015, "crashed")
+
+    async with websockets_server(close_at_once) as url:
+        ws = make_ws()
+        await ws.connect(url)
+        with pytest.raises(ResumeSignal) as received:
+            await ws.receive()
+        with pytest.raises(ResumeSignal) as sent:
+            await ws.send_json({"op": 3})
+        if transport == "picows":
+            from picows.websockets.exceptions import ConnectionClosed
+
+            assert isinstance(received.value.__cause__, ConnectionClosed)
+        assert sent.value.__cause__ is received.value.__cause__
+        assert ws.last_signal is not None
+        assert ws.last_signal.__cause__ is received.value.__cause__
+
+
+# -- disconnect() while the opening completes ------------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_disconnect_in_any_loop_turn_of_the_opening_really_disconnects(
+    make_ws: WebsocketFactory,
+) -> None:
+    async def serve(peer: RawPeer) -> None:
+        await peer.handshake()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                opcode, payload = await peer.read_frame()
+                if opcode == frames.CLOSE:
+                    peer.write_frame(frames.CLOSE, payload)
+                    peer.writer.close()
+                    return
+
+    async with raw_server(serve) as url:
+        port = urlsplit(url).port
+        assert port is not None
+        ws = make_ws(close_timeout=1)
+        opening_turns = await _turns_to_connect(ws, url)
+        for turns in range(1, opening_turns + 3):  # every turn, up to just after it opened
+            connecting = asyncio.ensure_future(ws.connect(url))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            await ws.disconnect(4000)
+            assert ws.state is WebsocketState.DISCONNECTED, f"after {turns} turns"
+            with contextlib.suppress(DisconnectSignal):
+                await connecting
+            assert ws.disconnected
+            assert ws.last_signal is not None
+            assert ws.last_signal.event is Event.LOCAL_CLOSE
+            await eventually(lambda: established_to(port) == 0)
+
+
+async def _turns_to_connect(ws: Websocket, url: str) -> int:
+    """How many loop turns an opening takes here (the most of 5 tries)."""
+    most = 0
+    for _ in range(5):
+        connecting = asyncio.ensure_future(ws.connect(url))
+        turns = 0
+        while not connecting.done():
+            await asyncio.sleep(0)
+            turns += 1
+        await connecting
+        await ws.disconnect(4000)
+        most = max(most, turns)
+    return most
+
+
+async def test_a_disconnect_during_connecting_is_its_own_state(make_ws: WebsocketFactory) -> None:
+    async def stall(peer: RawPeer) -> None:
+        await asyncio.Event().wait()
+
+    async with raw_server(stall) as url:
+        ws = make_ws(close_timeout=1)
+        connecting = asyncio.ensure_future(ws.connect(url))
+        await asyncio.sleep(0.05)
+        assert ws.connecting
+        disconnecting = asyncio.ensure_future(ws.disconnect())
+        await asyncio.sleep(0)
+        assert ws.state is WebsocketState.DISCONNECTING
+        await disconnecting
+        with pytest.raises(DisconnectSignal):
+            await connecting
+        assert ws.disconnected
+
+
+# -- values JSON cannot encode ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("codec", ["orjson", "json"])
+async def test_non_finite_floats_raise_encode_error_and_send_nothing(
+    make_ws: WebsocketFactory, value: float, codec: str
+) -> None:
+    received: list[str | bytes] = []
+
+    async def record(conn: ServerConnection) -> None:
+        async for message in conn:
+            received.append(message)
+
+    async with websockets_server(record) as url:
+        ws = make_ws(json_codec=STDLIB) if codec == "json" else make_ws()
+        await ws.connect(url)
+        with pytest.raises(EncodeError):
+            await ws.send_json({"x": value})
+        with pytest.raises(EncodeError):
+            await ws.send_json({"nested": [1, {"y": value}]})
+        await ws.send_json({"x": None, "ok": 1.5})
+        await eventually(lambda: len(received) == 1)
+        assert received == ['{"x":null,"ok":1.5}']
