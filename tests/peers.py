@@ -154,3 +154,55 @@ def established_to(port: int) -> int:
                 if fields[3] == "01" and remote_port == port and fields[9] in inodes:
                     count += 1
     return count
+
+
+class ForeignVoiceGateway:
+    """The voice gateway's happy path written on ``websockets``' server, closing each
+    connection with ``code`` after ``after`` SPEAKING messages and dropping TCP right
+    behind the close frame (``close_timeout``), as a busy real server may.
+
+    Counts IDENTIFYs and RESUMEs so tests can tell a new session from a resume.
+    """
+
+    def __init__(self, code: int, *, after: int = 20, close_timeout: float = 0.001) -> None:
+        self.code = code
+        self.after = after
+        self.close_timeout = close_timeout
+        self.identifies = 0
+        self.resumes = 0
+
+    async def handle(self, conn: ServerConnection) -> None:
+        import json
+
+        await conn.send(json.dumps({"op": 8, "d": {"heartbeat_interval": 5000, "v": 8}}))
+        spoken = 0
+        async for raw in conn:
+            message = json.loads(raw)
+            op, data = message["op"], message.get("d") or {}
+            if op == 0:
+                self.identifies += 1
+                ready = {
+                    "ssrc": 1,
+                    "ip": "127.0.0.1",
+                    "port": 50000,
+                    "modes": ["aead_aes256_gcm_rtpsize"],
+                }
+                await conn.send(json.dumps({"op": 2, "d": ready}))
+            elif op == 1:
+                description = {"mode": "aead_aes256_gcm_rtpsize", "secret_key": [0] * 32}
+                await conn.send(json.dumps({"op": 4, "d": description}))
+            elif op == 7:
+                self.resumes += 1
+                await conn.send(json.dumps({"op": 9, "d": None}))
+            elif op == 3:
+                await conn.send(json.dumps({"op": 6, "d": {"t": data.get("t")}}))
+            elif op == 5:
+                spoken += 1
+                if spoken == self.after:
+                    await conn.close(self.code, "closed by the test")
+                    return
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        async with websockets_server(self.handle, close_timeout=self.close_timeout) as url:
+            yield url + "?v=8"

@@ -481,4 +481,5 @@ async def test_non_finite_floats_raise_encode_error_and_send_nothing(
             await ws.send_json({"nested": [1, {"y": value}]})
         await ws.send_json({"x": None, "ok": 1.5})
         await eventually(lambda: len(received) == 1)
+        await ws.disconnect()
         assert received == ['{"x":null,"ok":1.5}']

@@ -36,6 +36,7 @@ class HeartbeatTracker:
         self.missed = 0
         self.latencies: deque[float] = deque(maxlen=20)
         self._last_frame = clock()
+        self._held = False
         self._nonce = int(clock() * 1000) % (1 << 52)
 
     @property
@@ -47,8 +48,22 @@ class HeartbeatTracker:
         """Any frame arrived: the peer is alive."""
         self._last_frame = self._clock()
 
+    def hold(self) -> None:
+        """We stopped reading on purpose (backpressure): ACKs cannot arrive, so nothing
+        counts against the peer until :meth:`release`."""
+        self._held = True
+
+    def release(self) -> None:
+        """Reading again: judge the peer from now on, as if it had just spoken."""
+        self._held = False
+        self._pending = None
+        self.missed = 0
+        self._last_frame = self._clock()
+
     def zombie_reason(self) -> str | None:
-        """Why the connection counts as dead, or ``None`` while it is healthy."""
+        """Why the connection counts as dead, or ``None`` while it is healthy (or held)."""
+        if self._held:
+            return None
         if self.missed >= self.max_missed:
             return f"{self.missed} heartbeats in a row got no ACK"
         silent = self._clock() - self._last_frame
@@ -58,7 +73,7 @@ class HeartbeatTracker:
 
     def beat(self) -> int | None:
         """The nonce for the next heartbeat, or ``None`` if the connection is a zombie."""
-        if self._pending is not None:
+        if self._pending is not None and not self._held:
             self.missed += 1
         if self.zombie_reason() is not None:
             return None

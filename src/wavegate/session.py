@@ -41,7 +41,7 @@ from .signals import (
     SessionClosedError,
     Signal,
 )
-from .websocket import Websocket
+from .websocket import Websocket, check_close
 
 log = logging.getLogger("wavegate.session")
 
@@ -99,6 +99,9 @@ class SessionState(str, Enum):
     READY = "ready"
     WAITING = "waiting"
     """Backing off before the next attempt."""
+    AWAITING_MOVE = "awaiting_move"
+    """Closed with one of ``move_codes`` (4014): waiting up to ``move_grace`` for
+    :meth:`Session.move`."""
     STOPPED = "stopped"
 
 
@@ -168,11 +171,60 @@ class Outcome:
 
 @dataclass(eq=False)
 class _Outgoing:
+    """A message handed to ``send_*``: queued until written (once, whole) or withdrawn.
+
+    The writer waits for room in the socket *before* taking a message, and writing
+    never waits, so a message is never "maybe written" while anyone waits: its
+    deadline or its sender's cancellation can always tell queued from written.
+    """
+
     binary: bool
     payload: Any
     future: asyncio.Future[None]
-    in_flight: bool = False
+    written: bool = False
     withdrawn: bool = False
+
+
+class _Inbox:
+    """Received messages waiting for the application, in order.
+
+    ``limit`` is where the reader stops reading the socket (:meth:`wait_room`); a few
+    more may be put while a connection's handshake replays or its end is drained.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[Any] = deque()
+        self._limit = limit
+        self._readable = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Any) -> None:
+        self._items.append(item)
+        self._readable.set()
+        if len(self._items) >= self._limit:
+            self._room.clear()
+
+    def full(self) -> bool:
+        return not self._room.is_set()
+
+    async def wait_room(self) -> None:
+        await self._room.wait()
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._readable.clear()
+            await self._readable.wait()
+        item = self._items.popleft()
+        if len(self._items) < self._limit:
+            self._room.set()
+        return item
+
+    def last(self) -> Any:
+        return self._items[-1] if self._items else None
 
 
 @dataclass
@@ -205,6 +257,9 @@ class Session:
             server asks; ``None`` uses the server's interval.
         send_queue_size: outgoing messages that may wait; more raise
             :class:`SendQueueFullError`.
+        receive_queue_size: received messages that may wait for the application;
+            past it the session stops reading the socket (TCP backpressure), and
+            zombie detection waits until the application reads again.
         close_timeout: seconds ``close()`` waits for the runner.
         zombie_close_code: the code we close a zombie with (not 1000/1001, so the
             server keeps the session resumable).
@@ -227,6 +282,7 @@ class Session:
         max_missed_acks: int = 2,
         max_heartbeat_interval: float | None = None,
         send_queue_size: int = 1024,
+        receive_queue_size: int = 1024,
         close_timeout: float = 5.0,
         zombie_close_code: int = 4000,
         move_grace: float = 0.0,
@@ -235,9 +291,15 @@ class Session:
         clock: Callable[[], float] = time.monotonic,
         random_source: Any = None,
     ) -> None:
-        if max_resume_attempts < 0 or send_queue_size < 1 or handshake_timeout <= 0:
+        if (
+            max_resume_attempts < 0
+            or send_queue_size < 1
+            or receive_queue_size < 1
+            or handshake_timeout <= 0
+        ):
             raise ValueError(
-                "max_resume_attempts >= 0, send_queue_size >= 1, handshake_timeout > 0"
+                "max_resume_attempts >= 0, send_queue_size >= 1, receive_queue_size >= 1, "
+                "handshake_timeout > 0"
             )
         self.url = url
         self.protocol = protocol
@@ -264,7 +326,7 @@ class Session:
         self._ready = asyncio.Event()
         self._outbox: deque[_Outgoing] = deque()
         self._outbox_ready = asyncio.Event()
-        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._inbox = _Inbox(receive_queue_size)
         self._subscribers: list[asyncio.Queue[SessionEvent | None]] = []
         self._beat_now = asyncio.Event()
         self._zombie: Signal | None = None
@@ -302,10 +364,15 @@ class Session:
         """Stop: close the connection with ``code``, cancel and await every task.
 
         Close with a 4000-4999 code to leave the server-side session resumable.
+
+        Raises:
+            ValueError: ``code`` is not 1000 or in 3000..4999 (1001 included: it is
+                the server's to send), or ``reason`` is over 123 bytes. Nothing is
+                closed then.
         """
+        check_close(code, reason)
         self._stopping.set()
-        with contextlib.suppress(ValueError):
-            await self.ws.disconnect(code, reason)
+        await self.ws.disconnect(code, reason)
         runner = self._runner
         if runner is not None and not runner.done():
             try:
@@ -376,33 +443,47 @@ class Session:
             raise SessionClosedError(f"session stopped: {self.outcome}", self.outcome)
         if len(self._outbox) >= self.send_queue_size:
             raise SendQueueFullError(f"{self.send_queue_size} messages already waiting to be sent")
-        item = _Outgoing(binary, payload, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        item = _Outgoing(binary, payload, loop.create_future())
         self._outbox.append(item)
         self._outbox_ready.set()
+        deadline = None
+        if timeout is not None:
+            deadline = loop.call_later(max(timeout, 0.0), self._expire, item, timeout)
         try:
-            await asyncio.wait_for(asyncio.shield(item.future), timeout)
-        except asyncio.TimeoutError:
-            if item.in_flight:
-                await item.future  # being written right now: its outcome is the answer
-                return
-            self._withdraw(item)
-            raise SendTimeoutError(f"not sent within {timeout}s (withdrawn, never sent)") from None
+            # Shielded: a cancelled sender must not cancel the outcome the writer sets.
+            await asyncio.shield(item.future)
         except asyncio.CancelledError:
-            if not item.in_flight:
+            if not item.written:
                 self._withdraw(item)
             raise
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+
+    def _expire(self, item: _Outgoing, timeout: float) -> None:
+        if item.written or item.future.done():
+            return
+        self._withdraw(item)
+        item.future.set_exception(
+            SendTimeoutError(f"not sent within {timeout}s (withdrawn, never sent)")
+        )
 
     def _withdraw(self, item: _Outgoing) -> None:
         item.withdrawn = True
         with contextlib.suppress(ValueError):
             self._outbox.remove(item)
-        if not item.future.done():
-            item.future.cancel()
 
     @property
     def pending_sends(self) -> int:
         """Messages waiting to be sent."""
         return len(self._outbox)
+
+    @property
+    def pending_receives(self) -> int:
+        """Messages received and waiting to be read (at most about
+        ``receive_queue_size``; see there)."""
+        return len(self._inbox) - (self._inbox.last() is _END)
 
     async def receive(self) -> Any:
         """The next application message, in order, across reconnects.
@@ -412,7 +493,7 @@ class Session:
         """
         item = await self._inbox.get()
         if item is _END:
-            self._inbox.put_nowait(_END)
+            self._inbox.put(_END)
             raise SessionClosedError(f"session stopped: {self.outcome}", self.outcome)
         return item
 
@@ -540,6 +621,7 @@ class Session:
         if self.move_grace <= 0:
             return False
         self._moved.clear()
+        self.state = SessionState.AWAITING_MOVE
         self._emit(EventKind.MOVE_WAIT, delay=self.move_grace)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._moved.wait(), self.move_grace)
@@ -581,7 +663,7 @@ class Session:
 
     def _deliver(self, item: Any) -> None:
         self.stats.received += 1
-        self._inbox.put_nowait(item)
+        self._inbox.put(item)
 
     async def _serve(self, interval: float) -> Signal:
         if self.max_heartbeat_interval is not None:
@@ -618,8 +700,14 @@ class Session:
         raise AssertionError("a connection task ended without a signal")
 
     async def _read(self, tracker: HeartbeatTracker) -> None:
-        ws, protocol = self.ws, self.protocol
+        ws, protocol, inbox = self.ws, self.protocol, self._inbox
         while True:
+            if inbox.full():
+                # Stop reading the socket until the application catches up: the
+                # peer feels TCP backpressure. ACKs wait unread meanwhile.
+                tracker.hold()
+                await inbox.wait_room()
+                tracker.release()
             try:
                 packet = await ws.receive()
             except PayloadError as error:
@@ -669,23 +757,25 @@ class Session:
             await self.ws.send_json(self.protocol.heartbeat(nonce))
 
     async def _write(self) -> None:
-        outbox = self._outbox
+        outbox, ws = self._outbox, self.ws
         while True:
             while not outbox:
                 self._outbox_ready.clear()
                 await self._outbox_ready.wait()
+            # Room first: a message waiting here is still queued (and withdrawable).
+            await ws.writable()
+            if not outbox:
+                continue
             item = outbox[0]
-            item.in_flight = True
-            try:
-                if item.binary:
-                    await self.ws.send_bytes(item.payload)
-                else:
-                    await self.ws.send_json(item.payload)
-            finally:
-                item.in_flight = False
-            # Only a successful write takes it off the queue: a signal leaves it first in line.
-            if outbox and outbox[0] is item:
-                outbox.popleft()
+            # With room, a send writes the whole frame without suspending: it returns
+            # written, or raises (nothing written, the message stays first in line).
+            if item.binary:
+                await ws.send_bytes(item.payload)
+            else:
+                await ws.send_json(item.payload)
+            assert not item.withdrawn, "a message was withdrawn while being written"
+            outbox.popleft()
+            item.written = True
             self.stats.sent += 1
             if not item.future.done():
                 item.future.set_result(None)
@@ -703,7 +793,7 @@ class Session:
                 )
                 item.future.exception()  # retrieved: the sender may have given up already
         self._outbox.clear()
-        self._inbox.put_nowait(_END)
+        self._inbox.put(_END)
         log.info("session stopped: %s", outcome)
         self._emit(EventKind.STOPPED, signal=outcome.signal, detail=outcome.reason)
         for queue in self._subscribers:

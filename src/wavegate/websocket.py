@@ -124,7 +124,9 @@ def _check_url(url: str) -> None:
         raise InvalidURLError(f"URL has no host: {redact_url(url)!r}")
 
 
-def _check_close(code: int, reason: str) -> None:
+def check_close(code: int, reason: str) -> None:
+    """Raise ``ValueError`` unless ``code`` and ``reason`` may be sent in a close frame
+    by an application (1000 or 3000..4999; at most 123 bytes of reason)."""
     if not isinstance(code, int) or not (code == 1000 or 3000 <= code <= 4999):
         raise ValueError(f"close code must be 1000 or in 3000..4999, got {code!r}")
     if len(reason.encode()) > 123:
@@ -388,7 +390,7 @@ class Websocket:
             ValueError: ``code`` is not 1000 or in 3000..4999, or ``reason`` is longer
                 than 123 bytes.
         """
-        _check_close(code, reason)
+        check_close(code, reason)
         conn, state = self._conn, self._state
         if conn is None or state is _DISCONNECTED:
             return

@@ -159,6 +159,17 @@ class ServerConnection:
                 # client write in between would land unread. Close (RST) right now.
                 raw.close()
 
+    def stop_reading(self) -> None:
+        """Stop reading the socket (a peer that hangs or stopped processing): the client's
+        writes fill the kernel buffers and then block. Pings go unanswered too."""
+        transport = self._writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.pause_reading()
+
+    def write_blocked(self) -> bool:
+        """Whether this side's writes are waiting for the client to read."""
+        return self._writer.transport.get_write_buffer_size() > 0
+
     async def wait_closed(self, timeout: float = 5.0) -> None:
         """Wait until the TCP connection is gone."""
         await asyncio.wait_for(self.closed.wait(), timeout)

@@ -88,6 +88,8 @@ class FakeVoiceSession:
     mute: ServerConnection | None = None
     """A connection whose heartbeats are not answered (a zombie)."""
     ack_delay: float = 0.0
+    reading: bool = True
+    """``False``: every new connection of the session stops reading once authenticated."""
     conn: ServerConnection | None = None
     live: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -238,6 +240,16 @@ class FakeVoiceGateway:
         session.mute = session.conn
         if permanently:
             session.acking = False
+
+    def stop_reading(self, session_id: str, *, permanently: bool = False) -> None:
+        """Stop reading the session's current connection (a gateway that hangs: no
+        ACKs, and the client's writes block once the buffers are full), or every
+        connection of the session from now on, right after it authenticates."""
+        session = self.sessions[session_id]
+        if permanently:
+            session.reading = False
+        if session.conn is not None:
+            session.conn.stop_reading()
 
     def resume_acking(self, session_id: str) -> None:
         """Answer the session's heartbeats again."""
@@ -401,6 +413,9 @@ class FakeVoiceGateway:
         ready = {"ssrc": 1000 + len(self.sessions), "ip": "127.0.0.1", "port": 50000}
         await conn.send_json({"op": 2, "d": {**ready, "modes": list(self.modes)}})
         session.live.set()
+        if old is not None and not old.reading:
+            session.reading = False
+            conn.stop_reading()
         return session
 
     async def _resume(
@@ -427,6 +442,8 @@ class FakeVoiceGateway:
             self.replayed += 1
             await conn.send_frame(opcode, frame)
         session.live.set()
+        if not session.reading:
+            conn.stop_reading()
         return session
 
     @staticmethod

@@ -1,0 +1,280 @@
+"""The session's promises under races: the right signal, bounded and truthful sends,
+a state that says what the session is doing, a bounded inbox.
+
+Each test reproduced a defect before it was fixed (issue 8 of the project's tracker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from wavegate import Backoff, DisconnectSignal, ReconnectSignal, SessionState, Websocket
+from wavegate.discord.voice import Speaking, VoiceClient
+from wavegate.session import EventKind, SessionEvent
+from wavegate.signals import SendTimeoutError
+from wavegate.testing.voice import FakeVoiceGateway
+
+from .conftest import eventually
+from .peers import ForeignVoiceGateway
+from .voice_harness import CREDENTIALS
+
+FAST = Backoff(base=0.01, cap=0.05, max_attempts=None)
+USER = CREDENTIALS.user_id
+SESSION = CREDENTIALS.session_id
+
+
+@pytest_asyncio.fixture
+async def gateway() -> AsyncIterator[FakeVoiceGateway]:
+    async with FakeVoiceGateway(heartbeat_interval=0.05, heartbeat_timeout_factor=20) as running:
+        yield running
+
+
+def client(gateway: FakeVoiceGateway, transport: str, **options: object) -> VoiceClient:
+    options.setdefault("backoff", FAST)
+    return VoiceClient(
+        gateway.url,
+        CREDENTIALS,
+        websocket=Websocket(transport=transport),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+# -- a send racing the gateway's close --------------------------------------------------
+
+RUNS = 100
+
+
+async def _speak_until_stopped(voice: VoiceClient) -> None:
+    """Eight tasks calling send_speaking() in a loop: the writer is always writing."""
+
+    async def speak() -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                await voice.send_speaking(1)
+
+    await asyncio.gather(*(speak() for _ in range(8)))
+
+
+def _spoken(gateway: FakeVoiceGateway) -> int:
+    return sum(op == 5 for op, _ in gateway.received_by_user.get(USER, []))
+
+
+@pytest.mark.parametrize("code", [4014, 4021])
+@pytest.mark.timeout(120)
+async def test_a_final_close_racing_sends_stops_with_its_code_every_time(
+    gateway: FakeVoiceGateway, transport: str, code: int
+) -> None:
+    for _ in range(RUNS):
+        voice = client(gateway, transport)
+        await voice.start()
+        await voice.wait_ready(10)
+        speaking = asyncio.ensure_future(_speak_until_stopped(voice))
+        spoken = _spoken(gateway)
+        await eventually(lambda: _spoken(gateway) >= spoken + 20)  # sends in full flow
+        await gateway.close_session(SESSION, code)
+        outcome = await asyncio.wait_for(voice.wait_closed(), 10)
+        await speaking
+        assert (outcome.reason, outcome.code) == ("disconnect", code), str(outcome)
+        assert isinstance(outcome.signal, DisconnectSignal)
+
+
+@pytest.mark.timeout(120)
+async def test_a_4006_racing_sends_starts_a_new_session_every_time(transport: str) -> None:
+    foreign = ForeignVoiceGateway(4006)
+    events: list[SessionEvent] = []
+    async with foreign.running() as url:
+        voice = VoiceClient(
+            url,
+            CREDENTIALS,
+            websocket=Websocket(transport=transport),
+            backoff=FAST,
+            on_event=events.append,
+        )
+        async with voice:
+            speaking = asyncio.ensure_future(_speak_until_stopped(voice))
+            await eventually(lambda: foreign.identifies > RUNS, 60)
+            speaking.cancel()
+    lost = [e.signal for e in events if e.kind is EventKind.CONNECTION_LOST]
+    assert len(lost) >= RUNS
+    assert all(isinstance(s, ReconnectSignal) and s.code == 4006 for s in lost[:RUNS]), lost
+    assert foreign.resumes == 0
+
+
+@pytest.mark.timeout(120)
+async def test_a_4006_from_the_fake_gateway_racing_sends_starts_a_new_session(
+    gateway: FakeVoiceGateway, transport: str
+) -> None:
+    events: list[SessionEvent] = []
+    voice = client(gateway, transport, on_event=events.append)
+    async with voice:
+        await voice.wait_ready(10)
+        speaking = asyncio.ensure_future(_speak_until_stopped(voice))
+        for run in range(RUNS):
+            await gateway.close_session(SESSION, 4006)
+            await eventually(lambda: gateway.identifies == run + 2, 10)
+            await gateway.wait_live(SESSION, 10)
+        speaking.cancel()
+    lost = [e.signal for e in events if e.kind is EventKind.CONNECTION_LOST]
+    assert len(lost) == RUNS + 1  # and the last, closed by the test
+    assert all(isinstance(s, ReconnectSignal) and s.code == 4006 for s in lost[:RUNS]), lost
+    assert gateway.resumes == 0
+
+
+# -- bounded and truthful sends ----------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_send_timeout_bounds_the_call_when_the_gateway_stopped_reading(
+    gateway: FakeVoiceGateway, transport: str
+) -> None:
+    voice = client(gateway, transport)
+    async with voice:
+        await voice.wait_ready(10)
+        gateway.stop_reading(SESSION, permanently=True)
+        big = {"op": 5, "d": {"pad": "x" * (256 << 10)}}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                *(voice.send_json(big, timeout=1.0) for _ in range(80)), return_exceptions=True
+            ),
+            10,
+        )
+        elapsed = loop.time() - started
+    assert all(o is None or isinstance(o, SendTimeoutError) for o in outcomes), outcomes
+    assert any(isinstance(o, SendTimeoutError) for o in outcomes)
+    assert elapsed < 8, f"timeout=1.0 calls took {elapsed:.1f}s"
+
+
+def _sent_numbers(gateway: FakeVoiceGateway) -> list[int]:
+    return [
+        d["n"]
+        for op, d in gateway.received_by_user.get(USER, [])
+        if op == 5 and isinstance(d, dict) and "n" in d
+    ]
+
+
+@pytest.mark.timeout(60)
+async def test_a_zero_timeout_send_is_reported_sent_exactly_when_it_was(
+    gateway: FakeVoiceGateway, transport: str
+) -> None:
+    voice = client(gateway, transport)
+    returned: list[int] = []
+    async with voice:
+        await voice.wait_ready(10)
+        for n in range(20):
+            with contextlib.suppress(SendTimeoutError):
+                await voice.send_json({"op": 5, "d": {"n": n}}, timeout=0)
+                returned.append(n)
+        await voice.send_json({"op": 5, "d": {"n": "end"}})
+        await eventually(lambda: "end" in _sent_numbers(gateway))
+    assert [n for n in _sent_numbers(gateway) if n != "end"] == returned
+
+
+@pytest.mark.timeout(120)
+async def test_send_outcomes_never_lie_across_resumes(
+    gateway: FakeVoiceGateway, transport: str
+) -> None:
+    voice = client(gateway, transport)
+    rng = random.Random(8)
+    returned: list[int] = []
+    timed_out: list[int] = []
+
+    async def send(n: int) -> None:
+        try:
+            await voice.send_json({"op": 5, "d": {"n": n}}, timeout=rng.choice([0, 0.001, 0.01]))
+        except SendTimeoutError:
+            timed_out.append(n)
+        else:
+            returned.append(n)
+
+    async with voice:
+        await voice.wait_ready(10)
+        for batch in range(20):
+            sending = [asyncio.ensure_future(send(batch * 50 + i)) for i in range(50)]
+            await asyncio.sleep(0)
+            await gateway.close_session(SESSION, 4015)
+            await asyncio.gather(*sending)
+        await voice.send_json({"op": 5, "d": {"n": "end"}})
+        await eventually(lambda: "end" in _sent_numbers(gateway), 10)
+    received = [n for n in _sent_numbers(gateway) if n != "end"]
+    assert sorted(received) == sorted(returned)
+    assert not set(received) & set(timed_out)
+    assert len(returned) + len(timed_out) == 1000
+
+
+# -- the session's state -----------------------------------------------------------------
+
+
+async def test_the_move_grace_wait_has_its_own_state(gateway: FakeVoiceGateway) -> None:
+    events: list[SessionEvent] = []
+    voice = client(gateway, "aiohttp", move_grace=30.0, on_event=events.append)
+    async with voice:
+        await voice.wait_ready(10)
+        await gateway.close_session(SESSION, 4014)
+        await eventually(lambda: EventKind.MOVE_WAIT in [e.kind for e in events])
+        assert voice.state is SessionState.AWAITING_MOVE
+        assert voice.ws.disconnected
+        voice.move_to(gateway.url, "token-SECRET-VALUE")
+        await eventually(lambda: voice.state is SessionState.READY, 10)
+
+
+async def test_close_with_a_code_that_may_not_be_sent_raises_at_once(
+    gateway: FakeVoiceGateway,
+) -> None:
+    voice = client(gateway, "aiohttp")
+    async with voice:
+        await voice.wait_ready(10)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ValueError, match="1001"):
+            await voice.close(1001)
+        assert loop.time() - started < 1
+        assert voice.state is SessionState.READY
+        outcome = await voice.close(4000, "bye")
+    assert outcome.reason == "closed"
+    assert voice.ws.close_code == 4000
+
+
+# -- a bounded inbox ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_the_inbox_is_bounded_and_backpressure_reaches_the_gateway(
+    gateway: FakeVoiceGateway, transport: str
+) -> None:
+    events: list[SessionEvent] = []
+    voice = client(gateway, transport, receive_queue_size=50, on_event=events.append)
+    total = 1500
+    async with voice:
+        await voice.wait_ready(10)
+        session = await gateway.wait_live(SESSION)
+
+        async def produce() -> None:
+            for n in range(total):
+                await gateway.send(SESSION, 5, {"speaking": 1, "ssrc": n, "pad": "x" * 8192})
+
+        producing = asyncio.ensure_future(produce())
+        await eventually(lambda: voice.pending_receives >= 50, 10)
+        assert session.conn is not None
+        # The gateway can no longer write: the client stopped reading its socket.
+        await eventually(lambda: session.conn is not None and session.conn.write_blocked(), 10)
+        assert voice.pending_receives <= 51
+        # Many heartbeat intervals pass while the client is not reading: no false zombie.
+        await asyncio.sleep(0.5)
+        assert not producing.done()
+        received = []
+        async for message in voice:
+            assert isinstance(message, Speaking)
+            received.append(message.ssrc)
+            if len(received) == total:
+                break
+        await producing
+    assert received == list(range(total))
+    assert not [e for e in events if e.kind is EventKind.ZOMBIE]
