@@ -75,8 +75,8 @@ async def test_a_final_close_racing_sends_stops_with_its_code_every_time(
         await voice.start()
         await voice.wait_ready(10)
         speaking = asyncio.ensure_future(_speak_until_stopped(voice))
-        spoken = _spoken(gateway)
-        await eventually(lambda: _spoken(gateway) >= spoken + 20)  # sends in full flow
+        target = _spoken(gateway) + 20
+        await eventually(lambda t=target: _spoken(gateway) >= t)  # sends in full flow
         await gateway.close_session(SESSION, code)
         outcome = await asyncio.wait_for(voice.wait_closed(), 10)
         await speaking
@@ -117,7 +117,8 @@ async def test_a_4006_from_the_fake_gateway_racing_sends_starts_a_new_session(
         speaking = asyncio.ensure_future(_speak_until_stopped(voice))
         for run in range(RUNS):
             await gateway.close_session(SESSION, 4006)
-            await eventually(lambda: gateway.identifies == run + 2, 10)
+            identifies = run + 2
+            await eventually(lambda n=identifies: gateway.identifies == n, 10)
             await gateway.wait_live(SESSION, 10)
         speaking.cancel()
     lost = [e.signal for e in events if e.kind is EventKind.CONNECTION_LOST]
@@ -152,7 +153,7 @@ async def test_send_timeout_bounds_the_call_when_the_gateway_stopped_reading(
     assert elapsed < 8, f"timeout=1.0 calls took {elapsed:.1f}s"
 
 
-def _sent_numbers(gateway: FakeVoiceGateway) -> list[int]:
+def _sent_numbers(gateway: FakeVoiceGateway) -> list[int | str]:
     return [
         d["n"]
         for op, d in gateway.received_by_user.get(USER, [])
