@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
@@ -61,6 +61,10 @@ async def _speak_until_stopped(voice: VoiceClient) -> None:
     await asyncio.gather(*(speak() for _ in range(8)))
 
 
+def _reaches(count: Callable[[], int], target: int) -> Callable[[], bool]:
+    return lambda: count() >= target
+
+
 def _spoken(gateway: FakeVoiceGateway) -> int:
     return sum(op == 5 for op, _ in gateway.received_by_user.get(USER, []))
 
@@ -76,7 +80,7 @@ async def test_a_final_close_racing_sends_stops_with_its_code_every_time(
         await voice.wait_ready(10)
         speaking = asyncio.ensure_future(_speak_until_stopped(voice))
         target = _spoken(gateway) + 20
-        await eventually(lambda t=target: _spoken(gateway) >= t)  # sends in full flow
+        await eventually(_reaches(lambda: _spoken(gateway), target))  # sends in full flow
         await gateway.close_session(SESSION, code)
         outcome = await asyncio.wait_for(voice.wait_closed(), 10)
         await speaking
@@ -118,7 +122,7 @@ async def test_a_4006_from_the_fake_gateway_racing_sends_starts_a_new_session(
         for run in range(RUNS):
             await gateway.close_session(SESSION, 4006)
             identifies = run + 2
-            await eventually(lambda n=identifies: gateway.identifies == n, 10)
+            await eventually(_reaches(lambda: gateway.identifies, identifies), 10)
             await gateway.wait_live(SESSION, 10)
         speaking.cancel()
     lost = [e.signal for e in events if e.kind is EventKind.CONNECTION_LOST]
