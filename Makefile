@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench bench-quick conformance conformance-full soak soak-ci test-all clean
+.PHONY: demo test lint typecheck unit stress-test bench bench-quick conformance conformance-full soak soak-ci test-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ unit: $(STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck unit
+
+# The suite 3 times beside 2 CPU-burning processes: no test may need an idle machine.
+stress-test: $(STAMP)
+	tools/stress-test.sh 3
 
 # Benchmarks: never part of `make test`. Their own venv holds the peers (hikari-wave...).
 $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt

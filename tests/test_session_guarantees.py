@@ -31,7 +31,10 @@ SESSION = CREDENTIALS.session_id
 
 @pytest_asyncio.fixture
 async def gateway() -> AsyncIterator[FakeVoiceGateway]:
-    async with FakeVoiceGateway(heartbeat_interval=0.05, heartbeat_timeout_factor=20) as running:
+    # Heartbeats every 0.5 s: with eight tasks flooding the gateway on a busy machine,
+    # a 50 ms heartbeat would be answered late and the client would rightly call the
+    # connection a zombie, which is not what these tests are about.
+    async with FakeVoiceGateway(heartbeat_interval=0.5, heartbeat_timeout_factor=20) as running:
         yield running
 
 
@@ -75,14 +78,19 @@ async def test_a_final_close_racing_sends_stops_with_its_code_every_time(
     gateway: FakeVoiceGateway, transport: str, code: int
 ) -> None:
     for _ in range(RUNS):
-        voice = client(gateway, transport)
+        events: list[SessionEvent] = []
+        voice = client(gateway, transport, on_event=events.append)
         await voice.start()
         await voice.wait_ready(10)
         speaking = asyncio.ensure_future(_speak_until_stopped(voice))
         target = _spoken(gateway) + 20
         await eventually(_reaches(lambda: _spoken(gateway), target))  # sends in full flow
         await gateway.close_session(SESSION, code)
-        outcome = await asyncio.wait_for(voice.wait_closed(), 10)
+        try:
+            outcome = await asyncio.wait_for(voice.wait_closed(), 10)
+        except asyncio.TimeoutError:
+            await voice.close()
+            raise AssertionError(f"still running; events: {events}") from None
         await speaking
         assert (outcome.reason, outcome.code) == ("disconnect", code), str(outcome)
         assert isinstance(outcome.signal, DisconnectSignal)
@@ -251,9 +259,12 @@ async def test_close_with_a_code_that_may_not_be_sent_raises_at_once(
 
 
 @pytest.mark.timeout(60)
-async def test_the_inbox_is_bounded_and_backpressure_reaches_the_gateway(
-    gateway: FakeVoiceGateway, transport: str
-) -> None:
+async def test_the_inbox_is_bounded_and_backpressure_reaches_the_gateway(transport: str) -> None:
+    async with FakeVoiceGateway(heartbeat_interval=0.1, heartbeat_timeout_factor=20) as gateway:
+        await _bounded_inbox(gateway, transport)
+
+
+async def _bounded_inbox(gateway: FakeVoiceGateway, transport: str) -> None:
     events: list[SessionEvent] = []
     voice = client(gateway, transport, receive_queue_size=50, on_event=events.append)
     total = 1500
@@ -271,7 +282,8 @@ async def test_the_inbox_is_bounded_and_backpressure_reaches_the_gateway(
         # The gateway can no longer write: the client stopped reading its socket.
         await eventually(lambda: session.conn is not None and session.conn.write_blocked(), 10)
         assert voice.pending_receives <= 51
-        # Many heartbeat intervals pass while the client is not reading: no false zombie.
+        # Heartbeat intervals pass while the client is not reading: no false zombie.
+        # (Waiting is the point here: nothing may happen meanwhile.)
         await asyncio.sleep(0.5)
         assert not producing.done()
         received = []
