@@ -38,12 +38,14 @@ async def gateway() -> AsyncIterator[FakeVoiceGateway]:
         yield running
 
 
-def client(gateway: FakeVoiceGateway, transport: str, **options: object) -> VoiceClient:
+def client(
+    gateway: FakeVoiceGateway, transport: str, *, close_timeout: float = 5.0, **options: object
+) -> VoiceClient:
     options.setdefault("backoff", FAST)
     return VoiceClient(
         gateway.url,
         CREDENTIALS,
-        websocket=Websocket(transport=transport),
+        websocket=Websocket(transport=transport, close_timeout=close_timeout),
         **options,  # type: ignore[arg-type]
     )
 
@@ -51,6 +53,7 @@ def client(gateway: FakeVoiceGateway, transport: str, **options: object) -> Voic
 # -- a send racing the gateway's close --------------------------------------------------
 
 RUNS = 100
+FOREIGN_RUNS = 30
 
 
 async def _speak_until_stopped(voice: VoiceClient) -> None:
@@ -110,11 +113,12 @@ async def test_a_4006_racing_sends_starts_a_new_session_every_time(transport: st
         )
         async with voice:
             speaking = asyncio.ensure_future(_speak_until_stopped(voice))
-            await eventually(lambda: foreign.identifies > RUNS, 60)
+            await eventually(lambda: foreign.identifies > FOREIGN_RUNS, 60)
             speaking.cancel()
     lost = [e.signal for e in events if e.kind is EventKind.CONNECTION_LOST]
-    assert len(lost) >= RUNS
-    assert all(isinstance(s, ReconnectSignal) and s.code == 4006 for s in lost[:RUNS]), lost
+    assert len(lost) >= FOREIGN_RUNS
+    runs = lost[:FOREIGN_RUNS]
+    assert all(isinstance(s, ReconnectSignal) and s.code == 4006 for s in runs), lost
     assert foreign.resumes == 0
 
 
@@ -146,7 +150,7 @@ async def test_a_4006_from_the_fake_gateway_racing_sends_starts_a_new_session(
 async def test_send_timeout_bounds_the_call_when_the_gateway_stopped_reading(
     gateway: FakeVoiceGateway, transport: str
 ) -> None:
-    voice = client(gateway, transport)
+    voice = client(gateway, transport, close_timeout=0.5)  # the close is not answered either
     async with voice:
         await voice.wait_ready(10)
         gateway.stop_reading(SESSION, permanently=True)
