@@ -43,6 +43,11 @@ _FLOOD_CHECK = 0.05
 _log = logging.getLogger("wavegate.transport.picows")
 
 
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def _established(sock: socket.socket) -> bool:
     """Whether the kernel still has the connection ESTABLISHED (always true off Linux)."""
     if _TCP_INFO is None:
@@ -163,6 +168,9 @@ class PicowsTransport:
         if self._wt is None:
             self._wt = wt  # it ended before connect() returned it
         self._current_ending()
+        # picows keeps the protocol error it failed the connection with for whoever
+        # awaits wait_disconnected(); retrieve it (the ending already says what it was).
+        asyncio.ensure_future(wt.wait_disconnected()).add_done_callback(_retrieve)
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
