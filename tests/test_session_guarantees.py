@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
@@ -21,7 +22,7 @@ from wavegate.signals import SendTimeoutError
 from wavegate.testing.voice import FakeVoiceGateway
 
 from .conftest import eventually
-from .peers import ForeignVoiceGateway
+from .peers import ForeignVoiceGateway, established_to
 from .voice_harness import CREDENTIALS
 
 FAST = Backoff(base=0.01, cap=0.05, max_attempts=None)
@@ -167,6 +168,26 @@ async def test_send_timeout_bounds_the_call_when_the_gateway_stopped_reading(
     assert all(o is None or isinstance(o, SendTimeoutError) for o in outcomes), outcomes
     assert any(isinstance(o, SendTimeoutError) for o in outcomes)
     assert elapsed < 8, f"timeout=1.0 calls took {elapsed:.1f}s"
+
+
+@pytest.mark.timeout(60)
+async def test_zombies_of_a_gateway_that_stopped_reading_leave_no_socket_behind(
+    transport: str,
+) -> None:
+    async with FakeVoiceGateway(heartbeat_interval=0.1, heartbeat_timeout_factor=50) as gateway:
+        port = urlsplit(gateway.url).port
+        assert port is not None
+        voice = client(gateway, transport, close_timeout=0.2)
+        async with voice:
+            await voice.wait_ready(10)
+            gateway.stop_reading(SESSION, permanently=True)
+            big = {"op": 5, "d": {"pad": "x" * (256 << 10)}}
+            for _ in range(40):  # more than the socket buffers hold: writes block
+                with contextlib.suppress(SendTimeoutError):
+                    await voice.send_json(big, timeout=0.05)
+            await eventually(lambda: voice.stats.zombies >= 5, 30)
+            assert established_to(port) <= 1  # the live connection, nothing else
+        await eventually(lambda: established_to(port) == 0)
 
 
 def _sent_numbers(gateway: FakeVoiceGateway) -> list[int | str]:
