@@ -21,6 +21,7 @@ from wavegate import (
     DisconnectSignal,
     EncodeError,
     Event,
+    InvalidURLError,
     ResumeSignal,
     Signal,
     Websocket,
@@ -362,6 +363,21 @@ async def test_no_secret_is_reachable_from_a_refused_connect(make_ws: WebsocketF
     reachable = _everything_reachable(caught.value)
     assert TOKEN not in reachable
     assert BEARER not in reachable
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"ws://[::1/?token={TOKEN}", f"ws://a..b/?token={TOKEN}", f"ws://h:80:80/?token={TOKEN}"],
+    ids=["unclosed-ipv6", "empty-label", "two-ports"],
+)
+async def test_no_secret_is_reachable_from_an_invalid_url_error(
+    make_ws: WebsocketFactory, url: str
+) -> None:
+    ws = make_ws(open_timeout=5)
+    with pytest.raises(InvalidURLError) as caught:
+        await ws.connect(url)
+    assert TOKEN not in _everything_reachable(caught.value)
+    assert ws.disconnected
 
 
 # -- causes ---------------------------------------------------------------------------

@@ -36,8 +36,14 @@ def is_secret_name(name: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with user info and the values of secret-looking query keys removed."""
-    parts = urlsplit(url)
+    """``url`` with user info and the values of secret-looking query keys removed
+    (a URL too malformed to parse loses its whole query)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        scheme, _, rest = url.rpartition("://")
+        host_and_path = rest.split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
+        return f"{scheme}://{host_and_path}" if scheme else host_and_path
     netloc = parts.netloc.rsplit("@", 1)[-1]
     query = [
         (key, REDACTED if is_secret_name(key) else value)

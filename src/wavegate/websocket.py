@@ -124,6 +124,15 @@ def _check_url(url: str) -> None:
         raise InvalidURLError(f"URL has no host: {redact_url(url)!r}")
 
 
+def _scrubbed(exc: InvalidURLError, secrets: frozenset[str]) -> InvalidURLError:
+    """``exc`` as it may be shown: its text (a transport may quote the URL) and its
+    cause chain without the URL's secrets."""
+    clean = InvalidURLError(scrub_text(str(exc), secrets))
+    clean.__cause__ = scrub_exception(exc.__cause__, secrets, RedactedError)
+    clean.__suppress_context__ = True
+    return clean
+
+
 def check_close(code: int, reason: str) -> None:
     """Raise ``ValueError`` unless ``code`` and ``reason`` may be sent in a close frame
     by an application (1000 or 3000..4999; at most 123 bytes of reason)."""
@@ -343,15 +352,29 @@ class Websocket:
             self._decide(conn, Event.LOCAL_CLOSE, None, reason, True, None)
             self._closed(conn)
             raise
-        except Exception as exc:
+        except InvalidURLError as exc:  # the transport refused the URL or its options
+            invalid = _scrubbed(exc, conn.secrets)
+            self._decide(conn, Event.CONNECT_ERROR, None, str(invalid), False, exc)
+            self._closed(conn)
+        except Exception as exc:  # a bug in a transport: shown as it is
             self._decide(conn, Event.CONNECT_ERROR, None, f"connect() failed: {exc}", False, exc)
             self._closed(conn)
             raise
+        else:
+            return await self._opened(conn, transport)
+        # Raised out here, not in the except block: the raw exception, which may quote
+        # the URL, must not become its __context__.
+        raise invalid
+
+    async def _opened(self, conn: _Connection, transport: Transport) -> Signal | None:
         if self._state is _DISCONNECTING:
             # disconnect() came in the loop turn the opening completed: close what opened.
             assert conn.end is not None
-            await transport.close(conn.end.code or 1000, conn.end.reason)
-            return self._closed(conn)
+            try:
+                await transport.close(conn.end.code or 1000, conn.end.reason)
+            finally:
+                self._closed(conn)
+            return conn.end
         conn.transport = transport
         self._set_state(_CONNECTED)
         conn.settled.set_result(None)

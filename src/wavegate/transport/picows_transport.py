@@ -390,8 +390,12 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
     except picows.WSInvalidURL as exc:
         raise InvalidURLError(str(exc)) from exc
     except (asyncio.TimeoutError, OSError, picows.WSError) as exc:
+        # Before ValueError: certificate errors are ValueErrors too (ssl.CertificateError).
         _shut_down(sockets)
         raise _connect_failure(exc) from exc
+    except ValueError as exc:  # e.g. a host name IDNA cannot encode
+        _shut_down(sockets)
+        raise InvalidURLError(f"cannot connect with this URL and these options: {exc}") from exc
     unoffered = _unoffered(wt.response.headers)
     if unoffered is not None:
         wt.disconnect(False)
