@@ -25,6 +25,7 @@ from wavegate import (
     ResumeSignal,
     Signal,
     Websocket,
+    WebsocketPacketJSON,
     WebsocketState,
 )
 from wavegate.codec import STDLIB
@@ -51,6 +52,15 @@ async def _close_after_first_message(code: int) -> tuple[object, object]:
         peer.writer.close()  # FIN right behind the close frame, as some servers do
 
     return with_websockets, raw_close_then_fin
+
+
+async def _send_until_signal(ws: Websocket) -> Signal:
+    while True:
+        try:
+            await ws.send_json({"op": 3})
+        except Signal as signal:
+            return signal
+        await asyncio.sleep(0)
 
 
 async def _race_once(ws: Websocket, url: str, *, with_reader: bool) -> list[Signal]:
@@ -499,3 +509,98 @@ async def test_non_finite_floats_raise_encode_error_and_send_nothing(
         await eventually(lambda: len(received) == 1)
         await ws.disconnect()
         assert received == ['{"x":null,"ok":1.5}']
+
+
+# -- found by review: interleavings around connect, disconnect and failed sends ----------
+
+
+@pytest.mark.timeout(60)
+async def test_a_second_cancel_of_connect_still_ends_disconnected(
+    make_ws: WebsocketFactory,
+) -> None:
+    async def serve(peer: RawPeer) -> None:
+        await peer.handshake()
+        await asyncio.Event().wait()
+
+    async with raw_server(serve) as url:
+        port = urlsplit(url).port
+        assert port is not None
+        ws = make_ws(close_timeout=0.5)
+        opening_turns = await _turns_to_connect(ws, url)
+        for turns in range(1, opening_turns + 3):
+            connecting = asyncio.ensure_future(ws.connect(url))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            connecting.cancel()
+            await asyncio.sleep(0)
+            connecting.cancel()  # a timeout and an outer cancel, say
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+            assert ws.state in (WebsocketState.DISCONNECTED, WebsocketState.CONNECTED)
+            await ws.disconnect()
+            assert ws.disconnected
+            await eventually(lambda: established_to(port) == 0)
+        await asyncio.wait_for(ws.connect(url), 10)  # and it still works
+        assert ws.connected
+
+
+async def test_connects_waiting_for_a_disconnect_share_one_new_connection(
+    make_ws: WebsocketFactory,
+) -> None:
+    async def serve(peer: RawPeer) -> None:
+        await peer.handshake()
+        await asyncio.Event().wait()  # never answers the close: disconnect() takes a while
+
+    async with raw_server(serve) as url:
+        port = urlsplit(url).port
+        assert port is not None
+        ws = make_ws(close_timeout=0.3)
+        await ws.connect(url)
+        disconnecting = asyncio.ensure_future(ws.disconnect(4000))
+        await asyncio.sleep(0)
+        assert ws.disconnecting
+        first = asyncio.ensure_future(ws.connect(url))
+        second = asyncio.ensure_future(ws.connect(url))
+        await asyncio.wait_for(asyncio.gather(disconnecting, first, second), 10)
+        assert ws.connected
+        await eventually(lambda: established_to(port) == 1)
+        await ws.send_json({"op": 3})
+
+
+async def test_a_send_whose_reader_left_reads_the_close_frame_itself(
+    make_ws: WebsocketFactory, transport: str
+) -> None:
+    async def data_then_close(peer: RawPeer) -> None:
+        await peer.handshake()
+        await peer.read_frame()
+        peer.write_frame(frames.TEXT, b'{"op": 5}')
+        peer.write_frame(frames.CLOSE, frames.close_payload(4014, "moved"))
+        peer.writer.close()
+
+    async with raw_server(data_then_close) as url:
+        for _ in range(10):
+            ws = make_ws(close_timeout=5)
+            await ws.connect(url)
+            reading = asyncio.ensure_future(ws.receive())  # reads one frame, then is busy
+            await asyncio.sleep(0)
+            signal = await asyncio.wait_for(_send_until_signal(ws), 3)  # not close_timeout
+            assert (signal.event, signal.code) == (Event.PEER_CLOSE, 4014), repr(signal)
+            assert await reading == WebsocketPacketJSON({"op": 5})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ws://bot:s3cr3t-PASS/word@gateway.example/",
+        "ws://bot:s3cr3t-PASS?word@gateway.example/",
+        "ws://bot:s3cr3t-PASS\uff03word@gateway.example/",
+    ],
+    ids=["slash", "question-mark", "nfkc-hash"],
+)
+async def test_a_password_that_breaks_url_parsing_never_shows(
+    make_ws: WebsocketFactory, url: str
+) -> None:
+    ws = make_ws()
+    with pytest.raises(InvalidURLError) as caught:
+        await ws.connect(url)
+    assert "s3cr3t-PASS" not in _everything_reachable(caught.value)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import pytest_asyncio
 
-from wavegate import Backoff, DisconnectSignal, ReconnectSignal, SessionState, Websocket
+from wavegate import Backoff, DisconnectSignal, Event, ReconnectSignal, SessionState, Websocket
 from wavegate.discord.voice import Speaking, VoiceClient
 from wavegate.session import EventKind, SessionEvent
 from wavegate.signals import SendTimeoutError
@@ -320,3 +320,60 @@ async def _bounded_inbox(gateway: FakeVoiceGateway, transport: str) -> None:
         await producing
     assert received == list(range(total))
     assert not [e for e in events if e.kind is EventKind.ZOMBIE]
+
+
+@pytest.mark.timeout(60)
+async def test_backpressure_longer_than_the_keepalive_does_not_drop_the_connection(
+    transport: str,
+) -> None:
+    async with FakeVoiceGateway(heartbeat_interval=0.1, heartbeat_timeout_factor=50) as gateway:
+        events: list[SessionEvent] = []
+        voice = VoiceClient(
+            gateway.url,
+            CREDENTIALS,
+            websocket=Websocket(transport=transport, ping_interval=0.2, ping_timeout=0.2),
+            backoff=FAST,
+            receive_queue_size=20,
+            on_event=events.append,
+        )
+        total = 400
+        async with voice:
+            await voice.wait_ready(10)
+
+            async def produce() -> None:
+                for n in range(total):
+                    await gateway.send(SESSION, 5, {"speaking": 1, "ssrc": n, "pad": "x" * 8192})
+
+            producing = asyncio.ensure_future(produce())
+            await eventually(lambda: voice.pending_receives >= 20, 10)
+            # The application is busy for several keepalive periods (ping 0.2 + 0.2 s).
+            # (Waiting is the point here: nothing may happen meanwhile.)
+            await asyncio.sleep(1.5)
+            received = []
+            async for message in voice:
+                assert isinstance(message, Speaking)
+                received.append(message.ssrc)
+                if len(received) == total:
+                    break
+            await producing
+        assert received == list(range(total))
+        lost = [e for e in events if e.kind is EventKind.CONNECTION_LOST]
+        assert len(lost) == 1  # only the close at the end
+        assert lost[0].signal is not None
+        assert lost[0].signal.event is not Event.KEEPALIVE_TIMEOUT
+
+
+async def test_a_payload_changed_after_send_json_is_sent_as_it_was(
+    gateway: FakeVoiceGateway,
+) -> None:
+    voice = client(gateway, "aiohttp")
+    payload: dict[str, object] = {"op": 5, "d": {"n": "original"}}
+    sending = asyncio.ensure_future(voice.send_json(payload))  # queued: not started yet
+    await asyncio.sleep(0)
+    payload["d"] = {"n": object()}  # no longer encodable
+    async with voice:
+        await asyncio.wait_for(sending, 10)
+        await voice.send_json({"op": 5, "d": {"n": "end"}})
+        await eventually(lambda: "end" in _sent_numbers(gateway), 10)
+        assert voice.state is SessionState.READY
+    assert _sent_numbers(gateway) == ["original", "end"]

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+import threading
+import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
 import trustme
 
-from wavegate import DisconnectSignal, Event, WebsocketPacketJSON
+from wavegate import DisconnectSignal, Event, Signal, WebsocketPacketJSON
 from wavegate.testing import WebsocketTestServer
 
 from .conftest import WebsocketFactory
+from .peers import established_to
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +81,58 @@ async def test_ssl_false_skips_verification(
     ws = make_ws(ssl=False)
     await ws.connect(tls_server.url)
     assert ws.connected
+
+
+def _serve_in_a_thread(
+    authority: trustme.CA,
+    urls: list[str],
+    ready: threading.Event,
+    reset: threading.Event,
+    stop: threading.Event,
+) -> None:
+    """A TLS test server on its own event loop: it resets the connection while this
+    test's loop is busy, so the client's next write finds the RST in the kernel
+    before asyncio has noticed anything."""
+
+    async def serve() -> None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        authority.issue_cert("127.0.0.1").configure_cert(context)
+        loop = asyncio.get_running_loop()
+        async with WebsocketTestServer(ssl=context) as server:
+            urls.append(server.url)
+            ready.set()
+            conn = await server.accepted()
+            await conn.receive_json()
+            await loop.run_in_executor(None, reset.wait, 10)
+            await conn.reset()
+            await loop.run_in_executor(None, stop.wait, 10)
+
+    asyncio.run(serve())
+
+
+@pytest.mark.timeout(60)
+async def test_a_send_after_a_reset_is_never_reported_written_over_tls(
+    make_ws: WebsocketFactory, authority: trustme.CA
+) -> None:
+    urls: list[str] = []
+    ready, reset, stop = threading.Event(), threading.Event(), threading.Event()
+    server = threading.Thread(target=_serve_in_a_thread, args=(authority, urls, ready, reset, stop))
+    server.start()
+    try:
+        assert await asyncio.to_thread(ready.wait, 10)
+        port = urlsplit(urls[0]).port
+        assert port is not None
+        ws = make_ws(ssl=client_context(authority))
+        await ws.connect(urls[0])
+        await ws.send_json({"op": 1})
+        reset.set()
+        # Block this loop (a busy application) until the kernel has the RST: asyncio
+        # cannot notice it before the next send.
+        deadline = time.monotonic() + 10
+        while established_to(port) and time.monotonic() < deadline:
+            time.sleep(0.005)  # noqa: ASYNC251 - blocking on purpose
+        with pytest.raises(Signal):
+            await ws.send_json({"op": 2})
+    finally:
+        stop.set()
+        server.join(10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
@@ -35,21 +36,38 @@ def is_secret_name(name: str) -> bool:
     return lowered in SECRET_KEYS or any(part in lowered for part in _SECRET_NAME_PARTS)
 
 
+def _userinfo(url: str) -> str:
+    """A URL's user info, never failing. When the URL does not parse (a password with
+    an unescaped ``/``, ``?`` or ``#`` makes a "port" of it), all before the last ``@``
+    after the scheme: more than the user info, perhaps, which only means more is
+    redacted."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        _, sep, rest = url.partition("://")
+        userinfo, at, _ = rest.rpartition("@")
+        return userinfo if sep and at else ""
+    return parts.netloc.rpartition("@")[0]
+
+
 def redact_url(url: str) -> str:
     """``url`` with user info and the values of secret-looking query keys removed
     (a URL too malformed to parse loses its whole query)."""
     try:
         parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        query = [
+            (key, REDACTED if is_secret_name(key) else value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        shown = urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="<>"), ""))
     except ValueError:
         scheme, _, rest = url.rpartition("://")
         host_and_path = rest.split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
-        return f"{scheme}://{host_and_path}" if scheme else host_and_path
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = [
-        (key, REDACTED if is_secret_name(key) else value)
-        for key, value in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="<>"), ""))
+        shown = f"{scheme}://{host_and_path}" if scheme else host_and_path
+    # Whatever a malformed URL made the parser take for a host or a path.
+    return scrub_text(shown, secrets_in((url,), {}))
 
 
 def secrets_in(urls: Iterable[str | None], headers: Mapping[str, str]) -> frozenset[str]:
@@ -59,14 +77,13 @@ def secrets_in(urls: Iterable[str | None], headers: Mapping[str, str]) -> frozen
     for url in urls:
         if not url:
             continue
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            found.update(netloc.rsplit("@", 1)[0].split(":"))
+        userinfo = _userinfo(url)
+        if userinfo:
+            found.add(userinfo)
+            found.update(re.split(r"[:/?#]", userinfo))
+        query = url.split("?", 1)[1].split("#", 1)[0] if "?" in url else ""
         found.update(
-            value
-            for key, value in parse_qsl(parts.query, keep_blank_values=True)
-            if is_secret_name(key)
+            value for key, value in parse_qsl(query, keep_blank_values=True) if is_secret_name(key)
         )
     for name, value in headers.items():
         if is_secret_name(name):

@@ -31,7 +31,6 @@ from .policy import CONNECT_FAILURES
 from .redact import redact_url
 from .signals import (
     DisconnectSignal,
-    EncodeError,
     Event,
     PayloadError,
     ReconnectSignal,
@@ -424,13 +423,8 @@ class Session:
             SendTimeoutError: not sent within ``timeout`` seconds (it was withdrawn).
             SessionClosedError: the session stopped first (it was not sent).
         """
-        if not isinstance(payload, dict):
-            raise TypeError(f"send_json() takes a dict, got {type(payload).__name__}")
-        try:
-            self.ws._dumps(payload)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise EncodeError(f"cannot encode as JSON: {exc}") from exc
-        await self._enqueue(False, payload, timeout)
+        # Encoded now: what is sent is the payload as it was at this call.
+        await self._enqueue(False, self.ws.encode_json(payload), timeout)
 
     async def send_bytes(self, data: bytes, *, timeout: float | None = None) -> None:
         """Send a binary frame once the session is ready; as :meth:`send_json`."""
@@ -683,7 +677,7 @@ class Session:
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks)
-        if reader not in done:
+        if reader not in done and self.ws.disconnected:
             await self._drain()
         # Every task's outcome is retrieved (two may have failed at once); the first
         # finished one's signal is the connection's ending, unless it was a zombie.
@@ -703,11 +697,15 @@ class Session:
         ws, protocol, inbox = self.ws, self.protocol, self._inbox
         while True:
             if inbox.full():
-                # Stop reading the socket until the application catches up: the
-                # peer feels TCP backpressure. ACKs wait unread meanwhile.
+                # Stop reading the socket until the application catches up: the peer
+                # feels TCP backpressure. ACKs and pongs wait unread meanwhile.
                 tracker.hold()
-                await inbox.wait_room()
-                tracker.release()
+                ws.hold_keepalive()
+                try:
+                    await inbox.wait_room()
+                finally:
+                    ws.release_keepalive()
+                    tracker.release()
             try:
                 packet = await ws.receive()
             except PayloadError as error:
@@ -737,29 +735,36 @@ class Session:
                     self._deliver(item)
 
     async def _heartbeat(self, tracker: HeartbeatTracker) -> None:
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + tracker.interval
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), tracker.interval)
+                await asyncio.wait_for(self._beat_now.wait(), max(next_beat - loop.time(), 0))
             self._beat_now.clear()
+            next_beat = loop.time() + tracker.interval
             nonce = tracker.beat()
             if nonce is None:
-                reason = tracker.zombie_reason() or "zombie"
-                self.stats.zombies += 1
-                self._zombie = self.ws.policy.signal_for(
-                    Event.KEEPALIVE_TIMEOUT,
-                    code=self.zombie_close_code,
-                    reason=reason,
-                    initiated_locally=True,
-                )
-                self._emit(EventKind.ZOMBIE, detail=reason)
-                await self.ws.disconnect(self.zombie_close_code, "zombie connection")
-                raise self._zombie
+                raise await self._zombie_found(tracker)
             # A gateway that stopped reading leaves no room for the beat: give up on it
-            # by the next tick (nothing written), so the next tick counts it as missed.
+            # at the next tick (nothing written), which then counts it as missed.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(
-                    self.ws.send_json(self.protocol.heartbeat(nonce)), tracker.interval
+                    self.ws.send_json(self.protocol.heartbeat(nonce)),
+                    max(next_beat - loop.time(), 0),
                 )
+
+    async def _zombie_found(self, tracker: HeartbeatTracker) -> Signal:
+        reason = tracker.zombie_reason() or "zombie"
+        self.stats.zombies += 1
+        self._zombie = self.ws.policy.signal_for(
+            Event.KEEPALIVE_TIMEOUT,
+            code=self.zombie_close_code,
+            reason=reason,
+            initiated_locally=True,
+        )
+        self._emit(EventKind.ZOMBIE, detail=reason)
+        await self.ws.disconnect(self.zombie_close_code, "zombie connection")
+        return self._zombie
 
     async def _write(self) -> None:
         outbox, ws = self._outbox, self.ws
@@ -777,7 +782,7 @@ class Session:
             if item.binary:
                 await ws.send_bytes(item.payload)
             else:
-                await ws.send_json(item.payload)
+                await ws.send_text(item.payload)
             assert not item.withdrawn, "a message was withdrawn while being written"
             outbox.popleft()
             item.written = True

@@ -117,7 +117,14 @@ def _check_url(url: str) -> None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
-        raise InvalidURLError(f"malformed URL {redact_url(url)!r}: {exc}") from exc
+        why = str(exc)
+    else:
+        why = ""
+    if why:
+        # Its text may quote the URL's password ("port ... 's3cr3t'"): scrubbed, and
+        # raised out here so that the raw error is not even its __context__.
+        why = scrub_text(why, secrets_in((url,), {}))
+        raise InvalidURLError(f"malformed URL {redact_url(url)!r}: {why}")
     if parts.scheme not in ("ws", "wss"):
         raise InvalidURLError(f"URL scheme must be ws:// or wss://, got {redact_url(url)!r}")
     if not parts.hostname:
@@ -131,6 +138,34 @@ def _scrubbed(exc: InvalidURLError, secrets: frozenset[str]) -> InvalidURLError:
     clean.__cause__ = scrub_exception(exc.__cause__, secrets, RedactedError)
     clean.__suppress_context__ = True
     return clean
+
+
+def _resolve(conn: _Connection, name: str) -> None:
+    """Wake whoever waits on ``conn``'s future ``name``; a ``verdict`` is used once."""
+    future: asyncio.Future[None] | None = getattr(conn, name)
+    if name == "verdict":
+        conn.verdict = None
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (Python 3.11+; False before)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling is not None and cancelling())
+
+
+def _scrub_in_place(ended: TransportClosed | ConnectFailed, secrets: frozenset[str]) -> None:
+    """Scrub the transport's report of an ending itself: whatever may later chain it
+    (Python 3.10 leaks the exception being handled into the caller's next raise) then
+    finds nothing secret in it."""
+    if not secrets:
+        return
+    ended.reason = scrub_text(ended.reason, secrets)
+    ended.args = (ended.reason,)
+    ended.__cause__ = scrub_exception(ended.__cause__, secrets, RedactedError)
+    ended.__context__ = scrub_exception(ended.__context__, secrets, RedactedError)
 
 
 def check_close(code: int, reason: str) -> None:
@@ -314,14 +349,14 @@ class Websocket:
                 handshake that breaks RFC 6455), or ``disconnect()`` was called meanwhile.
         """
         _check_url(url)
-        if self._state is _CONNECTING:
-            await self._wait_opening()
-            return
-        if self._state is _DISCONNECTING:
+        while self._state is not _DISCONNECTED:
+            if self._state is _CONNECTING:
+                await self._wait_opening()  # share the opening in flight
+                return
+            if self._state is _CONNECTED:
+                raise RuntimeError("already connected; call disconnect() before connect()")
             assert self._conn is not None
-            await asyncio.shield(self._conn.finished)
-        if self._state is _CONNECTED:
-            raise RuntimeError("already connected; call disconnect() before connect()")
+            await asyncio.shield(self._conn.finished)  # then look again: another caller
         loop = asyncio.get_running_loop()
         options = self._options
         conn = self._conn = _Connection(
@@ -342,15 +377,19 @@ class Websocket:
         try:
             transport = await opener
         except ConnectFailed as failed:
+            _scrub_in_place(failed, conn.secrets)  # Python 3.10 may make it a __context__
             self._decide(conn, failed.event, failed.code, failed.reason, False, failed.__cause__)
             return self._closed(conn)
         except asyncio.CancelledError:
-            if opener.cancelled() and self._state is _DISCONNECTING:
+            if opener.cancelled() and self._state is _DISCONNECTING and not _cancelling():
                 return self._closed(conn)  # disconnect() cancelled the opening, not our caller
-            await self._cancel_opener(opener)
-            reason = "connect() was cancelled"
-            self._decide(conn, Event.LOCAL_CLOSE, None, reason, True, None)
-            self._closed(conn)
+            try:
+                # Shielded: a second cancellation must not leave what opened unclosed.
+                await asyncio.shield(self._cancel_opener(opener))
+            finally:
+                reason = "connect() was cancelled"
+                self._decide(conn, Event.LOCAL_CLOSE, None, reason, True, None)
+                self._closed(conn)
             raise
         except InvalidURLError as exc:  # the transport refused the URL or its options
             invalid = _scrubbed(exc, conn.secrets)
@@ -441,9 +480,8 @@ class Websocket:
         conn.transport = None
         if self._state is not _DISCONNECTED and conn is self._conn:
             self._set_state(_DISCONNECTED)
-        for future in (conn.settled, conn.finished, conn.verdict):
-            if future is not None and not future.done():
-                future.set_result(None)
+        for name in ("settled", "finished", "verdict"):
+            _resolve(conn, name)
         return conn.end
 
     # -- endings ---------------------------------------------------------------------
@@ -473,13 +511,13 @@ class Websocket:
             )
             signal.__cause__ = scrub_exception(cause, conn.secrets, RedactedError)
         conn.end = signal
-        if conn.verdict is not None and not conn.verdict.done():
-            conn.verdict.set_result(None)
+        _resolve(conn, "verdict")
 
     async def _connection_ended(self, conn: _Connection, ended: TransportClosed) -> Signal:
         """The transport reported the end of ``conn``: decide (once), drop the transport
         unless a local close owns it, and return the signal to raise."""
         first = conn.end is None
+        _scrub_in_place(ended, conn.secrets)
         self._decide(conn, ended.event, ended.code, ended.reason, ended.local, ended.__cause__)
         assert conn.end is not None
         if first:
@@ -530,7 +568,12 @@ class Websocket:
             )
         conn = self._conn
         transport = None if conn is None else conn.transport
-        if transport is None or self._state is not _CONNECTED or self._draining is not None:
+        if (
+            transport is None
+            or self._state is not _CONNECTED
+            or self._draining is not None
+            or conn.backlog  # type: ignore[union-attr]
+        ):
             return await self._receive_slow()
         assert conn is not None
         self._receiving = True
@@ -543,6 +586,8 @@ class Websocket:
             failure = None
         finally:
             self._receiving = False
+            if conn.verdict is not None:
+                _resolve(conn, "verdict")  # a send waits for a reader that just left
         if failure is not None:
             raise await self._connection_ended(conn, transport.ended(failure))
         # _packet() inlined for text and binary: a method call is a measurable share here.
@@ -578,6 +623,8 @@ class Websocket:
                 return self._packet(data)
         finally:
             self._receiving = False
+            if conn is not None and conn.verdict is not None:
+                _resolve(conn, "verdict")
         raise await self._connection_ended(conn, transport.ended(failure))
 
     def _packet(self, data: str | bytes) -> WebsocketPacket:
@@ -594,6 +641,21 @@ class Websocket:
         if type(value) is not dict:
             raise PayloadError("JSON text frame is not an object", data)  # type: ignore[arg-type]
         return WebsocketPacketJSON(value)
+
+    def hold_keepalive(self) -> None:
+        """Stop judging the connection by its keepalive pongs, for as long as you
+        deliberately stop calling ``receive()`` (backpressure): the pongs wait unread
+        behind the frames you are not reading, and the connection would otherwise be
+        taken for dead. Until :meth:`release_keepalive` or the end of the connection."""
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.hold_keepalive(True)
+
+    def release_keepalive(self) -> None:
+        """Judge the connection by its keepalive pongs again (see :meth:`hold_keepalive`)."""
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.hold_keepalive(False)
 
     # -- sending ---------------------------------------------------------------------
 
@@ -643,17 +705,23 @@ class Websocket:
 
     async def _read_verdict(self, conn: _Connection) -> None:
         """Wait until the read side decides how ``conn`` ended: the task in
-        ``receive()`` if there is one, else read ahead into the backlog ourselves."""
+        ``receive()`` while there is one, else read ahead into the backlog ourselves."""
         loop = asyncio.get_running_loop()
-        if self._receiving or self._draining is not None:
-            if conn.verdict is None:
-                conn.verdict = loop.create_future()
-            await asyncio.shield(conn.verdict)
+        while conn.end is None:
+            if self._receiving or self._draining is not None:
+                # Woken when the end is decided, or when that reader leaves receive().
+                if conn.verdict is None:
+                    conn.verdict = loop.create_future()
+                await asyncio.shield(conn.verdict)
+                continue
+            transport = conn.transport
+            if transport is None:
+                return
+            await self._read_ahead(conn, transport)
             return
-        transport = conn.transport
-        if transport is None:
-            return
-        draining = self._draining = loop.create_future()
+
+    async def _read_ahead(self, conn: _Connection, transport: Transport) -> None:
+        draining = self._draining = asyncio.get_running_loop().create_future()
         try:
             while conn.end is None and len(conn.backlog) < _MAX_BACKLOG:
                 try:
@@ -663,6 +731,22 @@ class Websocket:
         finally:
             self._draining = None
             draining.set_result(None)
+
+    def encode_json(self, data: dict[str, Any]) -> bytes:
+        """``data`` as the UTF-8 JSON text ``send_json`` would send (for
+        :meth:`send_text`): encode once, now, and send later.
+
+        Raises:
+            TypeError: ``data`` is not a dict.
+            EncodeError: the codec cannot encode it (NaN and infinities included).
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"send_json() takes a dict, got {type(data).__name__}")
+        try:
+            encoded = self._dumps(data)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise EncodeError(f"cannot encode as JSON: {exc}") from exc
+        return encoded.encode() if isinstance(encoded, str) else encoded
 
     async def send_json(self, data: dict[str, Any]) -> None:
         """Send ``data`` as a JSON text frame.
@@ -677,15 +761,7 @@ class Websocket:
             DisconnectSignal, ReconnectSignal, ResumeSignal: not connected, or the
                 connection ended (the message was not sent).
         """
-        if not isinstance(data, dict):
-            raise TypeError(f"send_json() takes a dict, got {type(data).__name__}")
-        try:
-            encoded = self._dumps(data)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise EncodeError(f"cannot encode as JSON: {exc}") from exc
-        if isinstance(encoded, str):
-            encoded = encoded.encode()
-        await self._send(TEXT, encoded)
+        await self._send(TEXT, self.encode_json(data))
 
     async def send_bytes(self, data: bytes) -> None:
         """Send a binary frame (as :meth:`send_json` for waiting and cancelling).
@@ -698,16 +774,22 @@ class Websocket:
             raise TypeError(f"send_bytes() takes bytes, got {type(data).__name__}")
         await self._send(BINARY, bytes(data) if isinstance(data, memoryview) else data)
 
-    async def send_text(self, data: str) -> None:
+    async def send_text(self, data: str | bytes) -> None:
         """Send a text frame as-is, no JSON encoding (as :meth:`send_json` otherwise).
 
+        ``bytes`` are taken as text already encoded in UTF-8 (from :meth:`encode_json`,
+        say) and sent unchecked: invalid UTF-8 makes the peer fail the connection (1007).
+
         Raises:
-            TypeError: ``data`` is not a str.
+            TypeError: ``data`` is not a str or bytes.
             EncodeError: it holds lone surrogates, which UTF-8 cannot encode.
             DisconnectSignal, ReconnectSignal, ResumeSignal: as for ``send_json``.
         """
+        if isinstance(data, bytes):
+            await self._send(TEXT, data)
+            return
         if not isinstance(data, str):
-            raise TypeError(f"send_text() takes a str, got {type(data).__name__}")
+            raise TypeError(f"send_text() takes a str or bytes, got {type(data).__name__}")
         try:
             encoded = data.encode()
         except UnicodeEncodeError as exc:

@@ -10,12 +10,16 @@ exception crosses this seam except as ``__cause__``.
 
 from __future__ import annotations
 
+import socket
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..signals import Event
+
+_TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux
+_TCP_ESTABLISHED = 1
 
 TEXT = 1
 """Frame kind of a text frame (its RFC 6455 opcode)."""
@@ -108,6 +112,11 @@ class Transport(Protocol):
         """
         ...
 
+    def hold_keepalive(self, held: bool) -> None:
+        """Stop (``True``) or restart (``False``) judging the peer by keepalive pongs:
+        while the application deliberately stops reading, the pongs wait unread."""
+        ...
+
     async def close(self, code: int, reason: str) -> None:
         """Close with ``code``, bounded by the close timeout; never raises. The socket is
         released even if the call is cancelled."""
@@ -117,6 +126,18 @@ class Transport(Protocol):
         """Drop the connection at once (no close handshake, no flushing) and release it;
         never raises."""
         ...
+
+
+def socket_established(sock: Any) -> bool:
+    """Whether the kernel still has ``sock``'s connection ESTABLISHED (always true off
+    Linux). asyncio swallows a write that fails at once (reset, broken pipe); over TLS
+    its transport does not even say it is closing until a loop turn later."""
+    if _TCP_INFO is None:
+        return True
+    try:
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)[0] == _TCP_ESTABLISHED)
+    except OSError:
+        return False
 
 
 Connector = Callable[[str, TransportOptions], Coroutine[Any, Any, Transport]]

@@ -17,7 +17,14 @@ import aiohttp
 from aiohttp import WSMsgType
 
 from ..signals import Event, InvalidURLError
-from . import BINARY, TEXT, ConnectFailed, TransportClosed, TransportOptions
+from . import (
+    BINARY,
+    TEXT,
+    ConnectFailed,
+    TransportClosed,
+    TransportOptions,
+    socket_established,
+)
 
 _KINDS = {TEXT: WSMsgType.TEXT, BINARY: WSMsgType.BINARY}
 _ABNORMAL = 1006
@@ -41,7 +48,8 @@ class _WebSocketResponse(aiohttp.ClientWebSocketResponse):
     ``aiohttp>=3.14,<4`` requirement and covered by the contract tests):
 
     - a keepalive failure is reported to ``on_keepalive_failure`` (aiohttp would only
-      close gracefully, which waits forever for a peer that stopped reading);
+      close gracefully, which waits forever for a peer that stopped reading), and the
+      keepalive can be held (:meth:`hold_keepalive`) while nobody reads on purpose;
     - :meth:`write` writes a frame at once, whole, and never waits afterwards (aiohttp's
       ``send_frame`` may wait for the buffer to drain after writing, so a timeout there
       could not tell whether the frame went out); compressed frames are compressed
@@ -54,6 +62,28 @@ class _WebSocketResponse(aiohttp.ClientWebSocketResponse):
     """
 
     on_keepalive_failure: Callable[[BaseException], None] | None = None
+    keepalive_held = False
+
+    def hold_keepalive(self, held: bool) -> None:
+        self.keepalive_held = held
+        if held:
+            self._cancel_heartbeat()
+        elif not self._closed and not self._closing:
+            self._reset_heartbeat()
+
+    def _reset_heartbeat(self) -> None:
+        if not self.keepalive_held:
+            super()._reset_heartbeat()
+
+    def _send_heartbeat(self) -> None:
+        if self.keepalive_held:
+            self._heartbeat_cb = None
+            return
+        super()._send_heartbeat()
+
+    def _pong_not_received(self) -> None:
+        if not self.keepalive_held:
+            super()._pong_not_received()
 
     def _handle_ping_pong_exception(self, exc: BaseException) -> None:
         if not self._closed and self.on_keepalive_failure is not None:
@@ -144,12 +174,16 @@ class AiohttpTransport:
     our own close, a keepalive expiry); every later failure reports it.
     """
 
-    __slots__ = ("_ending", "_shared", "_ws")
+    __slots__ = ("_ending", "_shared", "_tls_socket", "_ws")
 
     def __init__(self, shared: _SharedSession | None, ws: _WebSocketResponse) -> None:
         self._shared = shared
         self._ws = ws
         self._ending: TransportClosed | None = None
+        # Over TLS, asyncio's transport learns of a failed write a loop turn late: ask
+        # the kernel instead (one getsockopt per send, TLS only).
+        tls = ws.get_extra_info("ssl_object") is not None
+        self._tls_socket = ws.get_extra_info("socket") if tls else None
         ws.on_keepalive_failure = self._keepalive_failed
 
     def _record(self, ending: TransportClosed) -> TransportClosed:
@@ -242,6 +276,9 @@ class AiohttpTransport:
         self._record(self._error(exc))
         self._ws.socket_transport.abort()
 
+    def hold_keepalive(self, held: bool) -> None:
+        self._ws.hold_keepalive(held)
+
     # -- sending ---------------------------------------------------------------------
 
     def _lost(self, why: str) -> TransportClosed:
@@ -269,7 +306,9 @@ class AiohttpTransport:
             self._ws.write(data, _KINDS[kind])
         except (OSError, aiohttp.ClientError, RuntimeError) as exc:
             raise self._lost(f"send failed: {exc}") from exc
-        if self._ws.socket_transport.is_closing():
+        if self._ws.socket_transport.is_closing() or (
+            self._tls_socket is not None and not socket_established(self._tls_socket)
+        ):
             # asyncio swallows a write that fails at once (reset or broken pipe) and
             # closes the transport: the frame did not leave, so say so.
             raise self._lost("connection lost; frame not sent")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import ssl as ssl_module
@@ -27,11 +28,9 @@ from picows.websockets.compat import Request, Response
 from picows.websockets.exceptions import ConnectionClosed
 
 from ..signals import Event, InvalidURLError
-from . import TEXT, ConnectFailed, TransportClosed, TransportOptions
+from . import TEXT, ConnectFailed, TransportClosed, TransportOptions, socket_established
 
 _ABNORMAL = 1006
-_TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux
-_TCP_ESTABLISHED = 1
 _HIGH_WATER = 32768
 """Write buffer size past which :meth:`PicowsTransport.writable` waits."""
 _UNANSWERED_LIMIT = 1 << 20
@@ -46,16 +45,6 @@ _log = logging.getLogger("wavegate.transport.picows")
 def _retrieve(task: asyncio.Future[None]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def _established(sock: socket.socket) -> bool:
-    """Whether the kernel still has the connection ESTABLISHED (always true off Linux)."""
-    if _TCP_INFO is None:
-        return True
-    try:
-        return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)[0] == _TCP_ESTABLISHED
-    except OSError:
-        return False
 
 
 class _Listener(ClientConnection):
@@ -83,6 +72,7 @@ class PicowsTransport:
         "_ending",
         "_flood_check",
         "_keepalive",
+        "_keepalive_held",
         "_listener",
         "_options",
         "_paused_at",
@@ -98,6 +88,7 @@ class PicowsTransport:
         self._paused_at: int | None = None
         self._flood_check: asyncio.TimerHandle | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        self._keepalive_held = False
         self._listener: _Listener | None = None
         self._wt: Any = None
         self._sock: socket.socket | None = None
@@ -185,16 +176,23 @@ class PicowsTransport:
         with contextlib.suppress(ConnectionClosed):
             while True:
                 await asyncio.sleep(interval)
+                if self._keepalive_held:
+                    continue
                 pong = await listener.ping()
                 try:
                     await asyncio.wait_for(pong, self._options.ping_timeout)
                 except asyncio.TimeoutError:
+                    if self._keepalive_held:
+                        continue  # held meanwhile: the pong may be waiting unread
                     self._fail(
                         TransportClosed(
                             Event.KEEPALIVE_TIMEOUT, _ABNORMAL, "no pong from the peer", local=True
                         )
                     )
                     return
+
+    def hold_keepalive(self, held: bool) -> None:
+        self._keepalive_held = held
 
     # -- write pressure --------------------------------------------------------------
 
@@ -254,7 +252,7 @@ class PicowsTransport:
             raise self._current_ending()
         self._wt.send(picows.WSMsgType.TEXT if kind == TEXT else picows.WSMsgType.BINARY, data)
         assert self._sock is not None
-        if not _established(self._sock):
+        if not socket_established(self._sock):
             # asyncio swallows a write that fails at once (reset, broken pipe), and
             # picows hides its transport's state: ask the kernel. The frame did not leave.
             raise TransportClosed(
@@ -345,8 +343,7 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
     async def socket_factory(address: Any) -> socket.socket:
         # Owning the socket lets a cancelled or timed-out handshake be shut down:
         # picows leaves it open otherwise.
-        infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
-        sock = socket.socket(infos[0][0], socket.SOCK_STREAM)
+        sock = socket.socket(await _family(loop, address.host, address.port), socket.SOCK_STREAM)
         sock.setblocking(False)
         sockets.append(sock)
         return sock
@@ -402,6 +399,16 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
         raise ConnectFailed(Event.HANDSHAKE_INVALID, None, f"the server answered with {unoffered}")
     transport._opened(wt, cast(_Listener, made), sockets[-1])
     return transport
+
+
+async def _family(loop: asyncio.AbstractEventLoop, host: str, port: int) -> int:
+    """The address family to connect to ``host`` with; an IP address needs no lookup
+    (``getaddrinfo`` would run in a thread)."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return int(infos[0][0])
 
 
 def _shut_down(sockets: list[socket.socket]) -> None:
