@@ -580,30 +580,37 @@ class Websocket:
         try:
             # The hot path: the transport's recv may be the library's own coroutine.
             data = await transport.recv()
-        except Exception as exc:
-            failure: Exception | None = exc
+        except BaseException as exc:
+            self._reader_left(conn)
+            if not isinstance(exc, Exception):
+                raise  # cancelled: nothing was taken, nothing ended
+            failure = exc
         else:
-            failure = None
-        finally:
+            # _reader_left() and _packet() inlined: a call is a measurable share here.
             self._receiving = False
             if conn.verdict is not None:
-                _resolve(conn, "verdict")  # a send waits for a reader that just left
-        if failure is not None:
-            raise await self._connection_ended(conn, transport.ended(failure))
-        # _packet() inlined for text and binary: a method call is a measurable share here.
-        self.frames_in += 1
-        self.bytes_in += len(data)
-        if type(data) is bytes:
-            return WebsocketPacketBytes(data)
-        if self._decode_json:
-            try:
-                value = self._loads(data)
-            except ValueError:
-                raise PayloadError("text frame is not valid JSON", data) from None  # type: ignore[arg-type]
-            if type(value) is dict:
-                return WebsocketPacketJSON(value)
-            raise PayloadError("JSON text frame is not an object", data)  # type: ignore[arg-type]
-        return WebsocketPacketText(data)  # type: ignore[arg-type]
+                _resolve(conn, "verdict")
+            self.frames_in += 1
+            self.bytes_in += len(data)
+            if type(data) is bytes:
+                return WebsocketPacketBytes(data)
+            if self._decode_json:
+                try:
+                    value = self._loads(data)
+                except ValueError:
+                    raise PayloadError("text frame is not valid JSON", data) from None  # type: ignore[arg-type]
+                if type(value) is dict:
+                    return WebsocketPacketJSON(value)
+                raise PayloadError("JSON text frame is not an object", data)  # type: ignore[arg-type]
+            return WebsocketPacketText(data)  # type: ignore[arg-type]
+        # Raised out here, not in the handler: the library's exception is the cause
+        # (scrubbed), never a stray __context__.
+        raise await self._connection_ended(conn, transport.ended(failure))
+
+    def _reader_left(self, conn: _Connection) -> None:
+        self._receiving = False
+        if conn.verdict is not None:
+            _resolve(conn, "verdict")  # a send waits for the reader that just left
 
     async def _receive_slow(self) -> WebsocketPacket:
         """``receive()`` while connecting, while a send reads ahead, or after the end."""
