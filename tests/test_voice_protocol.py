@@ -1,14 +1,29 @@
-"""The voice v8 protocol's pure parts: parsing, URLs, payloads (no sockets)."""
+"""The voice v8 protocol, sans-I/O: parsing, payloads and the handshake as a table
+(no sockets, no event loop: packets in, outputs out)."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wavegate import WebsocketPacketBytes, WebsocketPacketJSON
+from wavegate import (
+    Deliver,
+    DisconnectSignal,
+    Fail,
+    HandshakeDone,
+    HeartbeatAck,
+    HeartbeatRequest,
+    Output,
+    Perform,
+    Send,
+    WebsocketPacketBytes,
+    WebsocketPacketJSON,
+)
 from wavegate.discord.voice import (
     ClientDisconnect,
     DavePrepareEpoch,
@@ -16,6 +31,8 @@ from wavegate.discord.voice import (
     Op,
     Ready,
     SessionDescription,
+    Speaking,
+    Stage,
     VoiceBinary,
     VoiceCredentials,
     VoiceMessage,
@@ -25,9 +42,9 @@ from wavegate.discord.voice import (
     parse_json,
     voice_url,
 )
-from wavegate.session import HeartbeatAck, HeartbeatRequest
 
 CREDENTIALS = VoiceCredentials("g", "u", "s", "t")
+PREFERRED = ("aead_xchacha20_poly1305_rtpsize", "aead_aes256_gcm_rtpsize")
 
 
 @pytest.mark.parametrize(
@@ -84,35 +101,158 @@ def test_frames_shorter_than_the_header_are_rejected(frame: bytes) -> None:
 
 @given(st.binary())
 def test_arbitrary_binary_never_crashes_the_protocol(frame: bytes) -> None:
-    protocol = VoiceProtocol(CREDENTIALS)
-    item = protocol.interpret(WebsocketPacketBytes(frame))
-    assert item is None or isinstance(item, VoiceBinary)
+    outputs = VoiceProtocol(CREDENTIALS).receive(WebsocketPacketBytes(frame))
+    assert outputs == [] or (len(outputs) == 1 and isinstance(outputs[0].message, VoiceBinary))  # type: ignore[union-attr]
 
 
 @given(
     st.dictionaries(
-        st.sampled_from(["op", "d", "seq"]), st.integers() | st.none() | st.text() | st.booleans()
-    )
+        st.sampled_from(["op", "d", "seq"]),
+        st.integers() | st.none() | st.text() | st.booleans() | st.lists(st.integers()),
+    ),
+    st.booleans(),
 )
-def test_arbitrary_json_never_crashes_the_protocol(payload: dict[str, object]) -> None:
-    VoiceProtocol(CREDENTIALS).interpret(WebsocketPacketJSON(payload))
+def test_arbitrary_json_never_crashes_the_protocol(
+    payload: dict[str, object], resume: bool
+) -> None:
+    protocol = VoiceProtocol(CREDENTIALS)
+    protocol.start(resume=resume)
+    protocol.receive(WebsocketPacketJSON(payload))
 
 
 def test_client_binary_frames_have_no_seq() -> None:
     assert encode_binary(26, b"kp") == b"\x1akp"
 
 
-def test_interpret_tracks_seq_and_classifies_heartbeats() -> None:
+def test_receive_tracks_seq_and_classifies_heartbeats() -> None:
     protocol = VoiceProtocol(CREDENTIALS)
-    assert protocol.interpret(WebsocketPacketJSON({"op": 6, "d": {"t": 42}})) == HeartbeatAck(42)
-    assert protocol.interpret(WebsocketPacketJSON({"op": 3, "d": None})) == HeartbeatRequest()
-    protocol.interpret(WebsocketPacketJSON({"op": 5, "seq": 7, "d": {"speaking": 1, "ssrc": 2}}))
+    assert protocol.receive(json({"op": 6, "d": {"t": 42}})) == [HeartbeatAck(42)]
+    assert protocol.receive(json({"op": 3, "d": None})) == [HeartbeatRequest()]
+    assert protocol.receive(json({"op": 5, "seq": 7, "d": {"speaking": 1, "ssrc": 2}})) == [
+        Deliver(Speaking(1, 2, None, 7))
+    ]
     assert protocol.seq_ack == 7
-    protocol.interpret(WebsocketPacketJSON({"op": 6, "d": {"t": 1}}))  # no seq: unchanged
+    protocol.receive(json({"op": 6, "d": {"t": 1}}))  # no seq: unchanged
     assert protocol.seq_ack == 7
-    protocol.interpret(WebsocketPacketBytes(struct.pack(">HB", 9, 25) + b"x"))
+    protocol.receive(WebsocketPacketBytes(struct.pack(">HB", 9, 25) + b"x"))
     assert protocol.seq_ack == 9
-    assert protocol.heartbeat(5) == {"op": Op.HEARTBEAT, "d": {"t": 5, "seq_ack": 9}}
+    protocol.receive(json({"op": 5, "seq": 0, "d": {"speaking": 1, "ssrc": 2}}))
+    assert protocol.seq_ack == 0  # 0 is a seq
+    assert protocol.heartbeat(5) == {"op": Op.HEARTBEAT, "d": {"t": 5, "seq_ack": 0}}
     protocol.new_session()
     assert protocol.seq_ack == -1
     assert not protocol.can_resume()
+
+
+# -- the handshake, as a table -------------------------------------------------------------
+
+
+def json(payload: dict[str, Any]) -> WebsocketPacketJSON:
+    return WebsocketPacketJSON(payload)
+
+
+HELLO = {"op": 8, "d": {"v": 8, "heartbeat_interval": 13750}}
+READY = {"op": 2, "d": {"ssrc": 7, "ip": "10.0.0.1", "port": 5000, "modes": list(PREFERRED)}}
+DESCRIPTION = {"op": 4, "d": {"mode": PREFERRED[0], "secret_key": [0] * 32}}
+RESUMED = {"op": 9, "d": None}
+SPEAKING = {"op": 5, "seq": 3, "d": {"speaking": 1, "ssrc": 9, "user_id": "u2"}}
+
+
+def perform(output: Perform) -> object:
+    async def action() -> object:
+        return await output.action()
+
+    return asyncio.run(action())
+
+
+def run_discovery(protocol: VoiceProtocol, outputs: list[Output]) -> list[Output]:
+    """Carry out a Perform as the session would (the discovery runs on an event loop)."""
+    done: list[Output] = []
+    for output in outputs:
+        if isinstance(output, Perform):
+            done += run_discovery(protocol, list(output.then(perform(output))))
+        else:
+            done.append(output)
+    return done
+
+
+def ops(outputs: list[Output]) -> list[object]:
+    """Outputs in short: the op of each Send, the class name of everything else."""
+    return [
+        o.payload["op"] if isinstance(o, Send) and isinstance(o.payload, dict) else type(o).__name__
+        for o in outputs
+    ]
+
+
+HANDSHAKES = [
+    # (resume, server messages in order, outputs after each, the stage at the end)
+    (False, [HELLO, READY, DESCRIPTION], [[], [Op.SELECT_PROTOCOL], ["HandshakeDone"]], Stage.OPEN),
+    (False, [READY, HELLO, DESCRIPTION], [[Op.SELECT_PROTOCOL], [], ["HandshakeDone"]], Stage.OPEN),
+    (False, [READY, DESCRIPTION, HELLO], [[Op.SELECT_PROTOCOL], [], ["HandshakeDone"]], Stage.OPEN),
+    (False, [HELLO, SPEAKING, READY], [[], ["Deliver"], [Op.SELECT_PROTOCOL]], Stage.SELECTING),
+    (False, [HELLO, RESUMED], [[], []], Stage.IDENTIFYING),  # RESUMED for nothing: ignored
+    (True, [HELLO, RESUMED], [[], ["HandshakeDone"]], Stage.OPEN),
+    (True, [RESUMED, SPEAKING, HELLO], [[], ["Deliver"], ["HandshakeDone"]], Stage.OPEN),
+    (True, [RESUMED, HELLO, SPEAKING], [[], ["HandshakeDone"], ["Deliver"]], Stage.OPEN),
+    (True, [HELLO, DESCRIPTION], [[], ["Deliver"]], Stage.RESUMING),  # not ours: delivered
+]
+
+
+@pytest.mark.parametrize(("resume", "messages", "expected", "stage"), HANDSHAKES)
+def test_the_handshake_in_every_order(
+    resume: bool, messages: list[dict[str, Any]], expected: list[list[object]], stage: Stage
+) -> None:
+    protocol = VoiceProtocol(CREDENTIALS)
+    first = protocol.start(resume=resume)
+    assert ops(list(first)) == [Op.RESUME if resume else Op.IDENTIFY]
+    for message, outputs in zip(messages, expected, strict=True):
+        assert ops(run_discovery(protocol, list(protocol.receive(json(message))))) == outputs
+    assert protocol.stage is stage
+
+
+def test_identify_then_resume_carry_the_credentials_and_seq_ack() -> None:
+    protocol = VoiceProtocol(CREDENTIALS, max_dave_protocol_version=1)
+    (identify,) = protocol.start(resume=False)
+    assert identify == Send({"op": 0, "d": {
+        "server_id": "g", "user_id": "u", "session_id": "s", "token": "t",
+        "max_dave_protocol_version": 1,
+    }})  # fmt: skip
+    assert not protocol.can_resume()
+    for message in (HELLO, READY, DESCRIPTION, SPEAKING):
+        run_discovery(protocol, list(protocol.receive(json(message))))
+    assert protocol.can_resume()
+    assert protocol.start(resume=True) == [
+        Send({"op": 7, "d": {"server_id": "g", "session_id": "s", "token": "t", "seq_ack": 3}})
+    ]
+
+
+def test_select_protocol_uses_the_discovered_address_and_the_preferred_mode() -> None:
+    async def discover(ready: Ready) -> tuple[str, int]:
+        return "203.0.113.9", 40000
+
+    protocol = VoiceProtocol(CREDENTIALS, discover=discover)
+    protocol.start(resume=False)
+    (discovery,) = protocol.receive(json(READY))
+    assert isinstance(discovery, Perform)
+    assert discovery.what == "UDP IP discovery"
+    (select,) = discovery.then(perform(discovery))
+    assert select == Send({"op": 1, "d": {"protocol": "udp", "data": {
+        "address": "203.0.113.9", "port": 40000, "mode": "aead_aes256_gcm_rtpsize",
+    }}})  # fmt: skip
+
+
+def test_no_supported_encryption_mode_fails_the_connection_for_good() -> None:
+    protocol = VoiceProtocol(CREDENTIALS)
+    protocol.start(resume=False)
+    ready = {"op": 2, "d": {"ssrc": 1, "ip": "h", "port": 1, "modes": ["xsalsa20_poly1305"]}}
+    (fail,) = run_discovery(protocol, list(protocol.receive(json(ready))))
+    assert isinstance(fail, Fail)
+    assert isinstance(fail.signal, DisconnectSignal)
+    assert "xsalsa20_poly1305" in fail.signal.reason
+
+
+def test_the_heartbeat_interval_comes_from_hello_in_seconds() -> None:
+    protocol = VoiceProtocol(CREDENTIALS)
+    protocol.start(resume=True)
+    protocol.receive(json(RESUMED))
+    assert protocol.receive(json(HELLO)) == [HandshakeDone(13.75, resumed=True)]

@@ -11,8 +11,6 @@ Transport-library exceptions never reach users; they arrive as ``__cause__``.
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from enum import Enum
 
 
@@ -161,20 +159,10 @@ class SendQueueFullError(WavegateError):
     """A session's outgoing queue is full: the message was not accepted."""
 
 
-if sys.version_info >= (3, 11):
-
-    class _Timeout(TimeoutError):
-        pass
-
-else:  # asyncio.TimeoutError is a class of its own before Python 3.11
-
-    class _Timeout(TimeoutError, asyncio.TimeoutError):
-        pass
-
-
-class SendTimeoutError(WavegateError, _Timeout):
+class SendTimeoutError(WavegateError, TimeoutError):
     """A queued message could not be sent before its deadline: it was not written, and
-    never will be. A ``TimeoutError`` (and on Python 3.10 an ``asyncio.TimeoutError``)."""
+    never will be. A ``TimeoutError`` (on Python 3.10, not an ``asyncio.TimeoutError``,
+    which is a class of its own there: catch ``TimeoutError``)."""
 
 
 class SessionClosedError(WavegateError):

@@ -1,0 +1,1 @@
+"""Discord gateways: the voice gateway v8 (:mod:`wavegate.discord.voice`)."""

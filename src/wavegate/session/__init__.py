@@ -1,0 +1,408 @@
+"""The session supervisor: acts on signals so callers never hand-roll the loop.
+
+A :class:`Session` owns one :class:`~wavegate.Websocket` and drives a sans-I/O
+:class:`~wavegate.protocol.GatewayProtocol` over it (the Discord voice client is one).
+Its parts, one idea each:
+
+- ``machine``: what to do after a connection ended, and the session's state (pure);
+- ``connection``: one connection's life (open, handshake, read/beat/write, end);
+- ``outbox`` / ``inbox``: messages waiting to be sent / to be read;
+- ``events``: events and counters for whoever watches.
+
+This facade starts the runner task, asks the machine after each connection and does
+what it says: resume, open a new session after a backoff, wait for a move, or stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any
+
+from ..backoff import Backoff, RetrySchedule
+from ..protocol import GatewayProtocol, HandshakeDone
+from ..redact import redact_url
+from ..signals import SessionClosedError
+from ..websocket import Websocket, check_close
+from . import connection
+from .events import EventHub, EventKind, SessionEvent, SessionStats
+from .inbox import Inbox
+from .machine import (
+    AwaitMove,
+    Ending,
+    Outcome,
+    Resume,
+    RetryRules,
+    SessionMachine,
+    SessionState,
+    Stop,
+)
+from .outbox import Outbox
+
+log = logging.getLogger("wavegate.session")
+
+__all__ = [
+    "EventKind",
+    "Outcome",
+    "Session",
+    "SessionEvent",
+    "SessionState",
+    "SessionStats",
+]
+
+
+class Session:
+    """Supervises a gateway session over a :class:`~wavegate.Websocket`.
+
+    Args:
+        url: the gateway URL.
+        protocol: the gateway protocol (see :class:`~wavegate.GatewayProtocol`).
+        websocket: the connection to drive (a default ``Websocket()`` otherwise).
+        backoff: retry delays for new sessions and repeated resumes.
+        max_resume_attempts: consecutive resume attempts before a new session.
+        handshake_timeout: seconds for a handshake (from the open to its end).
+        max_missed_acks: heartbeats in a row without ACK that make a zombie.
+        max_heartbeat_interval: beat at least this often (seconds), whatever the
+            server asks; ``None`` uses the server's interval.
+        send_queue_size: outgoing messages that may wait; more raise
+            :class:`~wavegate.SendQueueFullError`.
+        receive_queue_size: received messages that may wait for the application;
+            past it the session stops reading the socket (TCP backpressure), and
+            zombie detection and keepalive wait until the application reads again.
+        close_timeout: seconds ``close()`` waits for the runner.
+        zombie_close_code: the code we close a zombie with (not 1000/1001, so the
+            server keeps the session resumable).
+        move_grace: seconds to wait for :meth:`move` after a close with one of
+            ``move_codes`` before stopping (Discord voice 4014 on a channel move).
+        move_codes: the close codes that open the ``move_grace`` window.
+        on_event: called with every :class:`SessionEvent` (must not block).
+        clock: a monotonic clock; random_source: for backoff jitter (tests).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        protocol: GatewayProtocol,
+        *,
+        websocket: Websocket | None = None,
+        backoff: Backoff | None = None,
+        max_resume_attempts: int = 3,
+        handshake_timeout: float = 10.0,
+        max_missed_acks: int = 2,
+        max_heartbeat_interval: float | None = None,
+        send_queue_size: int = 1024,
+        receive_queue_size: int = 1024,
+        close_timeout: float = 5.0,
+        zombie_close_code: int = 4000,
+        move_grace: float = 0.0,
+        move_codes: frozenset[int] = frozenset({4014}),
+        on_event: Callable[[SessionEvent], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        random_source: Any = None,
+    ) -> None:
+        _check_options(max_resume_attempts, send_queue_size, receive_queue_size, handshake_timeout)
+        self.url = url
+        self.protocol = protocol
+        self.ws = websocket if websocket is not None else Websocket()
+        self.stats = SessionStats()
+        self.latency: float | None = None
+        """The last heartbeat round trip in seconds."""
+        self.outcome: Outcome | None = None
+        """Why the session stopped (``None`` while it runs)."""
+        schedule = RetrySchedule(backoff or Backoff(), clock=clock, rng=random_source)
+        rules = RetryRules(max_resume_attempts, move_codes, move_grace)
+        self._machine = SessionMachine(rules, schedule)
+        self._close_timeout = close_timeout
+        self._clock = clock
+        self._hub = EventHub(clock, self.stats, on_event)
+        self._outbox = Outbox(send_queue_size)
+        self._inbox = Inbox(receive_queue_size)
+        self._parts = connection.Parts(
+            self.ws,
+            protocol,
+            self._outbox,
+            self._inbox,
+            self._hub,
+            self.stats,
+            connection.Timing(
+                handshake_timeout, max_missed_acks, max_heartbeat_interval, zombie_close_code
+            ),
+            clock,
+            on_ready=self._on_ready,
+            on_latency=self._on_latency,
+        )
+        self._runner: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+        """Set by ``close()``, and when the session stops by itself."""
+        self._moved = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._lost_at: float | None = None
+
+    @property
+    def state(self) -> SessionState:
+        """Where the session is (see :class:`SessionState`)."""
+        return self._machine.state
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.state.value} {redact_url(self.url)}>"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start supervising (returns at once; see :meth:`wait_ready`)."""
+        if self._runner is not None:
+            raise RuntimeError("session already started")
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name="wavegate-session")
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the session is READY.
+
+        Raises:
+            SessionClosedError: the session stopped first.
+            TimeoutError: not ready within ``timeout`` seconds.
+        """
+        ready = asyncio.ensure_future(self._ready.wait())
+        stopped = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait(
+                {ready, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            ready.cancel()
+            stopped.cancel()
+        if self._ready.is_set():
+            return
+        if self._closing.is_set():
+            raise SessionClosedError(f"session stopped: {self.outcome}", self.outcome)
+        raise asyncio.TimeoutError("session not ready in time")
+
+    async def close(self, code: int = 1000, reason: str = "") -> Outcome:
+        """Stop: close the connection with ``code``, cancel and await every task.
+
+        Close with a 4000-4999 code to leave the server-side session resumable.
+
+        Raises:
+            ValueError: ``code`` is not 1000 or in 3000..4999 (1001 included: it is
+                the server's to send), or ``reason`` is over 123 bytes. Nothing is
+                closed then.
+        """
+        check_close(code, reason)
+        self._closing.set()
+        await self.ws.disconnect(code, reason)
+        runner = self._runner
+        if runner is not None and not runner.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(runner), self._close_timeout)
+            except asyncio.TimeoutError:
+                runner.cancel()
+                await asyncio.wait({runner})
+        self._finish(Outcome("closed"))
+        assert self.outcome is not None
+        return self.outcome
+
+    async def wait_closed(self) -> Outcome:
+        """Wait until the session stops by itself (or by ``close()``) and say why."""
+        if self._runner is not None:
+            await asyncio.wait({self._runner})
+        assert self.outcome is not None, "session was never started"
+        return self.outcome
+
+    async def __aenter__(self) -> Session:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def move(self, url: str | None = None) -> None:
+        """The endpoint changed (e.g. a new VOICE_SERVER_UPDATE): use ``url`` for the
+        next connection; ends a ``move_grace`` wait with a new session."""
+        if url is not None:
+            self.url = url
+        self._moved.set()
+
+    # -- sending and receiving ---------------------------------------------------------
+
+    async def send_json(self, payload: dict[str, Any], *, timeout: float | None = None) -> None:
+        """Send ``payload`` as JSON once the session is ready; waits across reconnects.
+
+        The payload is encoded now: what is sent is the payload as it is at this call.
+        Returns once it was written, whole, to a live connection; order is kept.
+
+        Raises:
+            TypeError, EncodeError: not a dict, or not encodable (nothing queued).
+            SendQueueFullError: ``send_queue_size`` messages are already waiting.
+            SendTimeoutError: not written within ``timeout`` seconds; withdrawn, it
+                never will be.
+            SessionClosedError: the session stopped first (it was not sent).
+        """
+        await self._send(self.ws.encode_json(payload), binary=False, timeout=timeout)
+
+    async def send_bytes(self, data: bytes, *, timeout: float | None = None) -> None:
+        """Send a binary frame once the session is ready; as :meth:`send_json`."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"send_bytes() takes bytes, got {type(data).__name__}")
+        await self._send(bytes(data), binary=True, timeout=timeout)
+
+    async def _send(self, frame: bytes, *, binary: bool, timeout: float | None) -> None:
+        if self._closing.is_set():
+            raise SessionClosedError(f"session stopped: {self.outcome}", self.outcome)
+        await self._outbox.send(frame, binary=binary, timeout=timeout)
+
+    @property
+    def pending_sends(self) -> int:
+        """Messages waiting to be sent."""
+        return len(self._outbox)
+
+    @property
+    def pending_receives(self) -> int:
+        """Messages received and waiting to be read (at most about
+        ``receive_queue_size``; see there)."""
+        return len(self._inbox)
+
+    async def receive(self) -> Any:
+        """The next application message, in order, across reconnects.
+
+        Raises:
+            SessionClosedError: the session stopped and every message was read.
+        """
+        return await self._inbox.get()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while True:
+            try:
+                yield await self.receive()
+            except SessionClosedError:
+                return
+
+    def events(self) -> AsyncIterator[SessionEvent]:
+        """Every :class:`SessionEvent` from now on, until the session stops.
+
+        A subscriber more than 1,024 events behind loses the oldest
+        (``stats.events_dropped`` counts them).
+        """
+        return self._hub.subscribe()
+
+    # -- the runner --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            self._machine.start()
+            while self.state is not SessionState.STOPPED:
+                ending = await self._connection(resume=self.state is SessionState.RESUMING)
+                await self._after(ending)
+        except asyncio.CancelledError:
+            self._finish(Outcome("closed", self.ws.last_signal))
+            raise
+        except Exception as exc:
+            log.exception("session runner failed")
+            self._finish(Outcome("error", self.ws.last_signal, exc))
+        finally:
+            await self.ws.disconnect()
+
+    async def _connection(self, *, resume: bool) -> Ending:
+        self._hub.emit(EventKind.RESUMING if resume else EventKind.CONNECTING)
+        if not resume:
+            self.protocol.new_session()
+        ending = await connection.run(self._parts, self.url, resume=resume)
+        self._ready.clear()
+        if self._lost_at is None:
+            self._lost_at = self._clock()
+        self._hub.emit(EventKind.CONNECTION_LOST, signal=ending.signal)
+        return ending
+
+    async def _after(self, ending: Ending) -> None:
+        """Do what the machine decides after a connection ended."""
+        decision = self._machine.connection_ended(
+            ending, closing=self._closing.is_set(), can_resume=self.protocol.can_resume()
+        )
+        if isinstance(decision, Stop):
+            self._finish(decision.outcome)
+        elif isinstance(decision, AwaitMove):
+            await self._await_move(ending, decision.grace)
+        else:
+            if isinstance(decision, Resume):
+                attempt, kind = decision.attempt, EventKind.RESUME_SCHEDULED
+            else:
+                attempt, kind = self._machine.schedule.attempts, EventKind.RECONNECT_SCHEDULED
+                self.stats.reconnects += 1
+            self._hub.emit(kind, attempt=attempt, delay=decision.delay, signal=ending.signal)
+            if decision.delay > 0:
+                if await _set_within(self._closing, decision.delay):
+                    self._finish(Outcome("closed", ending.signal))
+                    return
+                self._machine.retry_due()
+
+    async def _await_move(self, ending: Ending, grace: float) -> None:
+        self._moved.clear()
+        self._hub.emit(EventKind.MOVE_WAIT, delay=grace)
+        moved = asyncio.ensure_future(self._moved.wait())
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({moved, closing}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            moved.cancel()
+            closing.cancel()
+        if self._moved.is_set() and not self._closing.is_set():
+            self._machine.moved()
+        else:
+            reason = "closed" if self._closing.is_set() else "disconnect"
+            self._finish(Outcome(reason, ending.signal))
+
+    def _on_ready(self, done: HandshakeDone) -> None:
+        self._machine.handshake_done()
+        self._ready.set()
+        if done.resumed:
+            self.stats.resumes += 1
+        if self._lost_at is not None:
+            self.stats.recoveries.append(self._clock() - self._lost_at)
+            self._lost_at = None
+        self._hub.emit(EventKind.RESUMED if done.resumed else EventKind.READY)
+
+    def _on_latency(self, latency: float) -> None:
+        self.latency = latency
+        self._hub.emit(EventKind.HEARTBEAT, latency=latency)
+
+    def _finish(self, outcome: Outcome) -> None:
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        self._machine.stop()
+        self._closing.set()
+        self._outbox.fail_all(
+            lambda: SessionClosedError(f"session stopped before sending: {outcome}", outcome)
+        )
+        self._inbox.close(lambda: SessionClosedError(f"session stopped: {outcome}", outcome))
+        log.info("session stopped: %s", outcome)
+        self._hub.emit(EventKind.STOPPED, signal=outcome.signal, detail=outcome.reason)
+        self._hub.close()
+
+
+async def _set_within(event: asyncio.Event, delay: float) -> bool:
+    """Wait up to ``delay`` seconds for ``event``; whether it was set."""
+    try:
+        await asyncio.wait_for(event.wait(), delay)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+def _check_options(
+    max_resume_attempts: int, send_queue_size: int, receive_queue_size: int, handshake: float
+) -> None:
+    if max_resume_attempts < 0 or send_queue_size < 1 or receive_queue_size < 1 or handshake <= 0:
+        raise ValueError(
+            "max_resume_attempts >= 0, send_queue_size >= 1, receive_queue_size >= 1, "
+            "handshake_timeout > 0"
+        )

@@ -1,0 +1,318 @@
+"""One connection's life: open, handshake, serve, end (the session's I/O side).
+
+:func:`run` opens the connection, lets the protocol run its handshake, serves the
+connection with three small tasks and returns how it ended:
+
+- **read**: every received packet goes to the protocol; its outputs are carried out
+  (the handshake is just the protocol's first states);
+- **beat**: a heartbeat every interval; a zombie ends the connection;
+- **write**: the outbox's head, once the socket has room.
+
+The first of them to see the connection end decides its ending (:meth:`Link.end`);
+the others are cancelled. Decisions about what to do next are the machine's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..heartbeat import HeartbeatTracker
+from ..protocol import (
+    Deliver,
+    Fail,
+    GatewayProtocol,
+    HandshakeDone,
+    HeartbeatAck,
+    HeartbeatRequest,
+    Output,
+    Perform,
+    Send,
+)
+from ..signals import DisconnectSignal, Event, PayloadError, Signal
+from ..websocket import Websocket
+from .events import EventHub, EventKind, SessionStats
+from .inbox import Inbox
+from .machine import Ending
+from .outbox import Outbox
+
+log = logging.getLogger("wavegate.session")
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """How a connection is timed (see :class:`~wavegate.Session` for each)."""
+
+    handshake_timeout: float = 10.0
+    max_missed_acks: int = 2
+    max_heartbeat_interval: float | None = None
+    zombie_close_code: int = 4000
+
+
+@dataclass(eq=False)
+class Parts:
+    """What a connection uses of its session."""
+
+    ws: Websocket
+    protocol: GatewayProtocol
+    outbox: Outbox
+    inbox: Inbox
+    hub: EventHub
+    stats: SessionStats
+    timing: Timing
+    clock: Callable[[], float]
+    on_ready: Callable[[HandshakeDone], None]
+    on_latency: Callable[[float], None]
+
+
+class Link:
+    """What one connection's tasks share: the first ending, the handshake, the tracker."""
+
+    def __init__(self, parts: Parts) -> None:
+        loop = asyncio.get_running_loop()
+        self.parts = parts
+        self.ending: asyncio.Future[Signal] = loop.create_future()
+        self.handshake: asyncio.Future[HandshakeDone] = loop.create_future()
+        self.tracker: HeartbeatTracker | None = None
+        self.beat_now = asyncio.Event()
+
+    def end(self, signal: Signal) -> None:
+        """The connection ended with ``signal``, unless it had already ended."""
+        if not self.ending.done():
+            self.ending.set_result(signal)
+
+    def handshake_done(self, done: HandshakeDone) -> None:
+        timing = self.parts.timing
+        interval = done.heartbeat_interval
+        if interval is not None:
+            if timing.max_heartbeat_interval is not None:
+                interval = min(interval, timing.max_heartbeat_interval)
+            self.tracker = HeartbeatTracker(
+                interval, max_missed=timing.max_missed_acks, clock=self.parts.clock
+            )
+        if not self.handshake.done():
+            self.handshake.set_result(done)
+
+    def heard(self) -> None:
+        if self.tracker is not None:
+            self.tracker.frame_received()
+
+    def acked(self, nonce: object) -> None:
+        if self.tracker is not None and (latency := self.tracker.ack(nonce)) is not None:
+            self.parts.on_latency(latency)
+
+
+async def carry_out(link: Link, outputs: Sequence[Output]) -> None:
+    """Do what the protocol asked, in order."""
+    parts = link.parts
+    for output in outputs:
+        if isinstance(output, Deliver):
+            parts.stats.received += 1
+            parts.inbox.put(output.message)
+        elif isinstance(output, Send):
+            if isinstance(output.payload, bytes):
+                await parts.ws.send_bytes(output.payload)
+            else:
+                await parts.ws.send_json(output.payload)
+        elif isinstance(output, HeartbeatAck):
+            link.acked(output.nonce)
+        elif isinstance(output, HeartbeatRequest):
+            link.beat_now.set()
+        elif isinstance(output, HandshakeDone):
+            link.handshake_done(output)
+        elif isinstance(output, Perform):
+            log.debug("performing %s", output.what)
+            await carry_out(link, output.then(await output.action()))
+        elif isinstance(output, Fail):
+            link.end(output.signal)
+        else:  # pragma: no cover - the Output union is closed
+            raise TypeError(f"unknown protocol output {output!r}")
+
+
+async def read(link: Link, *, resume: bool) -> None:
+    """Start the protocol's handshake, then hand it every received packet, until the
+    connection ends."""
+    parts = link.parts
+    ws, inbox = parts.ws, parts.inbox
+    await carry_out(link, parts.protocol.start(resume=resume))
+    while True:
+        if inbox.full():
+            await _hold_reading(link)
+        try:
+            packet = await ws.receive()
+        except PayloadError as error:
+            link.heard()
+            parts.hub.emit(EventKind.PAYLOAD_ERROR, detail=error.raw)
+            continue
+        link.heard()
+        await carry_out(link, parts.protocol.receive(packet))
+
+
+async def _hold_reading(link: Link) -> None:
+    """Stop reading until the application makes room: the peer feels TCP backpressure,
+    and ACKs and pongs wait unread, so neither may count against it meanwhile."""
+    ws = link.parts.ws
+    if link.tracker is not None:
+        link.tracker.hold()
+    ws.hold_keepalive()
+    try:
+        await link.parts.inbox.wait_room()
+    finally:
+        ws.release_keepalive()
+        if link.tracker is not None:
+            link.tracker.release()
+
+
+async def beat(link: Link, tracker: HeartbeatTracker) -> None:
+    """A heartbeat every interval (or at once when asked), until a zombie is found."""
+    parts = link.parts
+    loop = asyncio.get_running_loop()
+    next_beat = loop.time() + tracker.interval
+    while True:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(link.beat_now.wait(), max(next_beat - loop.time(), 0))
+        link.beat_now.clear()
+        next_beat = loop.time() + tracker.interval
+        nonce = tracker.beat()
+        if nonce is None:
+            reason = tracker.zombie_reason() or "zombie"
+            parts.stats.zombies += 1
+            parts.hub.emit(EventKind.ZOMBIE, detail=reason)
+            _timed_out(link, reason)
+            return
+        # A gateway that stopped reading leaves no room for the beat: give up on it
+        # at the next tick (nothing written), which then counts it as missed.
+        heartbeat = parts.protocol.heartbeat(nonce)
+        sending = parts.ws.send_bytes if isinstance(heartbeat, bytes) else parts.ws.send_json
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(sending(heartbeat), max(next_beat - loop.time(), 0))  # type: ignore[arg-type]
+
+
+def _timed_out(link: Link, reason: str) -> None:
+    """The connection is a zombie, or its handshake never ended: end it with the
+    policy's signal for a keepalive timeout (``run`` then closes it with
+    ``zombie_close_code``, never 1000, so the server keeps the session resumable)."""
+    parts = link.parts
+    code = parts.timing.zombie_close_code
+    link.end(
+        parts.ws.policy.signal_for(
+            Event.KEEPALIVE_TIMEOUT, code=code, reason=reason, initiated_locally=True
+        )
+    )
+
+
+async def write(link: Link) -> None:
+    """The outbox's head, whole, each time the socket has room for it."""
+    parts = link.parts
+    ws, outbox = parts.ws, parts.outbox
+    while True:
+        await outbox.wait_filled()
+        await ws.writable()  # room first: a message waiting here is still queued
+        item = outbox.head()
+        if item is None:
+            continue  # withdrawn meanwhile
+        # With room, a send writes at once without suspending: it returns written, or
+        # raises (nothing written: the message stays first in line).
+        if item.binary:
+            await ws.send_bytes(item.frame)
+        else:
+            await ws.send_text(item.frame)
+        outbox.written(item)
+        parts.stats.sent += 1
+
+
+Tasks = set["asyncio.Task[None]"]
+
+
+async def _until_ended(link: Link, work: Awaitable[None]) -> None:
+    """Run one of the connection's tasks; a signal it raises is the connection's
+    ending, unless another task saw the end first."""
+    try:
+        await work
+    except Signal as signal:
+        link.end(signal)
+
+
+async def run(parts: Parts, url: str, *, resume: bool) -> Ending:
+    """Open a connection to ``url``, run the handshake, serve it; how it ended.
+
+    Raises whatever is not a signal (a bug, in wavegate or in the protocol).
+    """
+    try:
+        await parts.ws.connect(url)
+    except Signal as failed:
+        return Ending(failed, while_opening=True)
+    parts.stats.connects += 1
+    link = Link(parts)
+    tasks: Tasks = {asyncio.ensure_future(_until_ended(link, read(link, resume=resume)))}
+    try:
+        done = await _handshake(link, tasks)
+        if done is not None:
+            parts.on_ready(done)
+            tasks.add(asyncio.ensure_future(_until_ended(link, write(link))))
+            if link.tracker is not None:
+                tasks.add(asyncio.ensure_future(_until_ended(link, beat(link, link.tracker))))
+        await _first_ending(link, tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+    _raise_bugs(tasks)
+    ending = link.ending.result()
+    await _close(link, ending)
+    return Ending(ending, reached_ready=link.handshake.done())
+
+
+async def _handshake(link: Link, tasks: Tasks) -> HandshakeDone | None:
+    """Wait for the protocol's handshake; ``None`` if the connection ended first, or if
+    the handshake took longer than ``handshake_timeout`` (which then ends it)."""
+    parts = link.parts
+    waiting: set[asyncio.Future[Any]] = {link.handshake, link.ending, *tasks}
+    timeout = parts.timing.handshake_timeout
+    done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if link.handshake.done() and not link.ending.done():
+        return link.handshake.result()
+    if not done:
+        _timed_out(link, f"handshake not done within {timeout}s")
+    return None
+
+
+async def _first_ending(link: Link, tasks: Tasks) -> None:
+    """Wait until a task reports the connection's ending (or fails: a bug)."""
+    pending: set[asyncio.Future[Any]] = {link.ending, *tasks}
+    while not link.ending.done():
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if any(not task.cancelled() and task.exception() is not None for task in done):
+            link.end(DisconnectSignal("a connection task failed", event=Event.LOCAL_CLOSE))
+
+
+def _raise_bugs(tasks: Tasks) -> None:
+    for task in tasks:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            raise error
+
+
+async def _close(link: Link, ending: Signal) -> None:
+    """Make sure the connection is closed, then deliver what arrived before its end."""
+    parts = link.parts
+    ws = parts.ws
+    if not ws.disconnected:
+        # We ended it (a zombie, a handshake timeout, the protocol's Fail, a bug):
+        # close it, keeping the session resumable unless it is over for good.
+        final = isinstance(ending, DisconnectSignal)
+        await ws.disconnect(1000 if final else parts.timing.zombie_close_code)
+    while True:  # frames read ahead before the end are still delivered
+        try:
+            packet = await ws.receive()
+        except PayloadError:
+            continue
+        except Signal:
+            return
+        for output in parts.protocol.receive(packet):
+            if isinstance(output, Deliver):
+                parts.stats.received += 1
+                parts.inbox.put(output.message)

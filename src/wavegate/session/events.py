@@ -1,0 +1,128 @@
+"""What happens to a session, for whoever wants to know: events and counters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from ..signals import Signal
+
+log = logging.getLogger("wavegate.session")
+
+
+class EventKind(str, Enum):
+    """Kinds of :class:`SessionEvent`."""
+
+    CONNECTING = "connecting"
+    RESUMING = "resuming"
+    READY = "ready"
+    RESUMED = "resumed"
+    CONNECTION_LOST = "connection_lost"
+    RESUME_SCHEDULED = "resume_scheduled"
+    RECONNECT_SCHEDULED = "reconnect_scheduled"
+    ZOMBIE = "zombie"
+    HEARTBEAT = "heartbeat"
+    PAYLOAD_ERROR = "payload_error"
+    MOVE_WAIT = "move_wait"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """Something that happened to a session.
+
+    Attributes:
+        kind: what happened.
+        at: the session clock (``time.monotonic()``) when it happened.
+        attempt: the attempt number, for scheduled retries.
+        delay: seconds until the next attempt, for scheduled retries.
+        signal: the signal behind ``CONNECTION_LOST``/``STOPPED``.
+        latency: heartbeat round trip in seconds, for ``HEARTBEAT``.
+        detail: a short description (the raw text for ``PAYLOAD_ERROR``).
+    """
+
+    kind: EventKind
+    at: float
+    attempt: int = 0
+    delay: float | None = None
+    signal: Signal | None = None
+    latency: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class SessionStats:
+    """Counters of a session's life."""
+
+    connects: int = 0
+    resumes: int = 0
+    reconnects: int = 0
+    zombies: int = 0
+    sent: int = 0
+    received: int = 0
+    events_dropped: int = 0
+    recoveries: list[float] = field(default_factory=list)
+    """Seconds from each connection loss to the next READY/RESUMED."""
+
+
+class EventHub:
+    """Hands every event to the ``on_event`` callback and to each subscriber.
+
+    A subscriber more than ``backlog`` events behind loses the oldest
+    (``stats.events_dropped`` counts them).
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        stats: SessionStats,
+        on_event: Callable[[SessionEvent], None] | None,
+        backlog: int = 1024,
+    ) -> None:
+        self._clock = clock
+        self._stats = stats
+        self._on_event = on_event
+        self._backlog = backlog
+        self._subscribers: list[asyncio.Queue[SessionEvent | None]] = []
+        self._closed = False
+
+    def emit(self, kind: EventKind, **details: Any) -> None:
+        event = SessionEvent(kind, self._clock(), **details)
+        log.debug("session event %s", event)
+        for queue in self._subscribers:
+            self._push(queue, event)
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("on_event callback failed for %s", kind.value)
+
+    def _push(self, queue: asyncio.Queue[SessionEvent | None], item: SessionEvent | None) -> None:
+        if queue.full():
+            queue.get_nowait()
+            self._stats.events_dropped += 1
+        queue.put_nowait(item)
+
+    async def subscribe(self) -> AsyncIterator[SessionEvent]:
+        """Every event from now on, until :meth:`close`."""
+        queue: asyncio.Queue[SessionEvent | None] = asyncio.Queue(maxsize=self._backlog)
+        self._subscribers.append(queue)
+        try:
+            if self._closed:
+                return
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            self._subscribers.remove(queue)
+
+    def close(self) -> None:
+        """No more events: every subscription ends (after the events it has)."""
+        self._closed = True
+        for queue in self._subscribers:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)

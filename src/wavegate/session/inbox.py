@@ -1,0 +1,58 @@
+"""Received messages waiting for the application, in order, bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+
+class Inbox:
+    """A FIFO the reader fills and the application empties.
+
+    ``limit`` is where the reader stops reading the socket (:meth:`wait_room`): the
+    peer then feels TCP backpressure. A few more may be put while a handshake replays
+    or a connection's end is drained. :meth:`close` ends it: once empty, :meth:`get`
+    raises the error ``close()`` was given a maker for.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: deque[Any] = deque()
+        self._readable = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closed: Callable[[], Exception] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Any) -> None:
+        self._items.append(item)
+        self._readable.set()
+        if len(self._items) >= self.limit:
+            self._room.clear()
+
+    def full(self) -> bool:
+        return not self._room.is_set()
+
+    async def wait_room(self) -> None:
+        await self._room.wait()
+
+    def close(self, error: Callable[[], Exception]) -> None:
+        """No more messages will come: :meth:`get` raises ``error()`` once empty."""
+        self._closed = error
+        self._readable.set()
+
+    async def get(self) -> Any:
+        """The next message (waits for one)."""
+        while not self._items:
+            if self._closed is not None:
+                raise self._closed()
+            self._readable.clear()
+            await self._readable.wait()
+        item = self._items.popleft()
+        if len(self._items) < self.limit:
+            self._room.set()
+        return item
