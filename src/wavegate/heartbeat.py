@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 
 
@@ -34,15 +33,9 @@ class HeartbeatTracker:
         self._clock = clock
         self._pending: tuple[int, float] | None = None
         self.missed = 0
-        self.latencies: deque[float] = deque(maxlen=20)
         self._last_frame = clock()
         self._held = False
         self._nonce = int(clock() * 1000) % (1 << 52)
-
-    @property
-    def latency(self) -> float | None:
-        """The last measured round trip in seconds."""
-        return self.latencies[-1] if self.latencies else None
 
     def frame_received(self) -> None:
         """Any frame arrived: the peer is alive."""
@@ -90,5 +83,4 @@ class HeartbeatTracker:
         latency = self._clock() - self._pending[1]
         self._pending = None
         self.missed = 0
-        self.latencies.append(latency)
         return latency

@@ -90,8 +90,9 @@ class Signal(Exception):
             f"event={self.event.value!r}, initiated_locally={self.initiated_locally!r})"
         )
 
-    def again(self) -> Signal:
-        """A fresh signal of the same kind and content, chained to the same cause."""
+    def copy(self) -> Signal:
+        """A fresh signal of the same kind and content, chained to the same cause (to
+        raise again without piling tracebacks on one object)."""
         copy = type(self)(
             self.reason,
             code=self.code,

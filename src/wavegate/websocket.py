@@ -9,7 +9,7 @@ import ssl as ssl_module
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import Enum, IntEnum
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -55,22 +55,50 @@ class WebsocketState(IntEnum):
     DISCONNECTING = 3
 
 
+_DEFAULTS = TransportOptions()
+"""The one place connection options get their defaults."""
+
 _CONNECTED = WebsocketState.CONNECTED
 _CONNECTING = WebsocketState.CONNECTING
 _DISCONNECTED = WebsocketState.DISCONNECTED
 _DISCONNECTING = WebsocketState.DISCONNECTING
 
-TRANSITIONS: Mapping[WebsocketState, frozenset[WebsocketState]] = {
-    # connect() starts an opening.
-    _DISCONNECTED: frozenset({_CONNECTING}),
-    # The opening succeeds or fails; or disconnect() is called while it runs.
-    _CONNECTING: frozenset({_CONNECTED, _DISCONNECTED, _DISCONNECTING}),
-    # disconnect() starts a close; or the connection ends (peer, network, keepalive).
-    _CONNECTED: frozenset({_DISCONNECTING, _DISCONNECTED}),
-    # The close (or the cancelled opening) is done.
-    _DISCONNECTING: frozenset({_DISCONNECTED}),
+
+class Trigger(str, Enum):
+    """What changes a :class:`Websocket`'s state."""
+
+    CONNECT = "connect"
+    """``connect()`` starts an opening."""
+    OPENED = "opened"
+    """The opening handshake succeeded."""
+    OPEN_FAILED = "open_failed"
+    """The opening failed, or was abandoned."""
+    DISCONNECT = "disconnect"
+    """``disconnect()`` was called (while connecting or connected)."""
+    CLOSED = "closed"
+    """Our close, or the abandoned opening, is over."""
+    LOST = "lost"
+    """The connection ended: the peer closed it, the network failed, keepalive expired."""
+
+
+TRANSITIONS: Mapping[WebsocketState, Mapping[Trigger, WebsocketState]] = {
+    _DISCONNECTED: {Trigger.CONNECT: _CONNECTING},
+    _CONNECTING: {
+        Trigger.OPENED: _CONNECTED,
+        Trigger.OPEN_FAILED: _DISCONNECTED,
+        Trigger.DISCONNECT: _DISCONNECTING,
+    },
+    _CONNECTED: {Trigger.DISCONNECT: _DISCONNECTING, Trigger.LOST: _DISCONNECTED},
+    _DISCONNECTING: {Trigger.CLOSED: _DISCONNECTED},
 }
-"""Every state change a :class:`Websocket` can make (``_set_state`` enforces it)."""
+"""Every state change a :class:`Websocket` makes, and what triggers it (h11-style)."""
+
+_FINISHED = {
+    _CONNECTING: Trigger.OPEN_FAILED,
+    _CONNECTED: Trigger.LOST,
+    _DISCONNECTING: Trigger.CLOSED,
+}
+"""How a connection that is over leaves each state."""
 
 _MAX_BACKLOG = 4096
 """Frames a failed send may read ahead while looking for the peer's close frame."""
@@ -80,8 +108,8 @@ _MAX_BACKLOG = 4096
 class _Connection:
     """One ``connect()`` and the connection it opened: everything about how it ends.
 
-    ``end`` is decided once, by whoever observes the ending first; a local
-    ``disconnect()`` decides it at the moment it is called. ``backlog`` holds frames
+    ``ending`` is decided once, by whoever observes it first; a local ``disconnect()``
+    decides it at the moment it is called. ``backlog`` holds frames
     that arrived before the end but were read by a send looking for the peer's close
     frame: ``receive()`` returns them before the signal.
     """
@@ -94,9 +122,9 @@ class _Connection:
     """Resolved when the connection is over (``DISCONNECTED``)."""
     opener: asyncio.Task[Transport] | None = None
     transport: Transport | None = None
-    end: Signal | None = None
+    ending: Signal | None = None
     verdict: asyncio.Future[None] | None = None
-    """Created by a send waiting for the reader to decide ``end``."""
+    """Created by a send waiting for the reader to decide ``ending``."""
     backlog: deque[str | bytes] = field(default_factory=deque)
 
 
@@ -209,17 +237,17 @@ class Websocket:
         self,
         *,
         policy: ClosePolicy = DISCORD_VOICE,
-        open_timeout: float | None = 10.0,
-        close_timeout: float = 5.0,
-        ping_interval: float | None = 20.0,
-        ping_timeout: float = 20.0,
-        max_size: int | None = 1 << 20,
+        open_timeout: float | None = _DEFAULTS.open_timeout,
+        close_timeout: float = _DEFAULTS.close_timeout,
+        ping_interval: float | None = _DEFAULTS.ping_interval,
+        ping_timeout: float = _DEFAULTS.ping_timeout,
+        max_size: int | None = _DEFAULTS.max_size,
         json_codec: JSONCodec = DEFAULT,
         receive_mode: Literal["json", "text"] = "json",
         headers: Mapping[str, str] | None = None,
-        ssl: ssl_module.SSLContext | bool = True,
-        proxy: str | None = None,
-        compression: bool = False,
+        ssl: ssl_module.SSLContext | bool = _DEFAULTS.ssl,
+        proxy: str | None = _DEFAULTS.proxy,
+        compression: bool = _DEFAULTS.compression,
         transport: str = "aiohttp",
     ) -> None:
         if not isinstance(policy, ClosePolicy):
@@ -256,10 +284,10 @@ class Websocket:
         self._receiving = False
         self._draining: asyncio.Future[None] | None = None
         """Set while a failed send reads ahead for the peer's close frame."""
-        self.frames_in = 0
-        self.frames_out = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
+        self._frames_in = 0
+        self._frames_out = 0
+        self._bytes_in = 0
+        self._bytes_out = 0
 
     # -- state ---------------------------------------------------------------------
 
@@ -296,7 +324,7 @@ class Websocket:
     @property
     def last_signal(self) -> Signal | None:
         """The signal that ended the last connection, if it has ended."""
-        return None if self._conn is None else self._conn.end
+        return None if self._conn is None else self._conn.ending
 
     @property
     def close_code(self) -> int | None:
@@ -313,12 +341,14 @@ class Websocket:
     @property
     def stats(self) -> WebsocketStats:
         """Frame and byte counters (data frames, both directions)."""
-        return WebsocketStats(self.frames_in, self.frames_out, self.bytes_in, self.bytes_out)
+        return WebsocketStats(self._frames_in, self._frames_out, self._bytes_in, self._bytes_out)
 
-    def _set_state(self, new: WebsocketState) -> None:
-        if new not in TRANSITIONS[self._state]:
-            raise AssertionError(f"illegal state change {self._state.name} -> {new.name}")
-        self._state = new
+    def _fire(self, trigger: Trigger) -> None:
+        try:
+            self._state = TRANSITIONS[self._state][trigger]
+        except KeyError:
+            message = f"no transition from {self._state.name} on {trigger.value}"
+            raise AssertionError(message) from None
 
     def __repr__(self) -> str:
         url = "-" if self._conn is None else redact_url(self._conn.url)
@@ -365,7 +395,7 @@ class Websocket:
             loop.create_future(),
             loop.create_future(),
         )
-        self._set_state(_CONNECTING)
+        self._fire(Trigger.CONNECT)
         conn.opener = loop.create_task(self._connector(url, options))
         signal = await self._open(conn, conn.opener)
         if signal is not None:
@@ -378,26 +408,30 @@ class Websocket:
             transport = await opener
         except ConnectFailed as failed:
             _scrub_in_place(failed, conn.secrets)  # Python 3.10 may make it a __context__
-            self._decide(conn, failed.event, failed.code, failed.reason, False, failed.__cause__)
-            return self._closed(conn)
+            self._record_ending(
+                conn, failed.event, failed.code, failed.reason, False, failed.__cause__
+            )
+            return self._finish(conn)
         except asyncio.CancelledError:
             if opener.cancelled() and self._state is _DISCONNECTING and not _cancelling():
-                return self._closed(conn)  # disconnect() cancelled the opening, not our caller
+                return self._finish(conn)  # disconnect() cancelled the opening, not our caller
             try:
                 # Shielded: a second cancellation must not leave what opened unclosed.
                 await asyncio.shield(self._cancel_opener(opener))
             finally:
                 reason = "connect() was cancelled"
-                self._decide(conn, Event.LOCAL_CLOSE, None, reason, True, None)
-                self._closed(conn)
+                self._record_ending(conn, Event.LOCAL_CLOSE, None, reason, True, None)
+                self._finish(conn)
             raise
         except InvalidURLError as exc:  # the transport refused the URL or its options
             invalid = _scrubbed(exc, conn.secrets)
-            self._decide(conn, Event.CONNECT_ERROR, None, str(invalid), False, exc)
-            self._closed(conn)
+            self._record_ending(conn, Event.CONNECT_ERROR, None, str(invalid), False, exc)
+            self._finish(conn)
         except Exception as exc:  # a bug in a transport: shown as it is
-            self._decide(conn, Event.CONNECT_ERROR, None, f"connect() failed: {exc}", False, exc)
-            self._closed(conn)
+            self._record_ending(
+                conn, Event.CONNECT_ERROR, None, f"connect() failed: {exc}", False, exc
+            )
+            self._finish(conn)
             raise
         else:
             return await self._opened(conn, transport)
@@ -408,14 +442,14 @@ class Websocket:
     async def _opened(self, conn: _Connection, transport: Transport) -> Signal | None:
         if self._state is _DISCONNECTING:
             # disconnect() came in the loop turn the opening completed: close what opened.
-            assert conn.end is not None
+            assert conn.ending is not None
             try:
-                await transport.close(conn.end.code or 1000, conn.end.reason)
+                await transport.close(conn.ending.code or 1000, conn.ending.reason)
             finally:
-                self._closed(conn)
-            return conn.end
+                self._finish(conn)
+            return conn.ending
         conn.transport = transport
-        self._set_state(_CONNECTED)
+        self._fire(Trigger.OPENED)
         conn.settled.set_result(None)
         log.debug("connected to %s", redact_url(conn.url))
         return None
@@ -435,7 +469,7 @@ class Websocket:
         await asyncio.shield(conn.settled)
         if conn is self._conn and self._state is _CONNECTED and conn.transport is not None:
             return conn, conn.transport
-        raise self._ended_signal(conn)
+        raise self._signal_after_end(conn)
 
     # -- closing ---------------------------------------------------------------------
 
@@ -459,8 +493,8 @@ class Websocket:
         if state is _DISCONNECTING:
             await asyncio.shield(conn.finished)
             return
-        self._decide(conn, Event.LOCAL_CLOSE, code, reason, True, None)
-        self._set_state(_DISCONNECTING)
+        self._record_ending(conn, Event.LOCAL_CLOSE, code, reason, True, None)
+        self._fire(Trigger.DISCONNECT)
         if state is _CONNECTING:
             assert conn.opener is not None
             conn.opener.cancel()
@@ -471,22 +505,22 @@ class Websocket:
         try:
             await transport.close(code, reason)
         finally:
-            self._closed(conn)
+            self._finish(conn)
             log.debug("disconnected (code %s)", code)
 
-    def _closed(self, conn: _Connection) -> Signal:
+    def _finish(self, conn: _Connection) -> Signal:
         """The connection is over: DISCONNECTED, every waiter woken; its signal."""
-        assert conn.end is not None
+        assert conn.ending is not None
         conn.transport = None
         if self._state is not _DISCONNECTED and conn is self._conn:
-            self._set_state(_DISCONNECTED)
+            self._fire(_FINISHED[self._state])
         for name in ("settled", "finished", "verdict"):
             _resolve(conn, name)
-        return conn.end
+        return conn.ending
 
     # -- endings ---------------------------------------------------------------------
 
-    def _decide(
+    def _record_ending(
         self,
         conn: _Connection,
         event: Event,
@@ -496,7 +530,7 @@ class Websocket:
         cause: BaseException | None,
     ) -> None:
         """Record how ``conn`` ended, once: the first observed ending wins."""
-        if conn.end is not None:
+        if conn.ending is not None:
             return
         if event is Event.LOCAL_CLOSE:
             signal: Signal = DisconnectSignal(
@@ -510,28 +544,30 @@ class Websocket:
                 initiated_locally=local,
             )
             signal.__cause__ = scrub_exception(cause, conn.secrets, RedactedError)
-        conn.end = signal
+        conn.ending = signal
         _resolve(conn, "verdict")
 
-    async def _connection_ended(self, conn: _Connection, ended: TransportClosed) -> Signal:
+    async def _ending_reported(self, conn: _Connection, ended: TransportClosed) -> Signal:
         """The transport reported the end of ``conn``: decide (once), drop the transport
         unless a local close owns it, and return the signal to raise."""
-        first = conn.end is None
+        first = conn.ending is None
         _scrub_in_place(ended, conn.secrets)
-        self._decide(conn, ended.event, ended.code, ended.reason, ended.local, ended.__cause__)
-        assert conn.end is not None
+        self._record_ending(
+            conn, ended.event, ended.code, ended.reason, ended.local, ended.__cause__
+        )
+        assert conn.ending is not None
         if first:
-            log.info("connection ended: %s -> %s", conn.end, type(conn.end).__name__)
+            log.info("connection ended: %s -> %s", conn.ending, type(conn.ending).__name__)
         transport = conn.transport
         if self._state is _CONNECTED and conn is self._conn:
-            self._closed(conn)
+            self._finish(conn)
             if transport is not None:
                 await transport.abort()
-        return conn.end if first else conn.end.again()
+        return conn.ending if first else conn.ending.copy()
 
-    def _ended_signal(self, conn: _Connection | None) -> Signal:
-        if conn is not None and conn.end is not None:
-            return conn.end.again()
+    def _signal_after_end(self, conn: _Connection | None) -> Signal:
+        if conn is not None and conn.ending is not None:
+            return conn.ending.copy()
         return DisconnectSignal("not connected; call connect() first", event=Event.NOT_CONNECTED)
 
     async def _live(self) -> tuple[_Connection, Transport]:
@@ -541,7 +577,7 @@ class Websocket:
             return conn, conn.transport
         if self._state is _CONNECTING:
             return await self._wait_opening()
-        raise self._ended_signal(conn)
+        raise self._signal_after_end(conn)
 
     # -- receiving -------------------------------------------------------------------
 
@@ -590,8 +626,8 @@ class Websocket:
             self._receiving = False
             if conn.verdict is not None:
                 _resolve(conn, "verdict")
-            self.frames_in += 1
-            self.bytes_in += len(data)
+            self._frames_in += 1
+            self._bytes_in += len(data)
             if type(data) is bytes:
                 return WebsocketPacketBytes(data)
             if self._decode_json:
@@ -605,7 +641,7 @@ class Websocket:
             return WebsocketPacketText(data)  # type: ignore[arg-type]
         # Raised out here, not in the handler: the library's exception is the cause
         # (scrubbed), never a stray __context__.
-        raise await self._connection_ended(conn, transport.ended(failure))
+        raise await self._ending_reported(conn, transport.ending(failure))
 
     def _reader_left(self, conn: _Connection) -> None:
         self._receiving = False
@@ -632,11 +668,11 @@ class Websocket:
             self._receiving = False
             if conn is not None and conn.verdict is not None:
                 _resolve(conn, "verdict")
-        raise await self._connection_ended(conn, transport.ended(failure))
+        raise await self._ending_reported(conn, transport.ending(failure))
 
     def _packet(self, data: str | bytes) -> WebsocketPacket:
-        self.frames_in += 1
-        self.bytes_in += len(data)
+        self._frames_in += 1
+        self._bytes_in += len(data)
         if type(data) is bytes:
             return WebsocketPacketBytes(data)
         if not self._decode_json:
@@ -696,8 +732,8 @@ class Websocket:
         except TransportClosed as ended:
             failure = ended
         else:
-            self.frames_out += 1
-            self.bytes_out += len(data)
+            self._frames_out += 1
+            self._bytes_out += len(data)
             return
         raise await self._send_failed(conn, failure)
 
@@ -705,16 +741,16 @@ class Websocket:
         """A send saw the connection fail. The read side decides how it ended (the
         peer's close frame may still be unread, and frames before it must still be
         delivered); the send's view counts only if the read side cannot tell in time."""
-        if conn.end is None:
+        if conn.ending is None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._read_verdict(conn), self._options.close_timeout)
-        return await self._connection_ended(conn, ended)
+        return await self._ending_reported(conn, ended)
 
     async def _read_verdict(self, conn: _Connection) -> None:
         """Wait until the read side decides how ``conn`` ended: the task in
         ``receive()`` while there is one, else read ahead into the backlog ourselves."""
         loop = asyncio.get_running_loop()
-        while conn.end is None:
+        while conn.ending is None:
             if self._receiving or self._draining is not None:
                 # Woken when the end is decided, or when that reader leaves receive().
                 if conn.verdict is None:
@@ -730,11 +766,11 @@ class Websocket:
     async def _read_ahead(self, conn: _Connection, transport: Transport) -> None:
         draining = self._draining = asyncio.get_running_loop().create_future()
         try:
-            while conn.end is None and len(conn.backlog) < _MAX_BACKLOG:
+            while conn.ending is None and len(conn.backlog) < _MAX_BACKLOG:
                 try:
                     conn.backlog.append(await transport.recv())
                 except Exception as exc:
-                    await self._connection_ended(conn, transport.ended(exc))
+                    await self._ending_reported(conn, transport.ending(exc))
         finally:
             self._draining = None
             draining.set_result(None)

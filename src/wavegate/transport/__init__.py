@@ -80,7 +80,7 @@ class Transport(Protocol):
     """One open websocket connection.
 
     ``recv`` is the hot path and may be the websocket library's own coroutine, with no
-    wrapper: whatever it raises is handed to :meth:`ended`, which translates it.
+    wrapper: whatever it raises is handed to :meth:`ending`, which translates it.
 
     Sending is split in two so that a frame is either written whole or not at all:
     :meth:`writable` waits (cancellably) until the socket's buffer has room, then
@@ -90,11 +90,11 @@ class Transport(Protocol):
     @property
     def recv(self) -> Callable[[], Awaitable[str | bytes]]:
         """Wait for the next message: ``str`` for a text frame (valid UTF-8, decoded),
-        ``bytes`` for a binary one. Raises when the connection ends (see :meth:`ended`)."""
+        ``bytes`` for a binary one. Raises when the connection ends (see :meth:`ending`)."""
         ...
 
-    def ended(self, exc: BaseException) -> TransportClosed:
-        """Translate what ``recv`` raised into the connection's :class:`TransportClosed`."""
+    def ending(self, exc: BaseException) -> TransportClosed:
+        """The connection's ending, given what ``recv`` raised (a :class:`TransportClosed`)."""
         ...
 
     async def writable(self) -> None:

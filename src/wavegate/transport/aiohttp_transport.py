@@ -265,7 +265,7 @@ class AiohttpTransport:
         ended.__cause__ = exc
         return ended
 
-    def ended(self, exc: BaseException) -> TransportClosed:
+    def ending(self, exc: BaseException) -> TransportClosed:
         if isinstance(exc, TransportClosed):
             return exc
         return self._record(self._error(exc))

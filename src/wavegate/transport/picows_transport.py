@@ -108,7 +108,7 @@ class PicowsTransport:
 
     # -- endings ---------------------------------------------------------------------
 
-    def ended(self, exc: BaseException) -> TransportClosed:
+    def ending(self, exc: BaseException) -> TransportClosed:
         if isinstance(exc, TransportClosed):
             return exc
         if self._ending is not None:
@@ -134,7 +134,7 @@ class PicowsTransport:
             Event.NO_CLOSE_FRAME, _ABNORMAL, "connection lost without a close frame"
         )
 
-    def _current_ending(self) -> TransportClosed:
+    def _known_ending(self) -> TransportClosed:
         """The ending, once the connection is closing or closed (picows reads close
         frames as they arrive, so what it knows is final). Its cause is the
         ``ConnectionClosed`` picows' ``recv()`` raises for it."""
@@ -158,7 +158,7 @@ class PicowsTransport:
     def _disconnected(self, wt: Any) -> None:
         if self._wt is None:
             self._wt = wt  # it ended before connect() returned it
-        self._current_ending()
+        self._known_ending()
         # picows keeps the protocol error it failed the connection with for whoever
         # awaits wait_disconnected(); retrieve it (the ending already says what it was).
         asyncio.ensure_future(wt.wait_disconnected()).add_done_callback(_retrieve)
@@ -240,7 +240,7 @@ class PicowsTransport:
     async def writable(self) -> None:
         while True:
             if self._ending is not None or self._closing():
-                raise self._current_ending()
+                raise self._known_ending()
             if self._paused_at is None:
                 return
             if self._capacity is None:
@@ -249,7 +249,7 @@ class PicowsTransport:
 
     def send(self, kind: int, data: bytes) -> None:
         if self._ending is not None or self._closing():
-            raise self._current_ending()
+            raise self._known_ending()
         self._wt.send(picows.WSMsgType.TEXT if kind == TEXT else picows.WSMsgType.BINARY, data)
         assert self._sock is not None
         if not socket_established(self._sock):
