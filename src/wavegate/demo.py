@@ -17,7 +17,7 @@ from typing import TextIO
 
 from .backoff import Backoff
 from .discord.voice import VoiceClient, VoiceCredentials
-from .session import EventKind, SessionEvent
+from .session import EventKind, Outcome, SessionEvent
 from .signals import SessionClosedError, Signal
 from .testing import WebsocketTestServer
 from .testing.traffic import Tally, Traffic
@@ -89,18 +89,54 @@ class _Printer:
         self.line(f"  client: {text}", _STYLE.get(event.kind, ""))
 
 
+class _Watch:
+    """Prints the client's events and tells when the one a fault awaits came."""
+
+    def __init__(self, printer: _Printer) -> None:
+        self.printer = printer
+        self.awaited: EventKind | None = None
+        self.recovered = asyncio.Event()
+
+    def on_event(self, event: SessionEvent) -> None:
+        self.printer.event(event)
+        if event.kind is self.awaited:
+            self.recovered.set()
+
+    async def fault(self, fault: _Fault) -> float | None:
+        """Inject ``fault``; seconds until it was recovered from (``None``: nothing to)."""
+        self.printer.line(f"FAULT {fault.title}  (expect: {fault.expect})", "bold reverse")
+        self.awaited = fault.recovered_by
+        self.recovered.clear()
+        started = time.monotonic()
+        await fault.inject()
+        if fault.recovered_by is None:
+            return None
+        await asyncio.wait_for(self.recovered.wait(), _PATIENCE)
+        return time.monotonic() - started
+
+
+def _faults(gateway: FakeVoiceGateway, sid: str, traffic: Traffic) -> list[_Fault]:
+    resumed, ready = EventKind.RESUMED, EventKind.READY
+    return [
+        _Fault("server crash: close 4015, 20 messages sent while down", "resume + replay",
+               lambda: _crash_with_backlog(gateway, sid, traffic), resumed),
+        _Fault("TCP drop, no close frame", "resume", lambda: gateway.drop(sid), resumed),
+        _Fault("zombie: server stops ACKing heartbeats", "resume",
+               _sync(lambda: gateway.stop_acking(sid)), resumed),
+        _Fault("replay buffer expired, then 4015", "resume refused -> new session",
+               lambda: _expire_and_crash(gateway, sid), ready),
+        _Fault("session invalidated: close 4006", "new session",
+               lambda: gateway.close_session(sid, 4006, "session no longer valid"), ready),
+        _Fault("unknown ops 15/18/20 from the server", "ignored",
+               lambda: _unknown_ops(gateway, sid), None),
+    ]  # fmt: skip
+
+
 async def storm(out: TextIO) -> int:
     """Run the fault storm; 0 if nothing was lost and every fault ended as expected."""
     printer = _Printer(out)
+    watch = _Watch(printer)
     credentials = VoiceCredentials("guild-42", "user-7", "voice-session-id", "voice-token")
-    recovered = asyncio.Event()
-    awaited: list[EventKind] = []
-
-    def on_event(event: SessionEvent) -> None:
-        printer.event(event)
-        if event.kind in awaited:
-            recovered.set()
-
     # The gateway tolerates 1 s without heartbeats (not 300 ms): on a busy machine it
     # would otherwise add 4009 closes of its own to the scripted faults.
     async with FakeVoiceGateway(heartbeat_interval=0.1, heartbeat_timeout_factor=10) as gateway:
@@ -110,45 +146,12 @@ async def storm(out: TextIO) -> int:
             credentials,
             backoff=Backoff(base=0.05, cap=0.5, max_attempts=20),
             websocket=Websocket(open_timeout=2, close_timeout=1),
-            on_event=on_event,
+            on_event=watch.on_event,
         )
-        sid = credentials.session_id
         traffic = Traffic(gateway, client, period=0.003)
-        resumed, ready = EventKind.RESUMED, EventKind.READY
-        faults = [
-            _Fault("server crash: close 4015, 20 messages sent while down", "resume + replay",
-                   lambda: _crash_with_backlog(gateway, sid, traffic), resumed),
-            _Fault("TCP drop, no close frame", "resume", lambda: gateway.drop(sid), resumed),
-            _Fault("zombie: server stops ACKing heartbeats", "resume",
-                   _sync(lambda: gateway.stop_acking(sid)), resumed),
-            _Fault("replay buffer expired, then 4015", "resume refused -> new session",
-                   lambda: _expire_and_crash(gateway, sid), ready),
-            _Fault("session invalidated: close 4006", "new session",
-                   lambda: gateway.close_session(sid, 4006, "session no longer valid"), ready),
-            _Fault("unknown ops 15/18/20 from the server", "ignored",
-                   lambda: _unknown_ops(gateway, sid), None),
-        ]  # fmt: skip
+        faults = _faults(gateway, credentials.session_id, traffic)
         try:
-            await client.start()
-            await client.wait_ready(_PATIENCE)
-            traffic.start()
-            await traffic.run_for(30)
-            recoveries: list[tuple[str, str, float | None]] = []
-            for fault in faults:
-                printer.line(f"FAULT {fault.title}  (expect: {fault.expect})", "bold reverse")
-                awaited[:] = [fault.recovered_by] if fault.recovered_by else []
-                recovered.clear()
-                started = time.monotonic()
-                await fault.inject()
-                if fault.recovered_by:
-                    await asyncio.wait_for(recovered.wait(), _PATIENCE)
-                    recoveries.append((fault.title, fault.expect, time.monotonic() - started))
-                else:
-                    recoveries.append((fault.title, fault.expect, None))
-                await traffic.run_for(40)
-            printer.line("FAULT kicked: close 4014  (expect: stop)", "bold reverse")
-            await gateway.close_session(sid, 4014, "disconnected")
-            outcome = await asyncio.wait_for(client.wait_closed(), _PATIENCE)
+            recoveries, outcome = await _run_storm(watch, gateway, client, traffic, faults)
         except (asyncio.TimeoutError, SessionClosedError) as exc:
             # Not a crash to show with a traceback: a step that never happened.
             printer.line(
@@ -161,10 +164,29 @@ async def storm(out: TextIO) -> int:
             return 1
         tally = await traffic.stop()
         replayed = gateway.replayed
-
     ok = tally.perfect and outcome.reason == "disconnect" and outcome.code == 4014
     _report(printer, tally, client, recoveries, outcome_text=str(outcome), replayed=replayed, ok=ok)
     return 0 if ok else 1
+
+
+async def _run_storm(
+    watch: _Watch,
+    gateway: FakeVoiceGateway,
+    client: VoiceClient,
+    traffic: Traffic,
+    faults: list[_Fault],
+) -> tuple[list[tuple[str, str, float | None]], Outcome]:
+    await client.start()
+    await client.wait_ready(_PATIENCE)
+    traffic.start()
+    await traffic.run_for(30)
+    recoveries = []
+    for fault in faults:
+        recoveries.append((fault.title, fault.expect, await watch.fault(fault)))
+        await traffic.run_for(40)
+    watch.printer.line("FAULT kicked: close 4014  (expect: stop)", "bold reverse")
+    await gateway.close_session(client.protocol.credentials.session_id, 4014, "disconnected")
+    return recoveries, await asyncio.wait_for(client.wait_closed(), _PATIENCE)
 
 
 async def _crash_with_backlog(gateway: FakeVoiceGateway, session_id: str, traffic: Traffic) -> None:

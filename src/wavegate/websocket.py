@@ -252,14 +252,6 @@ class Websocket:
     ) -> None:
         if not isinstance(policy, ClosePolicy):
             raise TypeError(f"policy must be a ClosePolicy, got {type(policy).__name__}")
-        for name, value in (("open_timeout", open_timeout), ("ping_interval", ping_interval)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive or None, got {value!r}")
-        for name, value in (("close_timeout", close_timeout), ("ping_timeout", ping_timeout)):
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
-        if max_size is not None and max_size <= 0:
-            raise ValueError(f"max_size must be positive or None, got {max_size!r}")
         if receive_mode not in ("json", "text"):
             raise ValueError(f"receive_mode must be 'json' or 'text', got {receive_mode!r}")
         self._policy = policy

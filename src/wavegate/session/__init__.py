@@ -120,26 +120,30 @@ class Session:
         self._hub = EventHub(clock, self.stats, on_event)
         self._outbox = Outbox(send_queue_size)
         self._inbox = Inbox(receive_queue_size)
-        self._parts = connection.Parts(
-            self.ws,
-            protocol,
-            self._outbox,
-            self._inbox,
-            self._hub,
-            self.stats,
-            connection.Timing(
-                handshake_timeout, max_missed_acks, max_heartbeat_interval, zombie_close_code
-            ),
-            clock,
-            on_ready=self._on_ready,
-            on_latency=self._on_latency,
+        timing = connection.Timing(
+            handshake_timeout, max_missed_acks, max_heartbeat_interval, zombie_close_code
         )
+        self._parts = self._connection_parts(timing)
         self._runner: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         """Set by ``close()``, and when the session stops by itself."""
         self._moved = asyncio.Event()
         self._ready = asyncio.Event()
         self._lost_at: float | None = None
+
+    def _connection_parts(self, timing: connection.Timing) -> connection.Parts:
+        return connection.Parts(
+            self.ws,
+            self.protocol,
+            self._outbox,
+            self._inbox,
+            self._hub,
+            self.stats,
+            timing,
+            self._clock,
+            on_ready=self._on_ready,
+            on_latency=self._on_latency,
+        )
 
     @property
     def state(self) -> SessionState:

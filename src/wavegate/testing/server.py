@@ -382,15 +382,8 @@ class WebsocketTestServer:
             self._tasks.discard(task)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await reader.readuntil(b"\r\n\r\n")
+        path, headers = _parse_request(await reader.readuntil(b"\r\n\r\n"))
         self.handshakes += 1
-        lines = request.decode("latin-1").split("\r\n")
-        path = lines[0].split(" ")[1] if len(lines[0].split(" ")) > 1 else "/"
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                name, value = line.split(":", 1)
-                headers[name.strip().lower()] = value.strip()
         mode = self._handshake_mode
         if self.handshake_delay:
             await asyncio.sleep(self.handshake_delay)
@@ -409,6 +402,17 @@ class WebsocketTestServer:
             await writer.drain()
             writer.close()
             return
+        await self._accept(writer, headers)
+        conn = ServerConnection(
+            reader, writer, path, headers, answer_pings=self.answer_pings, max_size=self.max_size
+        )
+        self.connections.add(conn)
+        try:
+            await self._handle(conn)
+        finally:
+            self.connections.discard(conn)
+
+    async def _accept(self, writer: asyncio.StreamWriter, headers: dict[str, str]) -> None:
         key = headers.get("sec-websocket-key", "")
         extensions = ""
         if self.deflate and "permessage-deflate" in headers.get("sec-websocket-extensions", ""):
@@ -420,24 +424,30 @@ class WebsocketTestServer:
             ).encode()
         )
         await writer.drain()
-        conn = ServerConnection(
-            reader, writer, path, headers, answer_pings=self.answer_pings, max_size=self.max_size
-        )
-        self.connections.add(conn)
+
+    async def _handle(self, conn: ServerConnection) -> None:
         if self.handler is None:
             # Only a test driving connections itself takes them from here; with a
             # handler, nobody would, and the queue would keep every connection alive.
             self._accepted.put_nowait(conn)
+            await conn._run()
+            return
+        reading = asyncio.create_task(conn._run())
         try:
-            if self.handler is None:
-                await conn._run()
-                return
-            reading = asyncio.create_task(conn._run())
-            try:
-                await self.handler(conn)
-            finally:
-                conn.drop()
-                await reading
-                conn.handled.set()
+            await self.handler(conn)
         finally:
-            self.connections.discard(conn)
+            conn.drop()
+            await reading
+            conn.handled.set()
+
+
+def _parse_request(request: bytes) -> tuple[str, dict[str, str]]:
+    """The path and the (lower-cased) headers of an HTTP request head."""
+    lines = request.decode("latin-1").split("\r\n")
+    words = lines[0].split(" ")
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    return (words[1] if len(words) > 1 else "/"), headers

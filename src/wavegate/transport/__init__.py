@@ -29,7 +29,8 @@ BINARY = 2
 
 @dataclass(frozen=True, slots=True)
 class TransportOptions:
-    """Connection options every transport honours (see ``Websocket`` for meanings)."""
+    """Connection options every transport honours (see ``Websocket`` for meanings):
+    the one place their defaults and their checks live."""
 
     open_timeout: float | None = 10.0
     close_timeout: float = 5.0
@@ -40,6 +41,15 @@ class TransportOptions:
     ssl: ssl_module.SSLContext | bool = True
     proxy: str | None = None
     compression: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("open_timeout", "ping_interval", "max_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive or None, got {value!r}")
+        for name in ("close_timeout", "ping_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
 
 
 class TransportClosed(Exception):

@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import socket
 import ssl as ssl_module
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import picows
@@ -327,47 +328,11 @@ def _ssl_context(url: str, option: ssl_module.SSLContext | bool) -> ssl_module.S
 
 async def connect(url: str, options: TransportOptions) -> PicowsTransport:
     """Open a websocket to ``url`` with picows; raise :class:`ConnectFailed` on failure."""
-    if options.compression:
-        raise InvalidURLError(
-            "the picows transport does not support compression; use transport='aiohttp'"
-        )
-    if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
-        # picows would ignore them with a warning: refuse rather than drop them quietly.
-        raise InvalidURLError(
-            "the picows transport does not take credentials in the URL; send a header"
-        )
+    _check_supported(url, options)
     transport = PicowsTransport(options)
     sockets: list[socket.socket] = []
-    loop = asyncio.get_running_loop()
-
-    async def socket_factory(address: Any) -> socket.socket:
-        # Owning the socket lets a cancelled or timed-out handshake be shut down:
-        # picows leaves it open otherwise.
-        sock = socket.socket(await _family(loop, address.host, address.port), socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sockets.append(sock)
-        return sock
-
-    def listener(request: Any, response: Any) -> _Listener:
-        made = _Listener(
-            request=Request.from_picows(request),
-            response=Response.from_picows(response),
-            subprotocol=None,
-            permessage_deflate=None,
-            ping_interval=None,  # wavegate's own keepalive (PicowsTransport._keep_alive)
-            ping_timeout=None,
-            close_timeout=options.close_timeout,
-            max_queue=16,
-            write_limit=_HIGH_WATER,
-            max_message_size=options.max_size,
-            max_frame_size=options.max_size or 2**31 - 1,
-            logger=_log,
-        )
-        made.owner = transport
-        return made
-
     opening = picows.ws_connect(
-        listener,
+        _listener_factory(transport, options),
         url,
         ssl_context=_ssl_context(url, options.ssl),
         websocket_handshake_timeout=None,  # bounded below, so the socket is shut down
@@ -376,7 +341,7 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
         max_frame_size=options.max_size or 2**31 - 1,
         extra_headers=dict(options.headers) or None,
         proxy=options.proxy,
-        socket_factory=socket_factory,
+        socket_factory=_socket_factory(sockets),
         logger_name=_log,
     )
     try:
@@ -399,6 +364,56 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
         raise ConnectFailed(Event.HANDSHAKE_INVALID, None, f"the server answered with {unoffered}")
     transport._opened(wt, cast(_Listener, made), sockets[-1])
     return transport
+
+
+def _check_supported(url: str, options: TransportOptions) -> None:
+    if options.compression:
+        raise InvalidURLError(
+            "the picows transport does not support compression; use transport='aiohttp'"
+        )
+    if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
+        # picows would ignore them with a warning: refuse rather than drop them quietly.
+        raise InvalidURLError(
+            "the picows transport does not take credentials in the URL; send a header"
+        )
+
+
+def _socket_factory(sockets: list[socket.socket]) -> Callable[[Any], Awaitable[socket.socket]]:
+    """Sockets made here (and kept in ``sockets``): owning the socket lets a cancelled or
+    timed-out handshake be shut down, which picows leaves open otherwise."""
+
+    async def make(address: Any) -> socket.socket:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(await _family(loop, address.host, address.port), socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sockets.append(sock)
+        return sock
+
+    return make
+
+
+def _listener_factory(
+    transport: PicowsTransport, options: TransportOptions
+) -> Callable[[Any, Any], _Listener]:
+    def make(request: Any, response: Any) -> _Listener:
+        made = _Listener(
+            request=Request.from_picows(request),
+            response=Response.from_picows(response),
+            subprotocol=None,
+            permessage_deflate=None,
+            ping_interval=None,  # wavegate's own keepalive (PicowsTransport._keep_alive)
+            ping_timeout=None,
+            close_timeout=options.close_timeout,
+            max_queue=16,
+            write_limit=_HIGH_WATER,
+            max_message_size=options.max_size,
+            max_frame_size=options.max_size or 2**31 - 1,
+            logger=_log,
+        )
+        made.owner = transport
+        return made
+
+    return make
 
 
 async def _family(loop: asyncio.AbstractEventLoop, host: str, port: int) -> int:
