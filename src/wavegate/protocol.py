@@ -84,11 +84,15 @@ class HeartbeatRequest:
 @dataclass(frozen=True, slots=True)
 class Perform:
     """Await ``action()`` (I/O the protocol must not do itself), then carry out what
-    ``then(result)`` returns. ``what`` says what it is, for logs."""
+    ``then(result)`` returns; if it raises, what ``failed(error)`` returns (by default,
+    the connection ends with a :class:`~wavegate.ReconnectSignal`). ``what`` says what
+    it is, for logs. Nothing is read from the connection meanwhile: keep it short.
+    """
 
     action: Callable[[], Awaitable[Any]]
     then: Callable[[Any], Sequence[Output]]
     what: str
+    failed: Callable[[BaseException], Sequence[Output]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ Transport-library exceptions never reach users; they arrive as ``__cause__``.
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 
 
@@ -160,10 +161,18 @@ class SendQueueFullError(WavegateError):
     """A session's outgoing queue is full: the message was not accepted."""
 
 
-class SendTimeoutError(WavegateError, TimeoutError):
+if sys.version_info >= (3, 11):
+    _Timeout = TimeoutError  # asyncio.TimeoutError is TimeoutError
+else:  # pragma: no cover - Python 3.10, where asyncio.TimeoutError is a class of its own
+    import asyncio
+
+    class _Timeout(TimeoutError, asyncio.TimeoutError):
+        pass
+
+
+class SendTimeoutError(WavegateError, _Timeout):
     """A queued message could not be sent before its deadline: it was not written, and
-    never will be. A ``TimeoutError`` (on Python 3.10, not an ``asyncio.TimeoutError``,
-    which is a class of its own there: catch ``TimeoutError``)."""
+    never will be. A ``TimeoutError`` (also an ``asyncio.TimeoutError`` on 3.10)."""
 
 
 class SessionClosedError(WavegateError):

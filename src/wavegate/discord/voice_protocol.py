@@ -37,7 +37,7 @@ from ..protocol import (
     Send,
 )
 from ..redact import redact
-from ..signals import DisconnectSignal, Event
+from ..signals import DisconnectSignal, Event, ReconnectSignal
 from .payloads import (
     PREFERRED_MODES,
     Hello,
@@ -181,20 +181,35 @@ class VoiceProtocol:
         if self.stage is not Stage.IDENTIFYING:
             return [Deliver(ready)]
         self.stage = Stage.DISCOVERING
-        return [Perform(lambda: self.discover(ready), self._discovered, "UDP IP discovery")]
+        return [
+            Perform(
+                lambda: self.discover(ready),
+                lambda found: self._discovered(ready, found),
+                "UDP IP discovery",
+                failed=self._discovery_failed,
+            )
+        ]
 
-    def _discovered(self, found: tuple[str, int]) -> list[Output]:
-        assert self.ready is not None
+    def _discovered(self, ready: Ready, found: tuple[str, int]) -> list[Output]:
         address, port = found
-        mode = next((mode for mode in PREFERRED_MODES if mode in self.ready.modes), None)
+        mode = next((mode for mode in PREFERRED_MODES if mode in ready.modes), None)
         if mode is None:
-            reason = f"no supported encryption mode offered: {self.ready.modes}"
+            reason = f"no supported encryption mode offered: {ready.modes}"
             return [Fail(DisconnectSignal(reason, event=Event.PROTOCOL_ERROR))]
         self.stage = Stage.SELECTING
         return [_send(Op.SELECT_PROTOCOL, {
             "protocol": "udp",
             "data": {"address": address, "port": port, "mode": mode},
         })]  # fmt: skip
+
+    @staticmethod
+    def _discovery_failed(error: BaseException) -> list[Output]:
+        # Worth another try, as a new session (the server may hand another address).
+        signal = ReconnectSignal(
+            f"UDP IP discovery failed: {error}", event=Event.CONNECT_ERROR, initiated_locally=True
+        )
+        signal.__cause__ = error
+        return [Fail(signal)]
 
     def _on_session_description(self, payload: dict[str, Any]) -> list[Output]:
         description = self._parse(payload)

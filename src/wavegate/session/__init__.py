@@ -16,6 +16,7 @@ what it says: resume, open a new session after a backoff, wait for a move, or st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -156,9 +157,15 @@ class Session:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start supervising (returns at once; see :meth:`wait_ready`)."""
+        """Start supervising (returns at once; see :meth:`wait_ready`).
+
+        Raises:
+            RuntimeError: it was started before, or closed already.
+        """
         if self._runner is not None:
             raise RuntimeError("session already started")
+        if self.outcome is not None:
+            raise RuntimeError(f"session already stopped: {self.outcome}")
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="wavegate-session")
 
     async def wait_ready(self, timeout: float | None = None) -> None:
@@ -304,6 +311,9 @@ class Session:
         try:
             self._machine.start()
             while self.state is not SessionState.STOPPED:
+                if self._closing.is_set():  # close() came while we were between connections
+                    self._finish(Outcome("closed", self.ws.last_signal))
+                    break
                 ending = await self._connection(resume=self.state is SessionState.RESUMING)
                 await self._after(ending)
         except asyncio.CancelledError:
@@ -349,7 +359,7 @@ class Session:
                 self._machine.retry_due()
 
     async def _await_move(self, ending: Ending, grace: float) -> None:
-        self._moved.clear()
+        # Not cleared first: a move() that came just before the close counts.
         self._hub.emit(EventKind.MOVE_WAIT, delay=grace)
         moved = asyncio.ensure_future(self._moved.wait())
         closing = asyncio.ensure_future(self._closing.wait())
@@ -359,6 +369,7 @@ class Session:
             moved.cancel()
             closing.cancel()
         if self._moved.is_set() and not self._closing.is_set():
+            self._moved.clear()
             self._machine.moved()
         else:
             reason = "closed" if self._closing.is_set() else "disconnect"
@@ -394,12 +405,11 @@ class Session:
 
 
 async def _set_within(event: asyncio.Event, delay: float) -> bool:
-    """Wait up to ``delay`` seconds for ``event``; whether it was set."""
-    try:
+    """Wait up to ``delay`` seconds for ``event``; whether it is set (also when it was
+    set in the very turn the delay ran out)."""
+    with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(event.wait(), delay)
-    except asyncio.TimeoutError:
-        return False
-    return True
+    return event.is_set()
 
 
 def _check_options(

@@ -33,7 +33,7 @@ from ..protocol import (
     Perform,
     Send,
 )
-from ..signals import DisconnectSignal, Event, PayloadError, Signal
+from ..signals import DisconnectSignal, Event, PayloadError, ReconnectSignal, Signal
 from ..websocket import Websocket
 from .events import EventHub, EventKind, SessionStats
 from .inbox import Inbox
@@ -79,6 +79,8 @@ class Link:
         self.handshake: asyncio.Future[HandshakeDone] = loop.create_future()
         self.tracker: HeartbeatTracker | None = None
         self.beat_now = asyncio.Event()
+        self.close_reason = ""
+        """Why we end it ourselves, for the close frame ("zombie connection"...)."""
 
     def end(self, signal: Signal) -> None:
         """The connection ended with ``signal``, unless it had already ended."""
@@ -86,6 +88,9 @@ class Link:
             self.ending.set_result(signal)
 
     def handshake_done(self, done: HandshakeDone) -> None:
+        """The connection is ready (once: a second ``HandshakeDone`` is ignored)."""
+        if self.handshake.done() or self.ending.done():
+            return
         timing = self.parts.timing
         interval = done.heartbeat_interval
         if interval is not None:
@@ -94,8 +99,9 @@ class Link:
             self.tracker = HeartbeatTracker(
                 interval, max_missed=timing.max_missed_acks, clock=self.parts.clock
             )
-        if not self.handshake.done():
-            self.handshake.set_result(done)
+        self.handshake.set_result(done)
+        # Told at once, in order with the deliveries around it.
+        self.parts.on_ready(done)
 
     def heard(self) -> None:
         if self.tracker is not None:
@@ -107,30 +113,71 @@ class Link:
 
 
 async def carry_out(link: Link, outputs: Sequence[Output]) -> None:
-    """Do what the protocol asked, in order."""
+    """Do what the protocol asked, in order. If this is cancelled (the connection ended
+    meanwhile), the deliveries not yet made are still made: the protocol counted them
+    as received (its ``seq_ack`` moved on), so a resume would not replay them."""
+    pending = list(outputs)
+    try:
+        while pending:
+            await _carry_out_one(link, pending.pop(0))
+    finally:
+        for output in pending:
+            if isinstance(output, Deliver):
+                _deliver(link.parts, output)
+
+
+def _deliver(parts: Parts, output: Deliver) -> None:
+    parts.stats.received += 1
+    parts.inbox.put(output.message)
+
+
+async def _carry_out_one(link: Link, output: Output) -> None:
     parts = link.parts
-    for output in outputs:
-        if isinstance(output, Deliver):
-            parts.stats.received += 1
-            parts.inbox.put(output.message)
-        elif isinstance(output, Send):
-            if isinstance(output.payload, bytes):
-                await parts.ws.send_bytes(output.payload)
-            else:
-                await parts.ws.send_json(output.payload)
-        elif isinstance(output, HeartbeatAck):
-            link.acked(output.nonce)
-        elif isinstance(output, HeartbeatRequest):
-            link.beat_now.set()
-        elif isinstance(output, HandshakeDone):
-            link.handshake_done(output)
-        elif isinstance(output, Perform):
-            log.debug("performing %s", output.what)
-            await carry_out(link, output.then(await output.action()))
-        elif isinstance(output, Fail):
-            link.end(output.signal)
-        else:  # pragma: no cover - the Output union is closed
-            raise TypeError(f"unknown protocol output {output!r}")
+    if isinstance(output, Deliver):
+        _deliver(parts, output)
+    elif isinstance(output, Send):
+        if isinstance(output.payload, bytes):
+            await parts.ws.send_bytes(output.payload)
+        else:
+            await parts.ws.send_json(output.payload)
+    elif isinstance(output, HeartbeatAck):
+        link.acked(output.nonce)
+    elif isinstance(output, HeartbeatRequest):
+        link.beat_now.set()
+    elif isinstance(output, HandshakeDone):
+        link.handshake_done(output)
+    elif isinstance(output, Perform):
+        await carry_out(link, await _perform(link, output))
+    elif isinstance(output, Fail):
+        link.end(output.signal)
+    else:  # pragma: no cover - the Output union is closed
+        raise TypeError(f"unknown protocol output {output!r}")
+
+
+async def _perform(link: Link, perform: Perform) -> Sequence[Output]:
+    """Await the protocol's I/O; its continuation's outputs. Nothing is read meanwhile,
+    so the heartbeat tracker is held: ACKs may wait."""
+    log.debug("performing %s", perform.what)
+    tracker = link.tracker
+    if tracker is not None:
+        tracker.hold()
+    try:
+        result = await perform.action()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.info("%s failed: %s", perform.what, exc)
+        if perform.failed is not None:
+            return perform.failed(exc)
+        signal = ReconnectSignal(
+            f"{perform.what} failed: {exc}", event=Event.CONNECT_ERROR, initiated_locally=True
+        )
+        signal.__cause__ = exc
+        return [Fail(signal)]
+    finally:
+        if tracker is not None:
+            tracker.release()
+    return perform.then(result)
 
 
 async def read(link: Link, *, resume: bool) -> None:
@@ -140,7 +187,8 @@ async def read(link: Link, *, resume: bool) -> None:
     ws, inbox = parts.ws, parts.inbox
     await carry_out(link, parts.protocol.start(resume=resume))
     while True:
-        if inbox.full():
+        if inbox.full() and link.handshake.done():
+            # The handshake is always read through (a resume's replay may overfill).
             await _hold_reading(link)
         try:
             packet = await ws.receive()
@@ -182,7 +230,7 @@ async def beat(link: Link, tracker: HeartbeatTracker) -> None:
             reason = tracker.zombie_reason() or "zombie"
             parts.stats.zombies += 1
             parts.hub.emit(EventKind.ZOMBIE, detail=reason)
-            _timed_out(link, reason)
+            _timed_out(link, reason, "zombie connection")
             return
         # A gateway that stopped reading leaves no room for the beat: give up on it
         # at the next tick (nothing written), which then counts it as missed.
@@ -192,12 +240,13 @@ async def beat(link: Link, tracker: HeartbeatTracker) -> None:
             await asyncio.wait_for(sending(heartbeat), max(next_beat - loop.time(), 0))  # type: ignore[arg-type]
 
 
-def _timed_out(link: Link, reason: str) -> None:
+def _timed_out(link: Link, reason: str, close_reason: str) -> None:
     """The connection is a zombie, or its handshake never ended: end it with the
     policy's signal for a keepalive timeout (``run`` then closes it with
     ``zombie_close_code``, never 1000, so the server keeps the session resumable)."""
     parts = link.parts
     code = parts.timing.zombie_close_code
+    link.close_reason = close_reason
     link.end(
         parts.ws.policy.signal_for(
             Event.KEEPALIVE_TIMEOUT, code=code, reason=reason, initiated_locally=True
@@ -240,7 +289,8 @@ async def _until_ended(link: Link, work: Awaitable[None]) -> None:
 async def run(parts: Parts, url: str, *, resume: bool) -> Ending:
     """Open a connection to ``url``, run the handshake, serve it; how it ended.
 
-    Raises whatever is not a signal (a bug, in wavegate or in the protocol).
+    Raises whatever is not a signal (a bug, in wavegate or in the protocol), after
+    closing the connection so that the server keeps the session resumable.
     """
     try:
         await parts.ws.connect(url)
@@ -250,61 +300,63 @@ async def run(parts: Parts, url: str, *, resume: bool) -> Ending:
     link = Link(parts)
     tasks: Tasks = {asyncio.ensure_future(_until_ended(link, read(link, resume=resume)))}
     try:
-        done = await _handshake(link, tasks)
-        if done is not None:
-            parts.on_ready(done)
+        if await _handshake(link, tasks):
             tasks.add(asyncio.ensure_future(_until_ended(link, write(link))))
             if link.tracker is not None:
                 tasks.add(asyncio.ensure_future(_until_ended(link, beat(link, link.tracker))))
-        await _first_ending(link, tasks)
+        ended_alone = await _first_ending(link, tasks)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks)
-    _raise_bugs(tasks)
+    bugs = [task.exception() for task in tasks if not task.cancelled() and task.exception()]
+    if not bugs and any(task.cancelled() for task in ended_alone):
+        bugs.append(RuntimeError("a connection task was cancelled from inside (a protocol bug?)"))
     ending = link.ending.result()
-    await _close(link, ending)
+    await _close(link, ending, bug=bool(bugs))
+    for extra in bugs[1:]:
+        log.error("another connection task failed too", exc_info=extra)
+    if bugs:
+        raise bugs[0]  # type: ignore[misc]
     return Ending(ending, reached_ready=link.handshake.done())
 
 
-async def _handshake(link: Link, tasks: Tasks) -> HandshakeDone | None:
-    """Wait for the protocol's handshake; ``None`` if the connection ended first, or if
-    the handshake took longer than ``handshake_timeout`` (which then ends it)."""
+async def _handshake(link: Link, tasks: Tasks) -> bool:
+    """Wait for the protocol's handshake; ``False`` if the connection ended first, or
+    if the handshake took longer than ``handshake_timeout`` (which then ends it)."""
     parts = link.parts
     waiting: set[asyncio.Future[Any]] = {link.handshake, link.ending, *tasks}
     timeout = parts.timing.handshake_timeout
     done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    if link.handshake.done() and not link.ending.done():
-        return link.handshake.result()
     if not done:
-        _timed_out(link, f"handshake not done within {timeout}s")
-    return None
+        _timed_out(link, f"handshake not done within {timeout}s", "handshake timeout")
+    return link.handshake.done() and not link.ending.done()
 
 
-async def _first_ending(link: Link, tasks: Tasks) -> None:
-    """Wait until a task reports the connection's ending (or fails: a bug)."""
+async def _first_ending(link: Link, tasks: Tasks) -> set[asyncio.Future[Any]]:
+    """Wait until a task reports the connection's ending; the tasks that ended by
+    themselves. One that ends without a signal (an exception, or cancelled from inside:
+    a bug) ends the connection too."""
     pending: set[asyncio.Future[Any]] = {link.ending, *tasks}
+    ended_alone: set[asyncio.Future[Any]] = set()
     while not link.ending.done():
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        if any(not task.cancelled() and task.exception() is not None for task in done):
+        ended_alone |= done - {link.ending}
+        if ended_alone and not link.ending.done():
             link.end(DisconnectSignal("a connection task failed", event=Event.LOCAL_CLOSE))
+    return ended_alone
 
 
-def _raise_bugs(tasks: Tasks) -> None:
-    for task in tasks:
-        if not task.cancelled() and (error := task.exception()) is not None:
-            raise error
-
-
-async def _close(link: Link, ending: Signal) -> None:
+async def _close(link: Link, ending: Signal, *, bug: bool = False) -> None:
     """Make sure the connection is closed, then deliver what arrived before its end."""
     parts = link.parts
     ws = parts.ws
     if not ws.disconnected:
         # We ended it (a zombie, a handshake timeout, the protocol's Fail, a bug):
         # close it, keeping the session resumable unless it is over for good.
-        final = isinstance(ending, DisconnectSignal)
-        await ws.disconnect(1000 if final else parts.timing.zombie_close_code)
+        final = isinstance(ending, DisconnectSignal) and not bug
+        code = 1000 if final else parts.timing.zombie_close_code
+        await ws.disconnect(code, link.close_reason)
     while True:  # frames read ahead before the end are still delivered
         try:
             packet = await ws.receive()
@@ -314,5 +366,4 @@ async def _close(link: Link, ending: Signal) -> None:
             return
         for output in parts.protocol.receive(packet):
             if isinstance(output, Deliver):
-                parts.stats.received += 1
-                parts.inbox.put(output.message)
+                _deliver(parts, output)

@@ -9,9 +9,10 @@ session's state changes. The code that owns sockets and tasks asks and obeys.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from ..backoff import RetrySchedule
 from ..signals import DisconnectSignal, ReconnectSignal, ResumeSignal, Signal
@@ -160,6 +161,19 @@ class RetryRules:
     move_grace: float = 0.0
 
 
+class BackoffCount(Protocol):
+    """What :func:`decide` needs of the backoff (a :class:`~wavegate.RetrySchedule`)."""
+
+    @property
+    def attempts(self) -> int:
+        """Retries in a row so far (since a connection last stayed healthy)."""
+        ...
+
+    def next_delay(self) -> float | None:
+        """Count one more retry: the delay before it, or ``None`` when attempts are spent."""
+        ...
+
+
 def decide(
     ending: Ending,
     *,
@@ -168,9 +182,13 @@ def decide(
     resuming: bool,
     resume_attempts: int,
     rules: RetryRules,
-    next_delay: Callable[[], float | None],
+    backoff: BackoffCount,
 ) -> Decision:
     """What to do after a connection ended (docs/supervisor.md, "Decisions").
+
+    Every retry counts against the backoff; the first resume after a connection that
+    stayed healthy is immediate, while one that flaps (READY, then at once closed
+    again) backs off like any other retry.
 
     Args:
         ending: how it ended.
@@ -179,7 +197,7 @@ def decide(
         resuming: that connection was a resume attempt.
         resume_attempts: resume attempts in a row before this one ended.
         rules: the supervisor's rules.
-        next_delay: the backoff's next delay (``None``: attempts are spent).
+        backoff: the retry count and delays.
     """
     signal = ending.signal
     if closing:
@@ -193,12 +211,13 @@ def decide(
         resuming and isinstance(signal, ReconnectSignal) and ending.while_opening
     )
     if retry_resume and can_resume and resume_attempts < rules.max_resume_attempts:
-        # The first resume is immediate; later ones back off.
-        delay = 0.0 if resume_attempts == 0 else next_delay()
+        delay = backoff.next_delay()
         if delay is None:
             return Stop(Outcome("retries_exhausted", signal))
+        if resume_attempts == 0 and backoff.attempts == 1:
+            delay = 0.0  # the first retry since the connection was healthy: at once
         return Resume(delay, resume_attempts + 1)
-    delay = next_delay()
+    delay = backoff.next_delay()
     if delay is None:
         return Stop(Outcome("retries_exhausted", signal))
     return NewSession(delay)
@@ -247,7 +266,7 @@ class SessionMachine:
             resuming=self.state is SessionState.RESUMING,
             resume_attempts=self.resume_attempts,
             rules=self.rules,
-            next_delay=self.schedule.next_delay,
+            backoff=self.schedule,
         )
         if isinstance(decision, Resume):
             self.resume_attempts = decision.attempt
