@@ -71,7 +71,7 @@ async def start_client(
     gateway: FakeVoiceGateway, user: int, generation: int, rng: random.Random
 ) -> Traffic:
     credentials = VoiceCredentials(
-        f"guild-{user}", f"user-{user}", f"session-{user}-{generation}", f"token-{user}"
+        str(100 + user), str(5000 + user), f"session-{user}-{generation}", f"token-{user}"
     )
     websocket = Websocket(transport=rng.choice(TRANSPORTS), open_timeout=0.5, close_timeout=0.5)
     client = VoiceClient(

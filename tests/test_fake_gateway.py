@@ -16,7 +16,14 @@ from wavegate.testing.voice import FakeVoiceGateway
 
 from .voice_harness import CREDENTIALS
 
-IDENTIFY = {"op": 0, "d": {"server_id": "g", "user_id": "u", "session_id": "s", "token": "t"}}
+IDENTIFY_DATA = {
+    "server_id": "1",
+    "user_id": "2",
+    "session_id": "s",
+    "token": "t",
+    "max_dave_protocol_version": 1,
+}
+IDENTIFY = {"op": 0, "d": IDENTIFY_DATA}
 
 
 @pytest_asyncio.fixture
@@ -54,18 +61,14 @@ async def closed_with(gateway: FakeVoiceGateway, *messages: dict[str, Any] | str
         ([IDENTIFY, {"op": 7, "d": {}}], 4005),
         ([{"op": 99, "d": {}}], 4001),
         (["{not json"], 4002),
+        ([{"op": 0, "d": {**IDENTIFY_DATA, "token": "wrong"}}], 4004),
+        ([{"op": 0, "d": {"user_id": "2"}}], 4020),
+        ([{"op": 0, "d": {**IDENTIFY_DATA, "user_id": "user-2"}}], 4020),
+        # DAVE is required, as on Discord since 2026-03-01: version 0, or none offered.
+        ([{"op": 0, "d": {**IDENTIFY_DATA, "max_dave_protocol_version": 0}}], 4017),
+        ([{"op": 0, "d": {k: v for k, v in IDENTIFY_DATA.items() if "dave" not in k}}], 4017),
         (
-            [
-                {
-                    "op": 0,
-                    "d": {"server_id": "g", "user_id": "u", "session_id": "s", "token": "wrong"},
-                }
-            ],
-            4004,
-        ),
-        ([{"op": 0, "d": {"user_id": "u"}}], 4020),
-        (
-            [{"op": 7, "d": {"server_id": "g", "session_id": "nope", "token": "t", "seq_ack": -1}}],
+            [{"op": 7, "d": {"server_id": "1", "session_id": "nope", "token": "t", "seq_ack": -1}}],
             4006,
         ),
     ],

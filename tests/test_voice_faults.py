@@ -12,8 +12,8 @@ import pytest_asyncio
 from wavegate import Backoff, DisconnectSignal, Event, ReconnectSignal, ResumeSignal, Websocket
 from wavegate.discord.voice import (
     ClientsConnect,
+    DaveEvent,
     Speaking,
-    VoiceBinary,
     VoiceClient,
     VoiceCredentials,
 )
@@ -281,8 +281,8 @@ async def test_sends_wait_across_a_reconnect_in_order(gateway: FakeVoiceGateway)
     assert not any(task.done() for task in sends)  # waiting, not failed
     gateway.accept_handshakes()
     await asyncio.wait_for(asyncio.gather(*sends), 5)
-    await eventually(lambda: len(gateway.received_by_user.get("user-1", [])) >= 50)
-    received = [d["ssrc"] for op, d in gateway.received_by_user["user-1"] if op == 5]
+    await eventually(lambda: len(gateway.received_by_user.get(CREDENTIALS.user_id, [])) >= 50)
+    received = [d["ssrc"] for op, d in gateway.received_by_user[CREDENTIALS.user_id] if op == 5]
     assert received == list(range(50))
     await client.close()
 
@@ -317,8 +317,10 @@ async def test_a_timed_out_send_is_withdrawn_and_never_sent(gateway: FakeVoiceGa
     gateway.accept_handshakes()
     await client.wait_ready(5)
     await client.send_speaking(1, ssrc=8)
-    await eventually(lambda: bool(gateway.received_by_user.get("user-1")))
-    received = [d["ssrc"] for op, d in gateway.received_by_user["user-1"] if op == 5]
+    await eventually(
+        lambda: any(op == 5 for op, _ in gateway.received_by_user[CREDENTIALS.user_id])
+    )
+    received = [d["ssrc"] for op, d in gateway.received_by_user[CREDENTIALS.user_id] if op == 5]
     assert received == [8]
     await client.close()
 
@@ -340,10 +342,11 @@ async def test_heartbeats_carry_seq_ack_across_sockets_and_measure_latency(
     await client.close()
 
 
-async def test_unknown_ops_are_ignored_and_typed_payloads_delivered(
+async def test_unknown_ops_are_ignored_typed_payloads_delivered_and_dave_ops_handled(
     gateway: FakeVoiceGateway,
 ) -> None:
-    client = VoiceClient(gateway.url, CREDENTIALS, backoff=FAST)
+    events: list[SessionEvent] = []
+    client = VoiceClient(gateway.url, CREDENTIALS, backoff=FAST, on_event=events.append)
     await client.start()
     await client.wait_ready(5)
     for op in (15, 18, 20, 99):
@@ -351,16 +354,18 @@ async def test_unknown_ops_are_ignored_and_typed_payloads_delivered(
     await gateway.send(CREDENTIALS.session_id, 11, {"user_ids": ["2", "3"]})
     await gateway.send_binary(CREDENTIALS.session_id, 30, b"\x00\x07welcome")
     await gateway.send_binary(CREDENTIALS.session_id, 27, b"\x01refs")
-    assert await client.receive() == ClientsConnect(("2", "3"), seq=1)
-    welcome = await client.receive()
-    assert welcome == VoiceBinary(2, 30, b"\x00\x07welcome", transition_id=7)
-    proposals = await client.receive()
-    assert isinstance(proposals, VoiceBinary)
-    assert proposals.operation_type == 1
-    assert client.protocol.seq_ack == 3
-    await client.send_binary(26, b"key-package")
-    await eventually(lambda: bool(gateway.received_by_user.get("user-1")))
-    assert gateway.received_by_user["user-1"] == [(26, b"key-package")]
+    # seq 1 was the gateway's DAVE external sender (op 25), handled by the protocol.
+    assert await client.receive() == ClientsConnect(("2", "3"), seq=2)
+    # DAVE's ops are the protocol's: a welcome it cannot read is flagged (op 31) and
+    # DAVE starts over with a new key package; bad proposals are refused.
+    await eventually(lambda: len(gateway.received_by_user[CREDENTIALS.user_id]) >= 3)
+    first, flag, second = gateway.received_by_user[CREDENTIALS.user_id]
+    assert (first[0], flag, second[0]) == (26, (31, {"transition_id": 7}), 26)
+    assert first[1] != second[1]
+    await eventually(lambda: client.protocol.seq_ack == 4)
+    errors = [e for e in events if e.kind is DaveEvent.ERROR]
+    assert [e.data["recovery"] for e in errors] == ["reinit", "none"]
+    assert client.pending_receives == 0
     assert client.state.value == "ready"
     await client.close()
 

@@ -43,7 +43,7 @@ from wavegate.discord.voice import (
     voice_url,
 )
 
-CREDENTIALS = VoiceCredentials("g", "u", "s", "t")
+CREDENTIALS = VoiceCredentials("1", "2", "s", "t")
 PREFERRED = ("aead_xchacha20_poly1305_rtpsize", "aead_aes256_gcm_rtpsize")
 
 
@@ -154,6 +154,11 @@ def json(payload: dict[str, Any]) -> WebsocketPacketJSON:
 HELLO = {"op": 8, "d": {"v": 8, "heartbeat_interval": 13750}}
 READY = {"op": 2, "d": {"ssrc": 7, "ip": "10.0.0.1", "port": 5000, "modes": list(PREFERRED)}}
 DESCRIPTION = {"op": 4, "d": {"mode": PREFERRED[0], "secret_key": [0] * 32}}
+DAVE_DESCRIPTION = {
+    "op": 4,
+    "d": {"mode": PREFERRED[0], "secret_key": [0] * 32, "dave_protocol_version": 1},
+}
+KEY_PACKAGE = ("binary", Op.DAVE_MLS_KEY_PACKAGE)
 RESUMED = {"op": 9, "d": None}
 SPEAKING = {"op": 5, "seq": 3, "d": {"speaking": 1, "ssrc": 9, "user_id": "u2"}}
 
@@ -177,9 +182,12 @@ def run_discovery(protocol: VoiceProtocol, outputs: list[Output]) -> list[Output
 
 
 def ops(outputs: list[Output]) -> list[object]:
-    """Outputs in short: the op of each Send, the class name of everything else."""
+    """Outputs in short: the op of each Send (``("binary", op)`` for a binary one), the
+    class name of everything else."""
     return [
-        o.payload["op"] if isinstance(o, Send) and isinstance(o.payload, dict) else type(o).__name__
+        (o.payload["op"] if isinstance(o.payload, dict) else ("binary", o.payload[0]))
+        if isinstance(o, Send)
+        else type(o).__name__
         for o in outputs
     ]
 
@@ -190,6 +198,19 @@ HANDSHAKES = [
     (False, [READY, HELLO, DESCRIPTION], [[Op.SELECT_PROTOCOL], [], ["HandshakeDone"]], Stage.OPEN),
     (False, [READY, DESCRIPTION, HELLO], [[Op.SELECT_PROTOCOL], [], ["HandshakeDone"]], Stage.OPEN),
     (False, [HELLO, SPEAKING, READY], [[], ["Deliver"], [Op.SELECT_PROTOCOL]], Stage.SELECTING),
+    # DAVE: the key package follows SESSION_DESCRIPTION at once, HELLO or not
+    (
+        False,
+        [HELLO, READY, DAVE_DESCRIPTION],
+        [[], [Op.SELECT_PROTOCOL], [KEY_PACKAGE, "HandshakeDone"]],
+        Stage.OPEN,
+    ),
+    (
+        False,
+        [READY, DAVE_DESCRIPTION, HELLO],
+        [[Op.SELECT_PROTOCOL], [KEY_PACKAGE], ["HandshakeDone"]],
+        Stage.OPEN,
+    ),
     (False, [HELLO, RESUMED], [[], []], Stage.IDENTIFYING),  # RESUMED for nothing: ignored
     (True, [HELLO, RESUMED], [[], ["HandshakeDone"]], Stage.OPEN),
     (True, [RESUMED, SPEAKING, HELLO], [[], ["Deliver"], ["HandshakeDone"]], Stage.OPEN),
@@ -214,7 +235,7 @@ def test_identify_then_resume_carry_the_credentials_and_seq_ack() -> None:
     protocol = VoiceProtocol(CREDENTIALS, max_dave_protocol_version=1)
     (identify,) = protocol.start(resume=False)
     assert identify == Send({"op": 0, "d": {
-        "server_id": "g", "user_id": "u", "session_id": "s", "token": "t",
+        "server_id": "1", "user_id": "2", "session_id": "s", "token": "t",
         "max_dave_protocol_version": 1,
     }})  # fmt: skip
     assert not protocol.can_resume()
@@ -222,7 +243,7 @@ def test_identify_then_resume_carry_the_credentials_and_seq_ack() -> None:
         run_discovery(protocol, list(protocol.receive(json(message))))
     assert protocol.can_resume()
     assert protocol.start(resume=True) == [
-        Send({"op": 7, "d": {"server_id": "g", "session_id": "s", "token": "t", "seq_ack": 3}})
+        Send({"op": 7, "d": {"server_id": "1", "session_id": "s", "token": "t", "seq_ack": 3}})
     ]
 
 

@@ -13,6 +13,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import TextIO
 
 from .backoff import Backoff
@@ -30,7 +31,7 @@ try:
 except ImportError:  # pragma: no cover - rich is a declared dependency of the CLI
     Console = None  # type: ignore[assignment,misc]
 
-_STYLE = {
+_STYLE: dict[Enum, str] = {
     EventKind.READY: "bold green",
     EventKind.RESUMED: "bold green",
     EventKind.CONNECTION_LOST: "bold red",
@@ -136,7 +137,7 @@ async def storm(out: TextIO) -> int:
     """Run the fault storm; 0 if nothing was lost and every fault ended as expected."""
     printer = _Printer(out)
     watch = _Watch(printer)
-    credentials = VoiceCredentials("guild-42", "user-7", "voice-session-id", "voice-token")
+    credentials = VoiceCredentials("42", "7", "voice-session-id", "voice-token")
     # The gateway tolerates 1 s without heartbeats (not 300 ms): on a busy machine it
     # would otherwise add 4009 closes of its own to the scripted faults.
     async with FakeVoiceGateway(heartbeat_interval=0.1, heartbeat_timeout_factor=10) as gateway:

@@ -29,13 +29,15 @@ The outputs, in the order they must be carried out:
 - :class:`HeartbeatAck`, :class:`HeartbeatRequest`: for the session's heartbeats;
 - :class:`Perform`: do some I/O the protocol must not do itself (UDP IP discovery),
   then hand the result to ``then``, which returns more outputs;
+- :class:`Notify`: tell whoever watches the session (an event of the protocol's own);
 - :class:`Fail`: this connection cannot go on; end it with a signal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Protocol
 
 from .packets import WebsocketPacket
@@ -96,6 +98,17 @@ class Perform:
 
 
 @dataclass(frozen=True, slots=True)
+class Notify:
+    """Emit a :class:`~wavegate.SessionEvent` of the protocol's own ``kind`` (an enum
+    member, e.g. :class:`~wavegate.discord.dave.DaveEvent`), with ``detail`` and
+    ``data``. Never secrets: events reach logs."""
+
+    kind: Enum
+    detail: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Fail:
     """The connection cannot go on (for instance, the server offers nothing this client
     supports): end it, and let the session act on ``signal``."""
@@ -103,7 +116,7 @@ class Fail:
     signal: Signal
 
 
-Output = Send | Deliver | HandshakeDone | HeartbeatAck | HeartbeatRequest | Perform | Fail
+Output = Send | Deliver | HandshakeDone | HeartbeatAck | HeartbeatRequest | Perform | Notify | Fail
 """Anything a protocol asks the session to do."""
 
 

@@ -6,6 +6,7 @@ Connections", "Opcodes and Status Codes") and what discord.js and discord.py sen
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,14 +46,45 @@ PREFERRED_MODES = ("aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize")
 """Encryption modes in order of preference (Discord: prefer AES-GCM when offered)."""
 
 
+_SNOWFLAKE = re.compile(r"[0-9]{1,20}")
+
+
 @dataclass(frozen=True, slots=True)
 class VoiceCredentials:
-    """What IDENTIFY and RESUME need. ``token`` and ``session_id`` never appear in reprs."""
+    """What IDENTIFY and RESUME need. ``token`` and ``session_id`` never appear in reprs.
+
+    Attributes:
+        server_id: the guild's (or, for DMs, the channel's) snowflake.
+        user_id: this user's snowflake (DAVE's MLS identity).
+        session_id, token: from VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE.
+        channel_id: the voice channel's snowflake, DAVE's MLS group id (from
+            VOICE_STATE_UPDATE); ``None`` uses ``server_id``.
+
+    Raises:
+        ValueError: an id is not a snowflake (decimal digits).
+    """
 
     server_id: str
     user_id: str
     session_id: str = field(repr=False)
     token: str = field(repr=False)
+    channel_id: str | None = None
+
+    def __post_init__(self) -> None:
+        ids = {"server_id": self.server_id, "user_id": self.user_id}
+        if self.channel_id is not None:
+            ids["channel_id"] = self.channel_id
+        for name, value in ids.items():
+            if not isinstance(value, str) or not _SNOWFLAKE.fullmatch(value):
+                raise ValueError(
+                    f"VoiceCredentials.{name} must be a Discord snowflake as a string of "
+                    f"digits, not {value!r}"
+                )
+
+    @property
+    def dave_channel(self) -> int:
+        """The MLS group id: ``channel_id``, or ``server_id`` when not given."""
+        return int(self.channel_id if self.channel_id is not None else self.server_id)
 
 
 # -- typed payloads --------------------------------------------------------------------

@@ -1,24 +1,34 @@
 """The Discord voice gateway v8 client, on the session supervisor.
 
-    credentials = VoiceCredentials(server_id, user_id, session_id, token)
+    credentials = VoiceCredentials(server_id, user_id, session_id, token, channel_id)
     async with VoiceClient("region.discord.media:2087", credentials) as voice:
         await voice.wait_ready()
+        await voice.wait_dave_ready(10)          # the call's MLS group is active
         await voice.send_speaking(1)
+        packet = voice.encrypt_opus(opus_frame)  # then transport-encrypt and send by UDP
         async for message in voice:
             ...
 
-The protocol itself is sans-I/O (:mod:`wavegate.discord.voice_protocol`); its
-messages are in :mod:`wavegate.discord.payloads`. Both are re-exported here.
+The protocol itself is sans-I/O (:mod:`wavegate.discord.voice_protocol`, with DAVE in
+:mod:`wavegate.discord.dave`); its messages are in :mod:`wavegate.discord.payloads`.
+All are re-exported here.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import davey
+
 from ..redact import REDACTED
-from ..session import Session
+from ..session import Session, SessionEvent
+from ..session.machine import Outcome
+from ..signals import SessionClosedError
 from ..websocket import Websocket
+from .dave import SILENCE_FRAME, DaveEvent, DaveState
 from .payloads import (
     PREFERRED_MODES,
     ClientDisconnect,
@@ -45,11 +55,16 @@ from .voice_protocol import Discover, Stage, VoiceProtocol
 class VoiceClient(Session):
     """A supervised Discord voice gateway v8 connection.
 
+    DAVE (end-to-end encryption) is on by default, as Discord requires since
+    2026-03-01: see :attr:`dave`, :meth:`wait_dave_ready`, :meth:`encrypt_opus` and
+    :meth:`decrypt`, and the ``DaveEvent`` events.
+
     Args:
         endpoint: the VOICE_SERVER_UPDATE endpoint (``host:port``; the port is kept)
             or a full ``ws://``/``wss://`` URL.
-        credentials: server id, user id, session id and token.
-        max_dave_protocol_version: sent in IDENTIFY.
+        credentials: server id, user id, session id, token (and channel id, for DAVE).
+        max_dave_protocol_version: sent in IDENTIFY (0: no DAVE; Discord then closes
+            with 4017, which stops the client).
         discover: UDP IP discovery for SELECT_PROTOCOL (see :class:`VoiceProtocol`).
         websocket: the connection to use (``Websocket()`` with the voice policy).
         **options: any :class:`~wavegate.session.Session` option (``backoff``,
@@ -71,10 +86,89 @@ class VoiceClient(Session):
         protocol = VoiceProtocol(
             credentials, max_dave_protocol_version=max_dave_protocol_version, discover=discover
         )
-        super().__init__(voice_url(endpoint), protocol, websocket=websocket, **options)
+        self._dave_changed = asyncio.Event()
+        self._user_on_event: Callable[[SessionEvent], None] | None = options.pop("on_event", None)
+        super().__init__(
+            voice_url(endpoint), protocol, websocket=websocket, on_event=self._seen, **options
+        )
 
     def __repr__(self) -> str:
         return f"<VoiceClient {self.state.value} {self.protocol.credentials!r}>"
+
+    def _seen(self, event: SessionEvent) -> None:
+        if isinstance(event.kind, DaveEvent):
+            self._dave_changed.set()
+        if self._user_on_event is not None:
+            self._user_on_event(event)
+
+    # -- DAVE ----------------------------------------------------------------------------
+
+    @property
+    def dave_state(self) -> DaveState:
+        """DAVE's state machine: ``version``, ``epoch``, ``status()``, counters."""
+        return self.protocol.dave
+
+    @property
+    def dave(self) -> davey.DaveSession | None:
+        """The ``davey.DaveSession`` in use, or ``None`` while DAVE is off (version 0,
+        or before SESSION_DESCRIPTION). Encrypt only once ``dave.ready``."""
+        state = self.protocol.dave
+        return state.session if state.version > 0 else None
+
+    @property
+    def voice_privacy_code(self) -> str | None:
+        """The call's privacy code (equal for all members) once the group is active."""
+        return self.protocol.dave.privacy_code
+
+    async def wait_dave_ready(self, timeout: float | None = None) -> None:
+        """Wait until the call's MLS group is active (media is end-to-end encrypted).
+
+        Raises:
+            TimeoutError: not within ``timeout`` seconds; the message says where DAVE
+                stands (no external sender yet, waiting for a welcome, version 0...).
+            SessionClosedError: the session stopped first.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self.protocol.dave.active:
+            if self.outcome is not None:
+                raise SessionClosedError(f"session stopped: {self.outcome}", self.outcome)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise asyncio.TimeoutError(
+                    f"DAVE not active within {timeout}s: {self.protocol.dave.status()}"
+                )
+            self._dave_changed.clear()
+            changed = asyncio.ensure_future(self._dave_changed.wait())
+            stopped = asyncio.ensure_future(self._closing.wait())
+            try:
+                await asyncio.wait(
+                    {changed, stopped}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                changed.cancel()
+                stopped.cancel()
+
+    def encrypt_opus(self, frame: bytes) -> bytes:
+        """An Opus ``frame`` end-to-end encrypted for the call when DAVE is active; as it
+        is when DAVE is off (and for silence frames). Transport-encrypt it after."""
+        return self.protocol.dave.encrypt_opus(frame)
+
+    def decrypt(self, user_id: int | str, frame: bytes) -> bytes | None:
+        """``user_id``'s Opus ``frame`` (transport decryption and RTP padding already
+        removed) end-to-end decrypted; as it is when DAVE is off; ``None`` when it
+        cannot be decrypted (around a transition: drop it)."""
+        return self.protocol.dave.decrypt(int(user_id), frame)
+
+    def _explain(self, outcome: Outcome) -> Outcome:
+        if outcome.code != 4017:
+            return outcome
+        offered = self.protocol.max_dave_protocol_version
+        why = (
+            "Discord requires DAVE end-to-end encryption in this call; this client "
+            f"offered max_dave_protocol_version={offered}"
+        )
+        return replace(outcome, explanation=why)
 
     async def send_speaking(
         self, speaking: int, *, ssrc: int | None = None, delay: int = 0
@@ -102,11 +196,14 @@ class VoiceClient(Session):
 __all__ = [
     "PREFERRED_MODES",
     "REDACTED",
+    "SILENCE_FRAME",
     "ClientDisconnect",
     "ClientsConnect",
+    "DaveEvent",
     "DaveExecuteTransition",
     "DavePrepareEpoch",
     "DavePrepareTransition",
+    "DaveState",
     "Discover",
     "Hello",
     "Op",

@@ -13,9 +13,10 @@ they come (HELLO may arrive before or after READY or RESUMED):
 | RESUMING | RESUMED | | RESUMED |
 | DESCRIBED or RESUMED | once HELLO came too | HandshakeDone(interval) | OPEN |
 
-In every stage a message's ``seq`` becomes ``seq_ack``, heartbeat ACKs and requests go
-to the session, and every other message is delivered to the application, typed
-(a resume's replay included).
+In every stage a message's ``seq`` becomes ``seq_ack`` and heartbeat ACKs and requests
+go to the session. DAVE messages (ops 21-31) go to :class:`~.dave.DaveState`, which
+starts at SESSION_DESCRIPTION and carries on across resumes. Every other message is
+delivered to the application, typed (a resume's replay included).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ..protocol import (
 )
 from ..redact import redact
 from ..signals import DisconnectSignal, Event, ReconnectSignal
+from .dave import DaveState, is_dave_message
 from .payloads import (
     PREFERRED_MODES,
     Hello,
@@ -87,6 +89,7 @@ class VoiceProtocol:
         seq_ack: the last ``seq`` received (-1: none yet).
         hello, ready, session_description: the last of each, once received.
         stage: where the handshake is (:class:`Stage`).
+        dave: DAVE's state (:class:`~.dave.DaveState`).
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class VoiceProtocol:
         self.ready: Ready | None = None
         self.session_description: SessionDescription | None = None
         self.stage = Stage.IDLE
+        self.dave = DaveState(int(credentials.user_id), credentials.dave_channel)
         self._identified = False
 
     def __repr__(self) -> str:
@@ -117,6 +121,7 @@ class VoiceProtocol:
     def new_session(self) -> None:
         self.seq_ack = -1
         self._identified = False
+        self.dave.forget()
 
     def heartbeat(self, nonce: int) -> dict[str, Any]:
         return {"op": Op.HEARTBEAT, "d": {"t": nonce, "seq_ack": self.seq_ack}}
@@ -149,7 +154,7 @@ class VoiceProtocol:
                 log.warning("ignoring binary frame: %s", exc)
                 return []
             self.seq_ack = message.seq
-            return [Deliver(message)]
+            return self.dave.receive(message)
         if not isinstance(packet, WebsocketPacketJSON):
             return []
         payload = packet.payload
@@ -220,13 +225,16 @@ class VoiceProtocol:
             return [Deliver(description)]
         self.stage = Stage.DESCRIBED
         self._identified = True
-        return self._handshake_done()
+        dave: list[Output] = []
+        if self.max_dave_protocol_version > 0:
+            dave = self.dave.start(description.dave_protocol_version)
+        return [*dave, *self._handshake_done()]
 
     def _on_resumed(self, payload: dict[str, Any]) -> list[Output]:
         if self.stage is not Stage.RESUMING:
             return []
         self.stage = Stage.RESUMED
-        return self._handshake_done()
+        return [*self._handshake_done(), *self.dave.resumed()]
 
     def _handshake_done(self) -> list[Output]:
         if self.hello is None or self.stage not in (Stage.DESCRIBED, Stage.RESUMED):
@@ -249,6 +257,9 @@ class VoiceProtocol:
         if message is None:
             log.debug("ignoring unknown voice op %r", payload.get("op"))
             return []
+        if is_dave_message(message):
+            return self.dave.receive(message)
+        self.dave.observe(message)
         return [Deliver(message)]
 
     @staticmethod

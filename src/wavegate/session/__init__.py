@@ -389,9 +389,14 @@ class Session:
         self.latency = latency
         self._hub.emit(EventKind.HEARTBEAT, latency=latency)
 
+    def _explain(self, outcome: Outcome) -> Outcome:
+        """The outcome, with what its close means to this gateway (for subclasses)."""
+        return outcome
+
     def _finish(self, outcome: Outcome) -> None:
         if self.outcome is not None:
             return
+        outcome = self._explain(outcome)
         self.outcome = outcome
         self._machine.stop()
         self._closing.set()

@@ -29,6 +29,7 @@ from ..protocol import (
     HandshakeDone,
     HeartbeatAck,
     HeartbeatRequest,
+    Notify,
     Output,
     Perform,
     Send,
@@ -148,6 +149,8 @@ async def _carry_out_one(link: Link, output: Output) -> None:
         link.handshake_done(output)
     elif isinstance(output, Perform):
         await carry_out(link, await _perform(link, output))
+    elif isinstance(output, Notify):
+        parts.hub.emit(output.kind, detail=output.detail, data=dict(output.data))
     elif isinstance(output, Fail):
         link.end(output.signal)
     else:  # pragma: no cover - the Output union is closed

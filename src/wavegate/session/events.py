@@ -36,22 +36,25 @@ class SessionEvent:
     """Something that happened to a session.
 
     Attributes:
-        kind: what happened.
+        kind: what happened: an :class:`EventKind`, or a protocol's own kind (e.g.
+            :class:`~wavegate.discord.dave.DaveEvent`); all are ``str`` enums.
         at: the session clock (``time.monotonic()``) when it happened.
         attempt: the attempt number, for scheduled retries.
         delay: seconds until the next attempt, for scheduled retries.
         signal: the signal behind ``CONNECTION_LOST``/``STOPPED``.
         latency: heartbeat round trip in seconds, for ``HEARTBEAT``.
         detail: a short description (the raw text for ``PAYLOAD_ERROR``).
+        data: details of a protocol's own event (e.g. ``epoch``, ``transition_id``).
     """
 
-    kind: EventKind
+    kind: Enum
     at: float
     attempt: int = 0
     delay: float | None = None
     signal: Signal | None = None
     latency: float | None = None
     detail: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,7 +93,7 @@ class EventHub:
         self._subscribers: list[asyncio.Queue[SessionEvent | None]] = []
         self._closed = False
 
-    def emit(self, kind: EventKind, **details: Any) -> None:
+    def emit(self, kind: Enum, **details: Any) -> None:
         event = SessionEvent(kind, self._clock(), **details)
         log.debug("session event %s", event)
         for queue in self._subscribers:

@@ -90,11 +90,13 @@ class Outcome:
             :class:`DisconnectSignal`), ``"retries_exhausted"`` or ``"error"``.
         signal: the last signal, if any.
         error: the unexpected exception, for ``"error"``.
+        explanation: what the close means, when the protocol knows (e.g. voice 4017).
     """
 
     reason: str
     signal: Signal | None = None
     error: BaseException | None = None
+    explanation: str = ""
 
     @property
     def code(self) -> int | None:
@@ -102,7 +104,8 @@ class Outcome:
         return None if self.signal is None else self.signal.code
 
     def __str__(self) -> str:
-        return self.reason if self.signal is None else f"{self.reason}: {self.signal}"
+        text = self.reason if self.signal is None else f"{self.reason}: {self.signal}"
+        return f"{text} ({self.explanation})" if self.explanation else text
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,6 +95,14 @@ class ServerConnection:
         """Send one frame with any opcode and flags."""
         await self.send_raw(frames.encode_frame(opcode, payload, fin=fin, rsv=rsv))
 
+    def write_frame(self, opcode: int, payload: bytes) -> bool:
+        """Write one frame now, without waiting for the socket (so frames written in
+        one go are never interleaved with others); ``False`` if the connection is gone."""
+        if self._writer.is_closing():
+            return False
+        self._writer.write(frames.encode_frame(opcode, payload))
+        return True
+
     async def send_text(self, text: str | bytes) -> None:
         """Send a text frame (``bytes`` are sent unvalidated, e.g. invalid UTF-8)."""
         await self.send_frame(frames.TEXT, text.encode() if isinstance(text, str) else text)

@@ -5,6 +5,13 @@ SELECT_PROTOCOL -> SESSION_DESCRIPTION; HEARTBEAT -> ACK; RESUME -> RESUMED + re
 or 4006), numbers its messages with ``seq`` and keeps a bounded replay buffer per
 session, and records everything each client sent, so tests can prove nothing was lost.
 
+It plays DAVE's server side too (:mod:`wavegate.testing.dave`): one MLS group per
+voice channel, the clients of a ``server_id`` sharing one channel. As Discord since
+2026-03-01, a client offering ``max_dave_protocol_version`` 0 gets HELLO, then 4017
+(``require_dave=False`` lets it in and downgrades the channel instead). A session
+leaves its channel when it closes with 1000, when a new IDENTIFY replaces it, or when
+it is not resumed within ``leave_grace`` seconds of losing its connection.
+
     async with FakeVoiceGateway(heartbeat_interval=0.1) as gateway:
         client = VoiceClient(gateway.url, credentials)
         ...
@@ -21,20 +28,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import re
 import struct
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from .dave import ArmTimeout, DaveChannel, ToUser
 from .frames import BINARY
 from .server import ConnectionDropped, ServerConnection, WebsocketTestServer
 
 _KNOWN_CLIENT_OPS = frozenset({0, 1, 3, 5, 7, 23, 31, 32})
 TEXT = 0x1
+_SNOWFLAKE = re.compile(r"[0-9]{1,20}")
+DAVE_REQUIRED = 4017
 
 
 @dataclass
@@ -73,6 +85,11 @@ class FakeVoiceSession:
     session_id: str
     user_id: str
     token: str
+    server_id: str = "0"
+    dave: bool = False
+    """It offered DAVE (``max_dave_protocol_version`` >= 1)."""
+    joined: bool = False
+    """It is in its channel (since its SESSION_DESCRIPTION)."""
     generation: int = 0
     seq: int = 0
     buffer: deque[tuple[int, int, bytes]] = field(default_factory=deque)
@@ -107,6 +124,14 @@ class FakeVoiceGateway:
             many intervals.
         valid_tokens: when given, IDENTIFY with another token is closed with 4004.
         modes: encryption modes offered in READY.
+        require_dave: close a client that offers no DAVE with 4017 (Discord's rule);
+            ``False`` lets it in and downgrades its channel to version 0.
+        transition_timeout: seconds a DAVE transition waits for every member's
+            readiness before it executes anyway.
+        leave_grace: seconds a session whose connection was lost stays in its channel
+            (and resumable) before it leaves.
+        channel_ids: the voice channel id (the MLS group id) of each ``server_id``;
+            by default the server id itself.
         host, port: where to listen (loopback).
     """
 
@@ -119,6 +144,10 @@ class FakeVoiceGateway:
         valid_tokens: set[str] | None = None,
         modes: tuple[str, ...] = ("aead_aes256_gcm_rtpsize", "aead_xchacha20_poly1305_rtpsize"),
         keep_received: bool = True,
+        require_dave: bool = True,
+        transition_timeout: float = 2.0,
+        leave_grace: float = 10.0,
+        channel_ids: dict[str, str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -138,6 +167,14 @@ class FakeVoiceGateway:
         self._pending: set[asyncio.Future[None]] = set()
         self.received_by_user: dict[str, list[tuple[int, Any]]] = {}
         """Every application message each user sent, across all its sessions, in order."""
+        self.require_dave = require_dave
+        self.transition_timeout = transition_timeout
+        self.leave_grace = leave_grace
+        self.channel_ids = dict(channel_ids or {})
+        self.channels: dict[str, DaveChannel] = {}
+        """The DAVE state of each ``server_id``'s voice channel."""
+        self._members: dict[tuple[str, int], FakeVoiceSession] = {}
+        self._timers: set[asyncio.TimerHandle] = set()
 
     @property
     def url(self) -> str:
@@ -154,6 +191,9 @@ class FakeVoiceGateway:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
         await self.server.stop()
 
     # -- sending numbered messages ---------------------------------------------------
@@ -202,13 +242,23 @@ class FakeVoiceGateway:
         return session.seq
 
     async def _emit(self, session: FakeVoiceSession, opcode: int, frame: bytes) -> None:
-        session.buffer.append((session.sent, opcode, frame))
-        while len(session.buffer) > self.replay_size:
-            session.buffer.popleft()
+        self._buffer(session, opcode, frame)
         conn = session.conn
         if conn is not None and session.live.is_set():
             with contextlib.suppress(ConnectionDropped, ConnectionError):
                 await conn.send_frame(opcode, frame)
+
+    def _buffer(self, session: FakeVoiceSession, opcode: int, frame: bytes) -> None:
+        session.buffer.append((session.sent, opcode, frame))
+        while len(session.buffer) > self.replay_size:
+            session.buffer.popleft()
+
+    def _emit_now(self, session: FakeVoiceSession, opcode: int, frame: bytes) -> None:
+        """Buffer and write a numbered frame at once (no wait: never interleaved)."""
+        self._buffer(session, opcode, frame)
+        conn = session.conn
+        if conn is not None and session.live.is_set():
+            conn.write_frame(opcode, frame)
 
     # -- faults -----------------------------------------------------------------------
 
@@ -308,6 +358,7 @@ class FakeVoiceGateway:
             session = state.session
             if session is not None and session.conn is conn:
                 session.live.clear()
+                self._connection_lost(session, conn)
 
     async def _next_message(self, state: _ConnectionState) -> tuple[int, Any] | None:
         """The next ``(opcode, message)`` (JSON decoded for text), or ``None`` on a timeout."""
@@ -347,6 +398,7 @@ class FakeVoiceGateway:
                 await self._close(state, 4003, "not authenticated")
             else:
                 self._record(session, (message[0] if message else -1, message[1:]))
+                self._dave_binary(session, message)
             return
         if not isinstance(message, dict) or "op" not in message:
             await self._close(state, 4002, "failed to decode payload")
@@ -364,11 +416,11 @@ class FakeVoiceGateway:
         elif op in (0, 7):
             await self._close(state, 4005, "already authenticated")
         elif op == 1:
-            mode = (payload or {}).get("data", {}).get("mode", self.modes[0])
-            description = {"mode": mode, "secret_key": list(range(32)), "dave_protocol_version": 0}
-            await conn.send_json({"op": 4, "d": description})
+            await self._select_protocol(conn, session, payload)
         else:
             self._record(session, (op, payload))
+            if op in (23, 31):
+                self._dave_json(session, op, payload)
 
     def _record(self, session: FakeVoiceSession, message: tuple[int, Any]) -> None:
         if self.keep_received:
@@ -395,17 +447,25 @@ class FakeVoiceGateway:
             session_id = str(payload["session_id"])
             user_id = str(payload["user_id"])
             token = str(payload["token"])
-            str(payload["server_id"])
+            server_id = str(payload["server_id"])
         except KeyError:
             await conn.close(4020, "bad request")
+            return None
+        if not (_SNOWFLAKE.fullmatch(user_id) and _SNOWFLAKE.fullmatch(server_id)):
+            await conn.close(4020, "bad request: ids are snowflakes")
             return None
         if self.valid_tokens is not None and token not in self.valid_tokens:
             await conn.close(4004, "authentication failed")
             return None
+        dave = _dave_offered(payload)
+        if not dave and self.require_dave:
+            await conn.close(DAVE_REQUIRED, "E2EE/DAVE protocol required")
+            return None
         old = self.sessions.get(session_id)
         if old is not None and old.conn is not None and old.conn is not conn:
             await _retire(old.conn)
-        session = FakeVoiceSession(session_id, user_id, token)
+        self._leave(self._members.get((server_id, int(user_id))))
+        session = FakeVoiceSession(session_id, user_id, token, server_id, dave)
         session.generation = 0 if old is None else old.generation + 1
         self.sessions[session_id] = session
         self.identifies += 1
@@ -437,10 +497,16 @@ class FakeVoiceGateway:
         session.resumes += 1
         self.resumes += 1
         await conn.send_json({"op": 9, "d": None})
+        # Written in one go, with no wait: a message numbered meanwhile would be in
+        # neither the replay nor the live stream.
+        replay = self._replay_after(session, seq_ack)
+        if replay is None:  # the buffer overflowed meanwhile
+            await conn.close(4006, "session no longer valid")
+            return None
         for _, opcode, frame in replay:
             session.replayed += 1
             self.replayed += 1
-            await conn.send_frame(opcode, frame)
+            conn.write_frame(opcode, frame)
         session.live.set()
         if not session.reading:
             conn.stop_reading()
@@ -485,3 +551,136 @@ class FakeVoiceGateway:
         task = asyncio.ensure_future(sending)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    # -- DAVE ---------------------------------------------------------------------------
+
+    def dave_channel(self, server_id: str) -> DaveChannel:
+        """The DAVE state of ``server_id``'s voice channel (made on first use)."""
+        channel = self.channels.get(server_id)
+        if channel is None:
+            channel_id = int(self.channel_ids.get(server_id, server_id))
+            channel = DaveChannel(channel_id, require_dave=self.require_dave)
+            self.channels[server_id] = channel
+        return channel
+
+    def corrupt_next_commit(self, session_id: str) -> None:
+        """Corrupt the next commit (or welcome) the session is sent: its client must
+        flag it (op 31) and start over."""
+        session = self.sessions[session_id]
+        self.dave_channel(session.server_id).corrupt_next_commit(int(session.user_id))
+
+    def send_stale_commit(self, session_id: str) -> None:
+        """Send the session the previous epoch's commit again (a state gone stale)."""
+        session = self.sessions[session_id]
+        channel = self.dave_channel(session.server_id)
+        self._run_dave(session.server_id, channel.stale_commit(int(session.user_id)))
+
+    def hold_transitions(self, server_id: str, hold: bool = True) -> None:
+        """Execute no DAVE transition in the channel (``hold=False``: execute those
+        that waited, and carry on as usual)."""
+        channel = self.dave_channel(server_id)
+        if hold:
+            channel.hold_transitions = True
+        else:
+            self._run_dave(server_id, channel.release_transitions())
+
+    def ignore_key_packages(self, session_id: str) -> None:
+        """Drop the session's key packages, as if its client never sent one."""
+        session = self.sessions[session_id]
+        self.dave_channel(session.server_id).ignored_key_packages.add(int(session.user_id))
+
+    async def _select_protocol(
+        self, conn: ServerConnection, session: FakeVoiceSession, payload: Any
+    ) -> None:
+        data = payload.get("data") if isinstance(payload, dict) else None
+        mode = data.get("mode", self.modes[0]) if isinstance(data, dict) else self.modes[0]
+        channel = self.dave_channel(session.server_id)
+        description = {
+            "mode": mode,
+            "secret_key": list(range(32)),
+            "dave_protocol_version": channel.version_for(dave=session.dave),
+        }
+        await conn.send_json({"op": 4, "d": description})
+        if not session.joined:
+            session.joined = True
+            self._members[(session.server_id, int(session.user_id))] = session
+            self._run_dave(session.server_id, channel.join(int(session.user_id), dave=session.dave))
+
+    def _dave_binary(self, session: FakeVoiceSession, message: bytes) -> None:
+        if not session.joined or not message:
+            return
+        channel, user = self.dave_channel(session.server_id), int(session.user_id)
+        if message[0] == 26:
+            self._run_dave(session.server_id, channel.key_package(user, message[1:]))
+        elif message[0] == 28:
+            self._run_dave(session.server_id, channel.commit_welcome(user, message[1:]))
+
+    def _dave_json(self, session: FakeVoiceSession, op: int, payload: Any) -> None:
+        tid = payload.get("transition_id") if isinstance(payload, dict) else None
+        if not session.joined or not isinstance(tid, int):
+            return
+        channel, user = self.dave_channel(session.server_id), int(session.user_id)
+        if op == 23:
+            self._run_dave(session.server_id, channel.transition_ready(user, tid))
+        else:
+            self._run_dave(session.server_id, channel.invalid_commit_welcome(user, tid))
+
+    def _run_dave(self, server_id: str, outputs: list[ToUser | ArmTimeout]) -> None:
+        """Send what the channel decided, numbered, in order, all at once."""
+        for output in outputs:
+            if isinstance(output, ArmTimeout):
+                timed_out = functools.partial(self._timed_out, server_id, output.transition_id)
+                self._later(self.transition_timeout, timed_out)
+                continue
+            session = self._members.get((server_id, output.user_id))
+            if session is None:
+                continue
+            seq = self._next_seq(session)
+            if isinstance(output.data, bytes):
+                self._emit_now(session, BINARY, struct.pack(">HB", seq, output.op) + output.data)
+            else:
+                message = {"op": output.op, "seq": seq, "d": output.data}
+                self._emit_now(session, TEXT, json.dumps(message, separators=(",", ":")).encode())
+
+    def _timed_out(self, server_id: str, tid: int) -> None:
+        self._run_dave(server_id, self.dave_channel(server_id).transition_timed_out(tid))
+
+    def _connection_lost(self, session: FakeVoiceSession, conn: ServerConnection) -> None:
+        """A member's connection ended: with 1000 it left; otherwise it leaves unless
+        it resumes within ``leave_grace`` seconds."""
+        if not session.joined:
+            return
+        if conn.close_received is not None and conn.close_received[0] == 1000:
+            self._leave(session)
+            return
+
+        def leave_unless_resumed() -> None:
+            if session.conn is conn:
+                self._leave(session)
+
+        self._later(self.leave_grace, leave_unless_resumed)
+
+    def _leave(self, session: FakeVoiceSession | None) -> None:
+        """The session leaves its channel; it can no longer be resumed (4006)."""
+        if session is None or not session.joined:
+            return
+        session.joined = False
+        session.expired = True
+        key = (session.server_id, int(session.user_id))
+        if self._members.get(key) is session:
+            del self._members[key]
+        channel = self.dave_channel(session.server_id)
+        self._run_dave(session.server_id, channel.leave(int(session.user_id)))
+
+    def _later(self, delay: float, callback: Callable[[], None]) -> None:
+        def fire() -> None:
+            self._timers.discard(handle)
+            callback()
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
+
+
+def _dave_offered(identify: dict[str, Any]) -> bool:
+    version = identify.get("max_dave_protocol_version", 0)
+    return isinstance(version, int) and not isinstance(version, bool) and version >= 1
