@@ -19,8 +19,14 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+try:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+except ImportError as exc:  # pragma: no cover - only without the voice extra
+    raise ImportError(
+        "the fake voice gateway signs DAVE proposals with cryptography: "
+        "pip install 'wavegate[voice]'"
+    ) from exc
 
 MLS10 = 1
 PUBLIC_MESSAGE = 1
