@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
+import davey
+from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from wavegate.testing import frames
@@ -172,8 +176,6 @@ class ForeignVoiceGateway:
         self.resumes = 0
 
     async def handle(self, conn: ServerConnection) -> None:
-        import json
-
         await conn.send(json.dumps({"op": 8, "d": {"heartbeat_interval": 5000, "v": 8}}))
         spoken = 0
         async for raw in conn:
@@ -206,3 +208,99 @@ class ForeignVoiceGateway:
     async def running(self) -> AsyncIterator[str]:
         async with websockets_server(self.handle, close_timeout=self.close_timeout) as url:
             yield url + "?v=8"
+
+
+class ForeignDaveMember:
+    """A voice gateway member written on ``websockets``' client and davey alone, doing
+    DAVE the way discord.py does (no expected user ids, op 23 after each commit or
+    welcome, op 31 and a new key package on a failure): a client we did not write,
+    to join a channel beside :class:`~wavegate.discord.voice.VoiceClient`s."""
+
+    def __init__(self, url: str, server_id: str, user_id: int, channel_id: int) -> None:
+        self.url = url
+        self.identify = {
+            "server_id": server_id,
+            "user_id": str(user_id),
+            "session_id": f"foreign-{user_id}",
+            "token": f"token-{user_id}",
+            "max_dave_protocol_version": 1,
+        }
+        self.user_id = user_id
+        self.channel_id = channel_id
+        self.session: Any = None
+        self.changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ForeignDaveMember:
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        async with connect(self.url, compression=None) as ws:
+            hello = json.loads(await ws.recv())
+            beats = asyncio.ensure_future(self._beat(ws, hello["d"]["heartbeat_interval"]))
+            try:
+                await ws.send(json.dumps({"op": 0, "d": self.identify}))
+                async for frame in ws:
+                    if isinstance(frame, bytes):
+                        await self._binary(ws, frame)
+                    else:
+                        await self._json(ws, json.loads(frame))
+                    self.changed.set()
+            finally:
+                beats.cancel()
+
+    async def _beat(self, ws: Any, interval_ms: float) -> None:
+        nonce = 0
+        while True:
+            await asyncio.sleep(interval_ms / 1000)
+            nonce += 1
+            await ws.send(json.dumps({"op": 3, "d": {"t": nonce, "seq_ack": -1}}))
+
+    async def _json(self, ws: Any, message: dict[str, Any]) -> None:
+        op, data = message["op"], message.get("d") or {}
+        if op == 2:
+            select = {"address": "127.0.0.1", "port": 1, "mode": data["modes"][0]}
+            await ws.send(json.dumps({"op": 1, "d": {"protocol": "udp", "data": select}}))
+        elif op == 4 and data.get("dave_protocol_version"):
+            self.session = davey.DaveSession(1, self.user_id, self.channel_id)
+            await ws.send(bytes([26]) + self.session.get_serialized_key_package())
+        elif op == 21 and data["transition_id"]:
+            await ws.send(json.dumps({"op": 23, "d": {"transition_id": data["transition_id"]}}))
+        elif op == 24 and data["epoch"] == 1:
+            self.session.reinit(1, self.user_id, self.channel_id)
+            await ws.send(bytes([26]) + self.session.get_serialized_key_package())
+
+    async def _binary(self, ws: Any, frame: bytes) -> None:
+        op, body = frame[2], frame[3:]
+        if op == 25:
+            self.session.set_external_sender(body)
+        elif op == 27:
+            kind = (
+                davey.ProposalsOperationType.append
+                if body[0] == 0
+                else davey.ProposalsOperationType.revoke
+            )
+            result = self.session.process_proposals(kind, body[1:])
+            if result is not None:
+                await ws.send(bytes([28]) + result.commit + (result.welcome or b""))
+        elif op in (29, 30):
+            tid = struct.unpack_from(">H", body)[0]
+            try:
+                if op == 29:
+                    self.session.process_commit(body[2:])
+                else:
+                    self.session.process_welcome(body[2:])
+            except ValueError:
+                await ws.send(json.dumps({"op": 31, "d": {"transition_id": tid}}))
+                self.session.reinit(1, self.user_id, self.channel_id)
+                await ws.send(bytes([26]) + self.session.get_serialized_key_package())
+                return
+            if tid:
+                await ws.send(json.dumps({"op": 23, "d": {"transition_id": tid}}))

@@ -205,7 +205,11 @@ class DaveState:
         else:
             return []
         if self.active and not was_active:
-            out.append(self._notify(DaveEvent.READY, "the DAVE group is active"))
+            detail = f"the DAVE group is active at epoch {self.epoch}"
+            ready = self._notify(
+                DaveEvent.READY, detail, epoch=self.epoch, privacy_code=self.privacy_code
+            )
+            out.append(ready)
         return out
 
     # -- media helpers -------------------------------------------------------------

@@ -1,0 +1,285 @@
+"""DAVE end to end over real sockets: several VoiceClients (and a member we did not
+write) in one channel of the fake voice gateway, real davey sessions, both transports.
+Every member must end active at the gateway's epoch, with one epoch authenticator and
+one privacy code, and decrypt what every other encrypts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import davey
+import pytest
+import pytest_asyncio
+
+from wavegate import Backoff, Websocket
+from wavegate.discord.voice import DaveEvent, VoiceClient, VoiceCredentials
+from wavegate.session import EventKind, SessionEvent
+from wavegate.signals import SessionClosedError
+from wavegate.testing.voice import FakeVoiceGateway
+
+from .conftest import eventually
+from .peers import ForeignDaveMember
+
+SERVER, CHANNEL = "1001", "3001"
+FAST = Backoff(base=0.01, cap=0.05, max_attempts=None)
+PATIENCE = 20.0
+"""Seconds for a group to settle: several clients' MLS work on a busy 2-core machine."""
+
+
+def credentials(user: int) -> VoiceCredentials:
+    return VoiceCredentials(SERVER, str(user), f"session-{user}", f"token-{user}", CHANNEL)
+
+
+class Channel:
+    """The gateway and the clients a test put in its one channel."""
+
+    def __init__(self, gateway: FakeVoiceGateway, transport: str) -> None:
+        self.gateway = gateway
+        self.transport = transport
+        self.clients: dict[int, VoiceClient] = {}
+        self.events: dict[int, list[SessionEvent]] = {}
+
+    @property
+    def dave(self) -> object:
+        return self.gateway.dave_channel(SERVER)
+
+    async def join(self, user: int, **options: object) -> VoiceClient:
+        events: list[SessionEvent] = []
+        client = VoiceClient(
+            self.gateway.url,
+            credentials(user),
+            websocket=Websocket(transport=self.transport),
+            backoff=FAST,
+            on_event=events.append,
+            **options,  # type: ignore[arg-type]
+        )
+        self.clients[user] = client
+        self.events[user] = events
+        await client.start()
+        return client
+
+    async def leave(self, user: int) -> None:
+        await self.clients.pop(user).close()
+
+    async def agree(self, *, others: tuple[int, ...] = ()) -> int:
+        """Wait until every client is active at the gateway's epoch, then check they
+        agree; returns the epoch. ``others``: members that are not our clients."""
+        channel = self.gateway.dave_channel(SERVER)
+        clients = list(self.clients.values())
+        for client in clients:
+            await client.wait_dave_ready(PATIENCE)
+
+        def settled() -> bool:
+            return sorted(channel.members) == sorted([*self.clients, *others]) and all(
+                c.dave_state.active and c.dave_state.epoch == channel.epoch for c in clients
+            )
+
+        await eventually(settled, PATIENCE)
+        sessions = [c.dave for c in clients]
+        assert all(s is not None for s in sessions)
+        assert len({s.get_epoch_authenticator() for s in sessions if s}) == 1
+        assert len({c.voice_privacy_code for c in clients}) == 1
+        for user, client in self.clients.items():
+            frame = b"opus from %d" % user
+            encrypted = client.encrypt_opus(frame)
+            assert encrypted != frame
+            for other_user, other in self.clients.items():
+                if other_user != user:
+                    assert other.decrypt(user, encrypted) == frame
+        return channel.epoch
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.close()
+
+
+@pytest_asyncio.fixture
+async def gateway() -> AsyncIterator[FakeVoiceGateway]:
+    async with FakeVoiceGateway(heartbeat_interval=0.5, channel_ids={SERVER: CHANNEL}) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def channel(gateway: FakeVoiceGateway, transport: str) -> AsyncIterator[Channel]:
+    made = Channel(gateway, transport)
+    yield made
+    await made.close()
+
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize("members", [2, 3, 5])
+async def test_members_joining_one_channel_agree(channel: Channel, members: int) -> None:
+    for user in range(2001, 2001 + members):
+        await channel.join(user)
+    await channel.agree()
+    for user, events in channel.events.items():
+        ready = [e for e in events if e.kind is DaveEvent.READY]
+        assert ready, f"{user} never reported DAVE_READY"
+        assert ready[0].data["privacy_code"] == channel.clients[user].voice_privacy_code
+
+
+async def test_a_later_join_and_a_leave_move_the_epoch(channel: Channel) -> None:
+    for user in (2001, 2002, 2003):
+        await channel.join(user)
+    epoch = await channel.agree()
+    await channel.join(2004)
+    assert await channel.agree() > epoch
+    epoch = await channel.agree()
+    await channel.leave(2002)
+    assert await channel.agree() > epoch
+    epochs = [e.data["epoch"] for e in channel.events[2001] if e.kind is DaveEvent.EPOCH]
+    assert epochs == sorted(epochs)
+
+
+async def test_a_4015_resumes_and_stays_in_the_group_without_rekeying(channel: Channel) -> None:
+    for user in (2001, 2002, 2003):
+        await channel.join(user)
+    epoch = await channel.agree()
+    code = channel.clients[2001].voice_privacy_code
+    won = channel.gateway.dave_channel(SERVER).stats.commits_won
+    await channel.gateway.close_session("session-2002", 4015, "voice server crashed")
+    await eventually(lambda: any(e.kind is EventKind.RESUMED for e in channel.events[2002]))
+    assert await channel.agree() == epoch
+    assert channel.clients[2002].voice_privacy_code == code
+    assert channel.gateway.dave_channel(SERVER).stats.commits_won == won
+    assert channel.clients[2002].dave_state.recoveries == 0
+    await channel.join(2004)  # the resumed member still takes part in what follows
+    assert await channel.agree() == epoch + 1
+
+
+async def test_a_4006_starts_a_new_session_that_rejoins_the_group(channel: Channel) -> None:
+    for user in (2001, 2002, 2003):
+        await channel.join(user)
+    epoch = await channel.agree()
+    await channel.gateway.close_session("session-2002", 4006, "session no longer valid")
+    await eventually(lambda: channel.gateway.session("session-2002").generation == 1, PATIENCE)
+    assert await channel.agree() > epoch
+    ready = [e for e in channel.events[2002] if e.kind is EventKind.READY]
+    assert len(ready) == 2
+
+
+@pytest.mark.parametrize("fault", ["corrupt commit", "stale commit"])
+async def test_an_invalid_commit_is_flagged_and_the_group_recovers(
+    channel: Channel, fault: str
+) -> None:
+    for user in (2001, 2002, 2003):
+        await channel.join(user)
+    await channel.agree()
+    if fault == "corrupt commit":
+        channel.gateway.corrupt_next_commit("session-2001")
+        await channel.join(2004)
+    else:
+        channel.gateway.send_stale_commit("session-2001")
+    await eventually(lambda: channel.clients[2001].dave_state.recoveries == 1, PATIENCE)
+    await channel.agree()
+    errors = [e for e in channel.events[2001] if e.kind is DaveEvent.ERROR]
+    assert [e.data["recovery"] for e in errors] == ["reinit"]
+    assert channel.gateway.dave_channel(SERVER).stats.invalid_reports == 1
+
+
+async def test_a_downgrade_to_version_0_and_back(gateway: FakeVoiceGateway, transport: str) -> None:
+    async with FakeVoiceGateway(
+        heartbeat_interval=0.5, require_dave=False, channel_ids={SERVER: CHANNEL}
+    ) as lenient:
+        channel = Channel(lenient, transport)
+        try:
+            for user in (2001, 2002):
+                await channel.join(user)
+            await channel.agree()
+            legacy = await channel.join(2003, max_dave_protocol_version=0)
+            await legacy.wait_ready(PATIENCE)
+            others = [channel.clients[2001], channel.clients[2002]]
+            await eventually(lambda: all(c.dave is None for c in others), PATIENCE)
+            assert others[0].encrypt_opus(b"opus") == b"opus"  # DAVE off: as it is
+            await channel.leave(2003)
+            await channel.agree()
+            transitions = [e for e in channel.events[2001] if e.kind is DaveEvent.TRANSITION]
+            assert [e.data["version"] for e in transitions][-2:] == [0, 1]
+        finally:
+            await channel.close()
+
+
+async def test_without_dave_the_gateway_closes_with_4017_and_the_client_stops(
+    gateway: FakeVoiceGateway, transport: str
+) -> None:
+    client = VoiceClient(
+        gateway.url,
+        credentials(2001),
+        max_dave_protocol_version=0,
+        websocket=Websocket(transport=transport),
+        backoff=FAST,
+    )
+    await client.start()
+    outcome = await asyncio.wait_for(client.wait_closed(), PATIENCE)
+    assert (outcome.reason, outcome.code) == ("disconnect", 4017)
+    assert "requires DAVE" in str(outcome)
+    assert "max_dave_protocol_version=0" in outcome.explanation
+    assert gateway.identifies == 0  # refused at IDENTIFY, once: no loop
+    assert client.stats.connects <= 1
+    with pytest.raises(SessionClosedError):
+        await client.wait_dave_ready(1)
+
+
+async def test_a_transition_that_never_executes_leaves_the_group_usable(
+    channel: Channel,
+) -> None:
+    channel.gateway.hold_transitions(SERVER)
+    for user in (2001, 2002):
+        await channel.join(user)
+    await channel.agree()  # MLS moved on at the commit: media works meanwhile
+    assert all(c.dave_state.pending for c in channel.clients.values())
+    channel.gateway.hold_transitions(SERVER, False)
+    await eventually(lambda: not any(c.dave_state.pending for c in channel.clients.values()))
+    assert any(e.kind is DaveEvent.TRANSITION for e in channel.events[2001])
+
+
+async def test_a_member_that_never_sends_its_key_package_is_left_out(channel: Channel) -> None:
+    await channel.join(2003)
+    await channel.clients[2003].wait_ready(PATIENCE)
+    channel.gateway.ignore_key_packages("session-2003")
+    silent = channel.clients.pop(2003)
+    channel.events.pop(2003)
+    for user in (2001, 2002):
+        await channel.join(user)
+    await channel.agree()
+    with pytest.raises(asyncio.TimeoutError, match="waiting to be welcomed"):
+        await silent.wait_dave_ready(0.5)
+    await silent.close()
+
+
+async def test_a_member_we_did_not_write_agrees_with_ours(channel: Channel) -> None:
+    for user in (2001, 2002):
+        await channel.join(user)
+    foreign = ForeignDaveMember(channel.gateway.url, SERVER, 2999, int(CHANNEL))
+    async with foreign:
+        await channel.agree(others=(2999,))
+
+        def foreign_agrees() -> bool:
+            session = foreign.session
+            mine = channel.clients[2001].dave
+            return bool(
+                session is not None
+                and session.ready
+                and mine is not None
+                and session.get_epoch_authenticator() == mine.get_epoch_authenticator()
+            )
+
+        await eventually(foreign_agrees, PATIENCE)
+        mine = channel.clients[2001]
+        assert foreign.session.voice_privacy_code == mine.voice_privacy_code
+        frame = foreign.session.encrypt_opus(b"opus from a stranger")
+        assert mine.decrypt(2999, frame) == b"opus from a stranger"
+        audio = davey.MediaType.audio
+        assert foreign.session.decrypt(2001, audio, mine.encrypt_opus(b"ours")) == b"ours"
+
+
+async def test_wait_dave_ready_says_why_it_timed_out(channel: Channel) -> None:
+    client = await channel.join(2001)  # alone: no group to be welcomed into
+    await client.wait_ready(PATIENCE)
+    with pytest.raises(asyncio.TimeoutError, match="0 other user"):
+        await client.wait_dave_ready(0.2)
+    assert client.dave is not None  # DAVE is on; the group is not active yet
+    assert client.voice_privacy_code is None
