@@ -12,6 +12,8 @@ import pytest
 from wavegate import Websocket, WebsocketPacketJSON
 from wavegate.cli import main
 from wavegate.demo import core_tour, storm
+from wavegate.demo_call import call
+from wavegate.testing.voice import FakeVoiceGateway
 
 
 @pytest.mark.timeout(120)
@@ -23,6 +25,30 @@ async def test_demo_storm_loses_nothing_and_exits_zero() -> None:
     for fault in ("4015", "TCP drop", "zombie", "expired", "4006", "4014"):
         assert fault in text
     assert "0 / 0 / 0" in text  # lost / duplicated / out of order
+
+
+@pytest.mark.timeout(120)
+async def test_demo_call_every_member_agrees_through_join_leave_and_resume() -> None:
+    out = io.StringIO()
+    assert await asyncio.wait_for(call(out), 100) == 0
+    text = out.getvalue()
+    assert "PASS: every member agrees" in text
+    for step in ("3 join", "dee joins", "bo leaves", "ana resumes", "privacy code"):
+        assert step in text
+    assert "MLS errors: 0" in text
+
+
+@pytest.mark.timeout(60)
+async def test_demo_call_says_which_member_is_stuck_and_exits_one() -> None:
+    def withhold_cys_key_package(gateway: FakeVoiceGateway) -> None:
+        gateway.dave_channel("1100").ignored_key_packages.add(303)
+
+    out = io.StringIO()
+    assert await call(out, patience=1.0, sabotage=withhold_cys_key_package) == 1
+    text = " ".join(out.getvalue().split())  # rich wraps long lines
+    assert "the call stalled" in text
+    assert "FAIL" in text
+    assert "cy key package sent, waiting to be welcomed" in text
 
 
 async def test_core_tour_shows_each_signal() -> None:

@@ -14,8 +14,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="wavegate", description="Resilient websocket connections to real-time gateways."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="a voice client rides out a scripted fault storm")
-    demo.add_argument("--core", action="store_true", help="only the core Websocket tour")
+    demo = commands.add_parser(
+        "demo",
+        help="a voice client rides out a scripted fault storm, then an encrypted (DAVE) call",
+    )
+    only = demo.add_mutually_exclusive_group()
+    only.add_argument("--core", action="store_true", help="only the core Websocket tour")
+    only.add_argument("--storm", action="store_true", help="only the fault storm")
+    only.add_argument("--call", action="store_true", help="only the encrypted call")
     serve = commands.add_parser("serve", help="run the fake Discord voice gateway v8")
     serve.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
@@ -59,15 +65,27 @@ def _install_uvloop() -> None:
         uvloop.install()
 
 
+async def _demo(args: argparse.Namespace) -> int:
+    from .demo import core_tour, storm
+    from .demo_call import call
+
+    if args.core:
+        return await core_tour(sys.stdout)
+    failed = 0
+    if not args.call:
+        failed |= await storm(sys.stdout)
+    if not args.storm:
+        failed |= await call(sys.stdout)
+    return failed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     _install_uvloop()
     try:
         if args.command == "demo":
-            from .demo import core_tour, storm
-
-            return asyncio.run(core_tour(sys.stdout) if args.core else storm(sys.stdout))
+            return asyncio.run(_demo(args))
         if args.command == "serve":
             return asyncio.run(_serve(args))
         if args.command == "bench":
