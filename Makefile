@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: demo test lint typecheck unit stress-test bench bench-quick conformance conformance-full soak soak-ci test-all clean
+.PHONY: demo test lint typecheck unit stress-test bench bench-dave bench-quick conformance conformance-full soak soak-ci test-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,11 +38,15 @@ stress-test: $(STAMP)
 $(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
-	$(BENCH_VENV)/bin/pip install -q -r benchmarks/requirements.txt -e '.[fast]'
+	$(BENCH_VENV)/bin/pip install -q -r benchmarks/requirements.txt -e '.[fast,voice]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.run
+
+# DAVE: READY -> MLS group active for 2/3/5 members, and a join's rekey (loopback).
+bench-dave: $(STAMP)
+	$(BIN)/python -m benchmarks.dave
 
 bench-quick: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.run --quick --out /tmp/wavegate-bench-quick

@@ -283,3 +283,24 @@ async def test_wait_dave_ready_says_why_it_timed_out(channel: Channel) -> None:
         await client.wait_dave_ready(0.2)
     assert client.dave is not None  # DAVE is on; the group is not active yet
     assert client.voice_privacy_code is None
+
+
+async def test_a_wrong_channel_id_is_named_in_the_timeout(channel: Channel) -> None:
+    """DAVE's MLS group id is the voice channel's id: clients told another channel
+    refuse every proposal (no one can commit), and say which credential to fix."""
+    strays = []
+    for user in (2001, 2002):
+        stray = VoiceClient(
+            channel.gateway.url,
+            VoiceCredentials(SERVER, str(user), f"session-{user}", "token", "3999"),
+            websocket=Websocket(transport=channel.transport),
+            backoff=FAST,
+        )
+        channel.clients[user] = stray
+        strays.append(stray)
+        await stray.start()
+    await eventually(lambda: all(s.dave_state.last_error for s in strays), PATIENCE)
+    for stray in strays:
+        with pytest.raises(asyncio.TimeoutError, match="VoiceCredentials.channel_id"):
+            await stray.wait_dave_ready(0.1)
+        assert "WrongGroupId" in str(stray.dave_state.last_error)

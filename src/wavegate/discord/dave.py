@@ -96,6 +96,8 @@ class DaveState:
         pending: transitions announced and not yet executed (id to version).
         errors: MLS messages that could not be processed, over the client's life.
         recoveries: times the MLS state started over after an invalid commit or welcome.
+        last_error: the last MLS message that could not be processed, and why (cleared
+            when the group becomes active).
     """
 
     def __init__(self, user_id: int, channel_id: int) -> None:
@@ -107,6 +109,7 @@ class DaveState:
         self.pending: dict[int, int] = {}
         self.errors = 0
         self.recoveries = 0
+        self.last_error: str | None = None
         self._negotiated = 0
         """The version the gateway last announced (it takes effect at a transition)."""
         self._readied: set[int] = set()
@@ -148,10 +151,11 @@ class DaveState:
         if not self.version:
             return "waiting for the transition to DAVE to execute"
         others = len(self.known_users) - 1
-        return (
+        status = (
             f"key package sent, waiting to be welcomed into the group "
             f"({others} other user(s) announced in the channel)"
         )
+        return status if self.last_error is None else f"{status}; last error: {self.last_error}"
 
     # -- what the voice protocol calls ---------------------------------------------
 
@@ -274,7 +278,13 @@ class DaveState:
         try:
             result = session.process_proposals(kind, message.body[1:], expected)
         except Exception as exc:  # davey raises ValueError; a binding may raise others
-            return self._error(message.op, None, f"proposals refused: {exc}")
+            why = f"proposals refused: {exc}"
+            if "WrongGroupId" in str(exc):
+                why += (
+                    f"; the gateway's MLS group is not channel {self.channel_id}: DAVE's "
+                    "group id is the voice channel's id, pass it as VoiceCredentials.channel_id"
+                )
+            return self._error(message.op, None, why)
         if result is None:
             return []
         body = result.commit + (result.welcome or b"")
@@ -295,6 +305,7 @@ class DaveState:
             return self._invalid(message.op, tid, str(exc))
         self._reinitializing = False
         self._commit = None
+        self.last_error = None
         out: list[Output] = [
             self._notify(
                 DaveEvent.EPOCH,
@@ -372,6 +383,7 @@ class DaveState:
             return self._error(op, tid, why)
         self.errors += 1
         self.recoveries += 1
+        self.last_error = why
         self._reinitializing = True
         self._readied.discard(tid)
         flag = Send({"op": int(Op.DAVE_MLS_INVALID_COMMIT_WELCOME), "d": {"transition_id": tid}})
@@ -380,6 +392,7 @@ class DaveState:
 
     def _error(self, op: int, tid: int | None, why: str) -> list[Output]:
         self.errors += 1
+        self.last_error = why
         return [self._notify(DaveEvent.ERROR, why, op=op, transition_id=tid, recovery="none")]
 
     @staticmethod
