@@ -301,6 +301,6 @@ async def test_a_wrong_channel_id_is_named_in_the_timeout(channel: Channel) -> N
         await stray.start()
     await eventually(lambda: all(s.dave_state.last_error for s in strays), PATIENCE)
     for stray in strays:
-        with pytest.raises(asyncio.TimeoutError, match="VoiceCredentials.channel_id"):
+        with pytest.raises(asyncio.TimeoutError, match=r"VoiceCredentials\.channel_id"):
             await stray.wait_dave_ready(0.1)
         assert "WrongGroupId" in str(stray.dave_state.last_error)
