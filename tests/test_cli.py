@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -13,6 +15,7 @@ from wavegate import Websocket, WebsocketPacketJSON
 from wavegate.cli import main
 from wavegate.demo import core_tour, storm
 from wavegate.demo_call import call
+from wavegate.signals import Signal
 from wavegate.testing.voice import FakeVoiceGateway
 
 
@@ -70,38 +73,55 @@ def test_python_dash_m_wavegate_demo_core_runs() -> None:
     assert "DisconnectSignal" in result.stdout
 
 
-def test_serve_speaks_the_voice_gateway_to_an_outside_client() -> None:
+@contextlib.contextmanager
+def serving(*options: str) -> Iterator[str]:
+    """``wavegate serve`` in a subprocess; yields its URL."""
+    command = [sys.executable, "-m", "wavegate", "serve", "--port", "0", "--heartbeat", "0.5"]
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wavegate",
-            "serve",
-            "--port",
-            "0",
-            "--heartbeat",
-            "0.5",
-            "--duration",
-            "20",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+        [*command, "--duration", "20", *options], stdout=subprocess.PIPE, text=True
     )
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
-        url = line.split("listening on ", 1)[1].strip()
-
-        async def hello() -> object:
-            async with Websocket() as ws:
-                await ws.connect(url)
-                return await ws.receive()
-
-        packet = asyncio.run(asyncio.wait_for(hello(), 10))
-        assert packet == WebsocketPacketJSON({"op": 8, "d": {"v": 8, "heartbeat_interval": 500.0}})
+        yield line.split("listening on ", 1)[1].strip()
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_serve_speaks_the_voice_gateway_to_an_outside_client() -> None:
+    async def hello(url: str) -> object:
+        async with Websocket() as ws:
+            await ws.connect(url)
+            return await ws.receive()
+
+    with serving() as url:
+        packet = asyncio.run(asyncio.wait_for(hello(url), 10))
+    assert packet == WebsocketPacketJSON({"op": 8, "d": {"v": 8, "heartbeat_interval": 500.0}})
+
+
+async def identify_without_dave(url: str) -> object:
+    """IDENTIFY offering DAVE version 0: what the gateway answers (a packet or a signal)."""
+    identify = {"server_id": "1", "user_id": "2", "session_id": "s", "token": "t"}
+    async with Websocket() as ws:
+        await ws.connect(url)
+        await ws.receive()  # HELLO
+        await ws.send_json({"op": 0, "d": {**identify, "max_dave_protocol_version": 0}})
+        try:
+            return await ws.receive()
+        except Signal as signal:
+            return signal
+
+
+@pytest.mark.parametrize(
+    ("options", "answer"),
+    [((), "4017"), (("--dave-optional",), "'op': 2")],
+    ids=["dave-required", "dave-optional"],
+)
+def test_serve_requires_dave_unless_told_otherwise(options: tuple[str, ...], answer: str) -> None:
+    with serving(*options) as url:
+        got = asyncio.run(asyncio.wait_for(identify_without_dave(url), 10))
+    assert answer in str(got)
 
 
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
         "--replay-size", type=int, default=256, help="messages kept per session for resume"
     )
     serve.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    serve.add_argument(
+        "--dave-optional",
+        action="store_true",
+        help="accept clients without DAVE (default: close them with 4017, as Discord does)",
+    )
     bench = commands.add_parser("bench", help="a short benchmark (the full suite is `make bench`)")
     bench.add_argument("--messages", type=int, default=100_000, help="messages per throughput run")
     bench.add_argument("--rounds", type=int, default=3, help="rounds (medians are reported)")
@@ -48,10 +53,15 @@ async def _serve(args: argparse.Namespace) -> int:
         replay_size=args.replay_size,
         host=args.host,
         port=args.port,
+        require_dave=not args.dave_optional,
     )
+    dave = "optional" if args.dave_optional else "required (4017 without it)"
     async with gateway:
         print(f"fake voice gateway v8 listening on {gateway.url}", flush=True)
-        print(f"  (heartbeat {args.heartbeat * 1000:.0f} ms; Ctrl-C to stop)", flush=True)
+        print(
+            f"  (heartbeat {args.heartbeat * 1000:.0f} ms; DAVE {dave}; Ctrl-C to stop)",
+            flush=True,
+        )
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.Event().wait(), args.duration)
     return 0
