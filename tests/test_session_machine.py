@@ -231,6 +231,9 @@ PURE = [
     "wavegate.session.machine",
     "wavegate.discord.payloads",
     "wavegate.discord.voice_protocol",
+    "wavegate.discord.dave",
+    "wavegate.testing.dave",
+    "wavegate.testing.mls",
     "wavegate.policy",
     "wavegate.backoff",
     "wavegate.heartbeat",
@@ -265,7 +268,8 @@ def imports_of(module: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = package[: len(package) - node.level + 1] if node.level else []
             name = ".".join([*base, *([node.module] if node.module else [])])
-            found.add(name)
+            if node.module:  # `from . import sibling` names the sibling, not the package
+                found.add(name)
             found.update(f"{name}.{alias.name}" for alias in node.names)
     return found
 
