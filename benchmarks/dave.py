@@ -50,7 +50,7 @@ class Group:
         return seen
 
     async def join(self, user: int) -> None:
-        credentials = VoiceCredentials(self.server, str(user), f"s-{user}", "token")
+        credentials = VoiceCredentials(self.server, str(user), f"s-{user}", "token", self.server)
         client = VoiceClient(
             self.gateway.url,
             credentials,

@@ -154,7 +154,7 @@ async def _recovery_once(transport: str, fault: str) -> float:
             stamp.append(time.perf_counter())
             resumed.set()
 
-    credentials = VoiceCredentials("1", "2", "s", "t")
+    credentials = VoiceCredentials("1", "2", "s", "t", "1")
     async with FakeVoiceGateway(heartbeat_interval=1.0) as gateway:
         client = VoiceClient(
             gateway.url, credentials, websocket=Websocket(transport=transport), on_event=on_event

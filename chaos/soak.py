@@ -71,7 +71,11 @@ async def start_client(
     gateway: FakeVoiceGateway, user: int, generation: int, rng: random.Random
 ) -> Traffic:
     credentials = VoiceCredentials(
-        str(100 + user), str(5000 + user), f"session-{user}-{generation}", f"token-{user}"
+        str(100 + user),
+        str(5000 + user),
+        f"session-{user}-{generation}",
+        f"token-{user}",
+        str(100 + user),
     )
     websocket = Websocket(transport=rng.choice(TRANSPORTS), open_timeout=0.5, close_timeout=0.5)
     client = VoiceClient(

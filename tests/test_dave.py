@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wavegate.discord.dave import DaveEvent, DaveState
+from wavegate.discord import dave as dave_module
+from wavegate.discord.dave import MARKER, SILENCE_FRAME, DaveEvent, DaveState
 from wavegate.discord.payloads import (
     ClientDisconnect,
     ClientsConnect,
@@ -26,7 +27,7 @@ from wavegate.protocol import Notify, Output, Send
 from wavegate.testing import mls
 from wavegate.testing.dave import ArmTimeout, DaveChannel, ToUser
 
-from .dave_network import CHANNEL, Network
+from .dave_network import CHANNEL, Member, Network
 
 ME, OTHER, THIRD = 1001, 1002, 1003
 
@@ -433,3 +434,152 @@ def test_a_commit_is_split_from_its_welcome() -> None:
     assert (commit.message, commit.welcome) == (result.commit, result.welcome)
     assert (commit.group_id, commit.epoch, commit.sender_leaf) == (CHANNEL, 0, 0)
     assert commit.proposal_refs == (mls.proposal_ref(add),)
+
+
+# -- media: what decrypt lets through -------------------------------------------------
+
+
+def downgraded_and_back(monkeypatch: pytest.MonkeyPatch, expiry: float) -> Member:
+    """Two members, a member without DAVE joins (version 0) and leaves (back to 1)."""
+    monkeypatch.setattr(dave_module, "TRANSITION_EXPIRY", expiry)
+    net = Network(require_dave=False)
+    a, _ = net.join(ME), net.join(OTHER)
+    net.settle()
+    net.join(2000, dave=False)
+    net.settle()
+    net.leave(2000)
+    net.settle()
+    net.assert_agree()
+    assert a.dave.version == 1
+    return a
+
+
+def test_after_an_upgrade_plain_frames_pass_only_within_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = downgraded_and_back(monkeypatch, expiry=10)
+    assert a.dave.decrypt(OTHER, b"plain opus") == b"plain opus"  # still switching
+
+
+def test_after_the_window_plain_frames_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A window of 0 s has closed by the time we look: passthrough is not left open
+    # (davey keeps "passthrough on with an expiry" open for ever).
+    a = downgraded_and_back(monkeypatch, expiry=0)
+    assert a.dave.session is not None
+    assert not a.dave.session.can_passthrough(OTHER)
+    assert a.dave.decrypt(OTHER, b"injected plain audio") is None
+
+
+def test_an_active_group_refuses_plain_frames_and_decrypts_its_members() -> None:
+    net = Network()
+    a, b = net.join(ME), net.join(OTHER)
+    net.settle()
+    assert a.dave.decrypt(OTHER, b"injected plain audio") is None
+    sealed = b.dave.encrypt_opus(b"opus")
+    assert sealed.endswith(MARKER)
+    assert a.dave.decrypt(OTHER, sealed) == b"opus"
+    assert a.dave.decrypt(OTHER, SILENCE_FRAME) == SILENCE_FRAME
+
+
+def test_while_downgraded_the_member_without_dave_is_heard() -> None:
+    net = Network(require_dave=False)
+    a, _ = net.join(ME), net.join(OTHER)
+    net.settle()
+    net.join(2000, dave=False)
+    net.settle()
+    assert a.dave.version == 0
+    assert a.dave.decrypt(2000, b"plain from the legacy client") == b"plain from the legacy client"
+    assert a.dave.decrypt(OTHER, b"plain opus") == b"plain opus"
+
+
+def test_encrypted_frames_before_the_group_is_active_are_dropped_not_played() -> None:
+    net = Network()
+    a, b = net.join(ME), net.join(OTHER)
+    net.settle()
+    sealed = b.dave.encrypt_opus(b"opus")
+    late = DaveState(THIRD, CHANNEL)
+    late.start(1)
+    assert late.decrypt(OTHER, sealed) is None  # ciphertext is never passed on as audio
+    assert late.decrypt(OTHER, b"plain opus") == b"plain opus"  # no group: plain passes
+    assert a.dave.active
+
+
+def test_a_new_session_at_version_0_hears_everyone() -> None:
+    net = Network()
+    a, _ = net.join(ME), net.join(OTHER)
+    net.settle()
+    a.dave.forget()
+    assert a.dave.session is None
+    a.dave.start(0)
+    assert a.dave.decrypt(4242, b"plain opus") == b"plain opus"
+    assert a.dave.encrypt_opus(b"opus") == b"opus"
+
+
+# -- versions, transitions, recoveries --------------------------------------------------
+
+
+def test_a_welcome_with_transition_0_applies_the_version_at_once() -> None:
+    sender = mls.ExternalSender()
+    a = DaveState(ME, CHANNEL)
+    a.start(1)
+    a.observe(ClientsConnect((str(OTHER),)))
+    a.receive(binary(25, sender.package()))
+    a.receive(DavePrepareTransition(0, 5))
+    a.receive(DaveExecuteTransition(5))
+    assert a.version == 0
+    a.receive(DavePrepareEpoch(1, 1))  # back to DAVE: a new group
+    assert a._key_package is not None
+    b = davey.DaveSession(1, OTHER, CHANNEL)
+    b.set_external_sender(sender.package())
+    b.get_serialized_key_package()
+    add = mls.append_vector([sender.proposal(CHANNEL, 0, mls.add(a._key_package))])
+    result = b.process_proposals(davey.ProposalsOperationType.append, add, [ME, OTHER])
+    assert result is not None
+    assert result.welcome is not None
+    a.receive(binary(30, struct.pack(">H", 0) + result.welcome))
+    assert a.version == 1
+    assert a.active
+
+
+def test_a_version_davey_does_not_speak_is_an_error_not_a_crash() -> None:
+    a = DaveState(ME, CHANNEL)
+    outputs = a.start(2)
+    assert events(outputs) == [DaveEvent.ERROR]
+    assert "cannot start DAVE" in (a.last_error or "")
+    assert not a.active
+    outputs = DaveState(ME, CHANNEL).receive(DavePrepareEpoch(9, 1))
+    assert DaveEvent.ERROR in events(outputs)
+
+
+def test_an_earlier_transition_is_superseded_by_a_later_one() -> None:
+    a = DaveState(ME, CHANNEL)
+    a.start(1)
+    a.receive(DavePrepareTransition(1, 5))
+    a.receive(DavePrepareTransition(0, 6))
+    a.receive(DaveExecuteTransition(6))
+    assert a.version == 0
+    assert a.pending == {}
+    assert a.receive(DaveExecuteTransition(5)) == []  # too late: it never applies
+    assert a.version == 0
+
+
+def test_an_op_31_lost_with_the_socket_is_sent_again_after_resume() -> None:
+    net = Network()
+    a, _ = net.join(ME), net.join(OTHER)
+    net.settle()
+    outputs = a.dave.receive(binary(29, struct.pack(">H", 9) + b"\x00garbage"))
+    assert (31, {"transition_id": 9}) in sent(outputs)
+    assert (31, {"transition_id": 9}) in sent(a.dave.resumed())
+
+
+def test_the_recovery_guard_holds_until_a_welcome_not_until_any_transition() -> None:
+    net = Network()
+    a, _ = net.join(ME), net.join(OTHER)
+    net.settle()
+    a.dave.receive(DavePrepareTransition(1, 7))
+    first = a.dave.receive(binary(29, struct.pack(">H", 8) + b"\x00garbage"))
+    assert (31, {"transition_id": 8}) in sent(first)
+    a.dave.receive(DaveExecuteTransition(7))
+    again = a.dave.receive(binary(29, struct.pack(">H", 9) + b"\x00garbage"))
+    assert sent(again) == []  # still starting over: no second op 31, no second reinit
+    assert "expected while starting over" in (a.dave.last_error or "")

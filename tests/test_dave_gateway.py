@@ -196,8 +196,14 @@ async def test_a_downgrade_to_version_0_and_back(gateway: FakeVoiceGateway, tran
             assert others[0].encrypt_opus(b"opus") == b"opus"  # DAVE off: as it is
             await channel.leave(2003)
             await channel.agree()
-            transitions = [e for e in channel.events[2001] if e.kind is DaveEvent.TRANSITION]
-            assert [e.data["version"] for e in transitions][-2:] == [0, 1]
+
+            # The group is active at op 24's version as soon as it is welcomed; the
+            # transition that follows executes a moment later.
+            def versions() -> list[int]:
+                events = channel.events[2001]
+                return [e.data["version"] for e in events if e.kind is DaveEvent.TRANSITION]
+
+            await eventually(lambda: versions()[-2:] == [0, 1], PATIENCE)
         finally:
             await channel.close()
 
@@ -304,3 +310,76 @@ async def test_a_wrong_channel_id_is_named_in_the_timeout(channel: Channel) -> N
         with pytest.raises(asyncio.TimeoutError, match=r"VoiceCredentials\.channel_id"):
             await stray.wait_dave_ready(0.1)
         assert "WrongGroupId" in str(stray.dave_state.last_error)
+
+
+async def test_a_move_to_another_channel_joins_that_channels_group(
+    channel: Channel, transport: str
+) -> None:
+    """4014 then a move (VOICE_SERVER_UPDATE) into another channel: DAVE's group id
+    changes with the channel."""
+    mover = await channel.join(2001, move_grace=30.0)
+    await channel.join(2002)
+    await channel.agree()
+    async with FakeVoiceGateway(heartbeat_interval=0.5, channel_ids={SERVER: "3002"}) as other:
+        there = Channel(other, transport)
+        try:
+            await there.join(2003)
+            await channel.gateway.close_session("session-2001", 4014, "moved")
+            await eventually(lambda: mover.state.value == "awaiting_move", PATIENCE)
+            mover.move_to(other.url, "token-new", channel_id="3002")
+            there.clients[2001] = channel.clients.pop(2001)
+            assert mover.dave_state.channel_id == 3002
+            assert mover.protocol.credentials.channel_id == "3002"
+            await there.agree()
+        finally:
+            await there.close()
+
+
+async def test_wait_dave_ready_returns_at_once_when_the_call_has_no_dave(
+    transport: str,
+) -> None:
+    async with FakeVoiceGateway(heartbeat_interval=0.5, require_dave=False) as lenient:
+        client = VoiceClient(
+            lenient.url,
+            VoiceCredentials(SERVER, "2001", "session-2001", "token", SERVER),
+            websocket=Websocket(transport=transport),
+            max_dave_protocol_version=0,
+        )
+        async with client:
+            await client.wait_ready(PATIENCE)
+            await client.wait_dave_ready(PATIENCE)  # version 0: nothing to wait for
+            assert client.dave is None
+            assert client.encrypt_opus(b"opus") == b"opus"
+
+
+def test_dave_needs_the_channel_id_and_a_version_davey_speaks() -> None:
+    no_channel = VoiceCredentials(SERVER, "2001", "session", "token")
+    with pytest.raises(ValueError, match=r"channel_id is required for DAVE"):
+        VoiceClient("ws://127.0.0.1:1/?v=8", no_channel)
+    VoiceClient("ws://127.0.0.1:1/?v=8", no_channel, max_dave_protocol_version=0)
+    with pytest.raises(ValueError, match="max_dave_protocol_version must be 0"):
+        VoiceClient("ws://127.0.0.1:1/?v=8", credentials(2001), max_dave_protocol_version=2)
+
+
+@pytest.mark.parametrize("bad", ["token-SECRET-VALUE", "18446744073709551616", "", "12a"], ids=str)
+def test_bad_ids_are_refused_without_showing_them(bad: str) -> None:
+    with pytest.raises(ValueError, match=r"VoiceCredentials\.server_id") as raised:
+        VoiceCredentials(bad, "2001", "session", "token", CHANNEL)
+    if bad:
+        assert bad not in str(raised.value)
+
+
+async def test_the_gateway_leaves_no_timer_behind() -> None:
+    async with FakeVoiceGateway(heartbeat_interval=0.5, channel_ids={SERVER: CHANNEL}) as gw:
+        clients = [
+            VoiceClient(gw.url, credentials(user), backoff=FAST, websocket=Websocket())
+            for user in (2001, 2002)
+        ]
+        for client in clients:
+            await client.start()
+        for client in clients:
+            await client.wait_dave_ready(PATIENCE)
+    # Stopping dropped both members (each drop used to arm a 10 s leave timer).
+    assert gw._timers == set()
+    for client in clients:
+        await client.close()

@@ -419,7 +419,7 @@ async def test_no_token_or_session_id_in_any_log_record(
 
 
 def test_credentials_repr_hides_secrets() -> None:
-    credentials = VoiceCredentials("1", "2", "sess-xyz", "tok-xyz")
+    credentials = VoiceCredentials("1", "2", "sess-xyz", "tok-xyz", "1")
     assert "sess-xyz" not in repr(credentials)
     assert "tok-xyz" not in repr(credentials)
 

@@ -43,7 +43,7 @@ from wavegate.discord.voice import (
     voice_url,
 )
 
-CREDENTIALS = VoiceCredentials("1", "2", "s", "t")
+CREDENTIALS = VoiceCredentials("1", "2", "s", "t", "1")
 PREFERRED = ("aead_xchacha20_poly1305_rtpsize", "aead_aes256_gcm_rtpsize")
 
 

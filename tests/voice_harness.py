@@ -5,7 +5,7 @@ from __future__ import annotations
 from wavegate.discord.voice import VoiceCredentials
 from wavegate.testing.traffic import Traffic
 
-CREDENTIALS = VoiceCredentials("1001", "2001", "session-SECRET-ID", "token-SECRET-VALUE")
+CREDENTIALS = VoiceCredentials("1001", "2001", "session-SECRET-ID", "token-SECRET-VALUE", "1001")
 
 
 async def assert_nothing_lost(traffic: Traffic) -> None:

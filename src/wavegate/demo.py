@@ -137,7 +137,7 @@ async def storm(out: TextIO) -> int:
     """Run the fault storm; 0 if nothing was lost and every fault ended as expected."""
     printer = _Printer(out)
     watch = _Watch(printer)
-    credentials = VoiceCredentials("42", "7", "voice-session-id", "voice-token")
+    credentials = VoiceCredentials("42", "7", "voice-session-id", "voice-token", "42")
     # The gateway tolerates 1 s without heartbeats (not 300 ms): on a busy machine it
     # would otherwise add 4009 closes of its own to the scripted faults.
     async with FakeVoiceGateway(heartbeat_interval=0.1, heartbeat_timeout_factor=10) as gateway:

@@ -48,10 +48,14 @@ except ImportError as exc:  # pragma: no cover - only without the voice extra
 
 log = logging.getLogger("wavegate.discord.dave")
 
-DOWNGRADE_PASSTHROUGH = 120.0
-"""Seconds unencrypted media is accepted after a downgrade is announced (discord.py's)."""
+MAX_VERSION: int = davey.DAVE_PROTOCOL_VERSION
+"""The highest DAVE protocol version this client speaks (davey's)."""
+
 TRANSITION_EXPIRY = 10.0
-"""Seconds previous keys (or passthrough) stay usable after a transition (whitepaper)."""
+"""Seconds unencrypted media is still accepted after an upgrade back to DAVE executed
+(members may still be sending plain frames); after that, plain frames are refused."""
+MARKER = b"\xfa\xfa"
+"""The last two bytes of every DAVE-encrypted frame (the protocol's magic marker)."""
 SILENCE_FRAME = b"\xf8\xff\xfe"
 """Opus silence: sent and received as it is, never encrypted."""
 
@@ -119,6 +123,9 @@ class DaveState:
         self._commit: tuple[int, bytes] | None = None
         """The last commit sent, and the epoch it would end, until it is announced."""
         self._downgraded = False
+        self._started = False
+        self._flagged: int | None = None
+        """The transition id of an op 31 sent, until a commit or welcome succeeds."""
 
     def __repr__(self) -> str:
         return f"<DaveState v{self.version} {self.status()}>"
@@ -159,19 +166,28 @@ class DaveState:
 
     # -- what the voice protocol calls ---------------------------------------------
 
+    @property
+    def negotiated(self) -> bool:
+        """Whether this session's SESSION_DESCRIPTION arrived (``version`` is the call's)."""
+        return self._started
+
     def start(self, version: int) -> list[Output]:
         """A new session's SESSION_DESCRIPTION negotiated ``version``."""
+        self._started = True
         self._negotiated = self.version = version
-        return self._reinit()
+        return self._reinit(Op.SESSION_DESCRIPTION)
 
     def forget(self) -> None:
-        """A new session begins: nothing of the old one carries over."""
+        """A new session begins: nothing of the old one carries over (not even the MLS
+        session: its group belongs to the old session)."""
+        self.session = None
         self.known_users = {self.user_id}
         self.pending.clear()
         self._readied.clear()
         self._negotiated = self.version = 0
-        self._reinitializing = self._downgraded = False
-        self._key_package = self._commit = None
+        self._started = self._reinitializing = self._downgraded = False
+        self._key_package = self._commit = self._sender = self._flagged = None
+        self.last_error = None
 
     def resumed(self) -> list[Output]:
         """The session was resumed: the state is kept; what the old connection may have
@@ -181,6 +197,8 @@ class DaveState:
         session = self.session
         if session is None or not self._negotiated:
             return out
+        if self._flagged is not None:
+            out.append(_flag(self._flagged))
         if not session.ready and self._key_package is not None:
             out.append(Send(encode_binary(Op.DAVE_MLS_KEY_PACKAGE, self._key_package)))
         if self._commit is not None and self._commit[0] == session.epoch:
@@ -226,15 +244,23 @@ class DaveState:
         return self.session.encrypt_opus(frame)
 
     def decrypt(self, user_id: int, frame: bytes) -> bytes | None:
-        """``user_id``'s audio ``frame`` decrypted; as it is when DAVE is off or in
-        passthrough for that user; ``None`` if it cannot be decrypted (a frame from
-        another epoch around a transition: drop it)."""
+        """``user_id``'s audio ``frame`` decrypted, or ``None`` when it must be dropped.
+
+        Encrypted frames (they end with :data:`MARKER`) are decrypted, or ``None`` when
+        they cannot be (no group yet, another epoch). Plain frames pass while DAVE is
+        off, while there is no group, and for ``TRANSITION_EXPIRY`` seconds after an
+        upgrade; while the group is active they are refused (``None``): anyone on the
+        media path could have injected them. Silence frames always pass.
+        """
+        if frame == SILENCE_FRAME:
+            return frame
         session = self.session
-        if frame == SILENCE_FRAME or session is None or not session.ready:
+        encrypted = frame.endswith(MARKER)
+        if session is None or not session.ready:
+            return None if encrypted else frame
+        if not encrypted and not self.version:
             return frame
-        if not self.version and session.can_passthrough(user_id):
-            return frame
-        try:
+        try:  # davey refuses plain frames unless passthrough is open for the user
             return session.decrypt(user_id, davey.MediaType.audio, frame)
         except ValueError as exc:
             log.debug("dropping a frame from %s: %s", user_id, exc)
@@ -304,8 +330,9 @@ class DaveState:
         except Exception as exc:
             return self._invalid(message.op, tid, str(exc))
         self._reinitializing = False
-        self._commit = None
-        self.last_error = None
+        self._commit = self._flagged = self.last_error = None
+        if tid == 0:
+            self.version = self._negotiated  # applies at once
         out: list[Output] = [
             self._notify(
                 DaveEvent.EPOCH,
@@ -326,7 +353,7 @@ class DaveState:
         if tid == 0:
             return self._execute(0)
         if version == 0 and self.session is not None:
-            self.session.set_passthrough_mode(True, int(DOWNGRADE_PASSTHROUGH))
+            self.session.set_passthrough_mode(True)  # plain frames from now on
         self._readied.add(tid)
         return [_ready(tid)]
 
@@ -334,16 +361,23 @@ class DaveState:
         if tid not in self.pending:
             log.debug("execute for transition %s, which is not pending", tid)
             return []
+        for earlier in list(self.pending):  # transitions run in order: an earlier one
+            if earlier == tid:  # that never executed has been superseded
+                break
+            del self.pending[earlier]
+            self._readied.discard(earlier)
         old, self.version = self.version, self.pending.pop(tid)
         self._readied.discard(tid)
-        self._reinitializing = False
         if old and not self.version:
             self._downgraded = True
         elif tid and self._downgraded and self.version:
             self._downgraded = False
             if self.session is not None:
-                # Members still in passthrough send unencrypted frames for a while.
-                self.session.set_passthrough_mode(True, int(TRANSITION_EXPIRY))
+                # Members still switching send plain frames for a while: accept them
+                # for TRANSITION_EXPIRY seconds, then no more. (davey: passthrough on,
+                # then off with an expiry; "on with an expiry" never ends.)
+                self.session.set_passthrough_mode(True)
+                self.session.set_passthrough_mode(False, int(TRANSITION_EXPIRY))
         return [
             self._notify(
                 DaveEvent.TRANSITION,
@@ -356,23 +390,28 @@ class DaveState:
     def _prepare_epoch(self, epoch: int, version: int) -> list[Output]:
         if epoch != 1:
             return []
-        self._negotiated = version
-        return self._reinit()
+        self._negotiated = self.version = version
+        self._reinitializing = False
+        return self._reinit(Op.DAVE_PREPARE_EPOCH)
 
     # -- starting over -------------------------------------------------------------
 
-    def _reinit(self) -> list[Output]:
-        """A fresh MLS state and a new key package (or DAVE off at version 0)."""
+    def _reinit(self, op: int) -> list[Output]:
+        """A fresh MLS state and a new key package (or DAVE off at version 0); ``op``:
+        the message that asked for it."""
         self._commit = None
         if self._negotiated <= 0:
             if self.session is not None:
                 self.session.reset()
-                self.session.set_passthrough_mode(True, int(TRANSITION_EXPIRY))
+                self.session.set_passthrough_mode(True)
             return []
-        if self.session is None:
-            self.session = davey.DaveSession(self._negotiated, self.user_id, self.channel_id)
-        else:
-            self.session.reinit(self._negotiated, self.user_id, self.channel_id)
+        try:
+            if self.session is None:
+                self.session = davey.DaveSession(self._negotiated, self.user_id, self.channel_id)
+            else:
+                self.session.reinit(self._negotiated, self.user_id, self.channel_id)
+        except ValueError as exc:  # a version davey does not speak
+            return self._error(op, None, f"cannot start DAVE: {exc}")
         self._key_package = self.session.get_serialized_key_package()
         return [Send(encode_binary(Op.DAVE_MLS_KEY_PACKAGE, self._key_package))]
 
@@ -380,26 +419,32 @@ class DaveState:
         """A commit or welcome failed: flag it (op 31) and start over, once per
         recovery (while one is under way, more failures are expected and ignored)."""
         if self._reinitializing:
-            return self._error(op, tid, why)
+            return self._error(op, tid, f"{why} (expected while starting over)", expected=True)
         self.errors += 1
         self.recoveries += 1
         self.last_error = why
         self._reinitializing = True
         self._readied.discard(tid)
-        flag = Send({"op": int(Op.DAVE_MLS_INVALID_COMMIT_WELCOME), "d": {"transition_id": tid}})
+        self._flagged = tid
         event = self._notify(DaveEvent.ERROR, why, op=op, transition_id=tid, recovery="reinit")
-        return [event, flag, *self._reinit()]
+        return [event, _flag(tid), *self._reinit(op)]
 
-    def _error(self, op: int, tid: int | None, why: str) -> list[Output]:
+    def _error(self, op: int, tid: int | None, why: str, *, expected: bool = False) -> list[Output]:
         self.errors += 1
         self.last_error = why
-        return [self._notify(DaveEvent.ERROR, why, op=op, transition_id=tid, recovery="none")]
+        event = Notify(DaveEvent.ERROR, why, {"op": op, "transition_id": tid, "recovery": "none"})
+        log.log(logging.DEBUG if expected else logging.WARNING, "DAVE dave_error: %s", why)
+        return [event]
 
     @staticmethod
     def _notify(kind: DaveEvent, detail: str, **data: Any) -> Notify:
         level = logging.WARNING if kind is DaveEvent.ERROR else logging.DEBUG
         log.log(level, "DAVE %s: %s", kind.value, detail)
         return Notify(kind, detail, data)
+
+
+def _flag(tid: int) -> Send:
+    return Send({"op": int(Op.DAVE_MLS_INVALID_COMMIT_WELCOME), "d": {"transition_id": tid}})
 
 
 def _ready(tid: int) -> Send:

@@ -57,11 +57,13 @@ class VoiceCredentials:
         server_id: the guild's (or, for DMs, the channel's) snowflake.
         user_id: this user's snowflake (DAVE's MLS identity).
         session_id, token: from VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE.
-        channel_id: the voice channel's snowflake, DAVE's MLS group id (from
-            VOICE_STATE_UPDATE); ``None`` uses ``server_id``.
+        channel_id: the voice channel's snowflake (from VOICE_STATE_UPDATE): DAVE's MLS
+            group id, so required unless the client offers no DAVE.
 
     Raises:
-        ValueError: an id is not a snowflake (decimal digits).
+        ValueError: an id is not a snowflake (decimal digits, below 2**64). The
+            message names the field, never its value (a token passed in the wrong
+            place must not reach a log).
     """
 
     server_id: str
@@ -76,15 +78,15 @@ class VoiceCredentials:
             ids["channel_id"] = self.channel_id
         for name, value in ids.items():
             if not isinstance(value, str) or not _SNOWFLAKE.fullmatch(value):
+                got = f"a {type(value).__name__}"
+                if isinstance(value, str):
+                    got += f" of {len(value)} characters"
                 raise ValueError(
                     f"VoiceCredentials.{name} must be a Discord snowflake as a string of "
-                    f"digits, not {value!r}"
+                    f"digits, got {got} (not shown: it may be a secret in the wrong place)"
                 )
-
-    @property
-    def dave_channel(self) -> int:
-        """The MLS group id: ``channel_id``, or ``server_id`` when not given."""
-        return int(self.channel_id if self.channel_id is not None else self.server_id)
+            if int(value) >= 2**64:
+                raise ValueError(f"VoiceCredentials.{name} is too large for a snowflake")
 
 
 # -- typed payloads --------------------------------------------------------------------

@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
-
-import davey
+from typing import TYPE_CHECKING, Any
 
 from ..redact import REDACTED
 from ..session import Session, SessionEvent
@@ -51,6 +49,9 @@ from .payloads import (
 )
 from .voice_protocol import Discover, Stage, VoiceProtocol
 
+if TYPE_CHECKING:  # dave.py imports davey itself, with an error that names the extra
+    import davey
+
 
 class VoiceClient(Session):
     """A supervised Discord voice gateway v8 connection.
@@ -69,6 +70,10 @@ class VoiceClient(Session):
         websocket: the connection to use (``Websocket()`` with the voice policy).
         **options: any :class:`~wavegate.session.Session` option (``backoff``,
             ``move_grace`` for the 4014 channel-move window, ``on_event``...).
+
+    Raises:
+        ValueError: DAVE offered without ``credentials.channel_id``, or a
+            ``max_dave_protocol_version`` davey does not speak.
     """
 
     protocol: VoiceProtocol
@@ -121,7 +126,9 @@ class VoiceClient(Session):
         return self.protocol.dave.privacy_code
 
     async def wait_dave_ready(self, timeout: float | None = None) -> None:
-        """Wait until the call's MLS group is active (media is end-to-end encrypted).
+        """Wait until the call's MLS group is active (media is end-to-end encrypted),
+        or the call negotiated no DAVE (version 0: a stage channel, a downgraded call;
+        then :attr:`dave` is ``None`` and media is sent as it is).
 
         Raises:
             TimeoutError: not within ``timeout`` seconds; the message says where DAVE
@@ -130,7 +137,7 @@ class VoiceClient(Session):
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        while not self.protocol.dave.active:
+        while not self._dave_settled():
             if self.outcome is not None:
                 raise SessionClosedError(f"session stopped: {self.outcome}", self.outcome)
             remaining = None if deadline is None else deadline - loop.time()
@@ -148,6 +155,10 @@ class VoiceClient(Session):
             finally:
                 changed.cancel()
                 stopped.cancel()
+
+    def _dave_settled(self) -> bool:
+        state = self.protocol.dave
+        return state.active or (state.negotiated and not state.version)
 
     def encrypt_opus(self, frame: bytes) -> bytes:
         """An Opus ``frame`` end-to-end encrypted for the call when DAVE is active; as it
@@ -184,12 +195,19 @@ class VoiceClient(Session):
         """Send a client binary (DAVE) frame: ``op`` then ``body``."""
         await self.send_bytes(encode_binary(op, body))
 
-    def move_to(self, endpoint: str, token: str | None = None) -> None:
+    def move_to(
+        self, endpoint: str, token: str | None = None, *, channel_id: str | None = None
+    ) -> None:
         """A new VOICE_SERVER_UPDATE arrived: connect to ``endpoint`` with ``token``
-        as a new session (ends a ``move_grace`` wait after 4014)."""
-        if token is not None:
-            self.protocol.credentials = replace(self.protocol.credentials, token=token)
-        self.protocol.new_session()
+        as a new session (ends a ``move_grace`` wait after 4014). ``channel_id``: the
+        new voice channel, after a move (DAVE's group id changes with it)."""
+        changes = {"token": token, "channel_id": channel_id}
+        changed = {name: value for name, value in changes.items() if value is not None}
+        protocol = self.protocol
+        protocol.credentials = replace(protocol.credentials, **changed)
+        if channel_id is not None:
+            protocol.dave.channel_id = int(channel_id)
+        protocol.new_session()
         self.move(voice_url(endpoint))
 
 

@@ -39,7 +39,7 @@ from ..protocol import (
 )
 from ..redact import redact
 from ..signals import DisconnectSignal, Event, ReconnectSignal
-from .dave import DaveState, is_dave_message
+from .dave import MAX_VERSION, DaveState, is_dave_message
 from .payloads import (
     PREFERRED_MODES,
     Hello,
@@ -80,10 +80,15 @@ class VoiceProtocol:
 
     Args:
         credentials: server, user, session id and token.
-        max_dave_protocol_version: sent in IDENTIFY (0: no DAVE).
+        max_dave_protocol_version: sent in IDENTIFY (0: no DAVE; at most davey's
+            ``DAVE_PROTOCOL_VERSION``).
         discover: given READY, returns this client's external ``(address, port)``
             from UDP IP discovery, for SELECT_PROTOCOL. The default echoes READY's
             address, which only suits test servers.
+
+    Raises:
+        ValueError: ``max_dave_protocol_version`` out of range, or DAVE offered with no
+            ``credentials.channel_id``.
 
     Attributes:
         seq_ack: the last ``seq`` received (-1: none yet).
@@ -99,6 +104,7 @@ class VoiceProtocol:
         max_dave_protocol_version: int = 1,
         discover: Discover | None = None,
     ) -> None:
+        _check_dave(credentials, max_dave_protocol_version)
         self.credentials = credentials
         self.max_dave_protocol_version = max_dave_protocol_version
         self.discover = discover or _no_discovery
@@ -107,7 +113,7 @@ class VoiceProtocol:
         self.ready: Ready | None = None
         self.session_description: SessionDescription | None = None
         self.stage = Stage.IDLE
-        self.dave = DaveState(int(credentials.user_id), credentials.dave_channel)
+        self.dave = DaveState(int(credentials.user_id), int(credentials.channel_id or 0))
         self._identified = False
 
     def __repr__(self) -> str:
@@ -225,9 +231,8 @@ class VoiceProtocol:
             return [Deliver(description)]
         self.stage = Stage.DESCRIBED
         self._identified = True
-        dave: list[Output] = []
-        if self.max_dave_protocol_version > 0:
-            dave = self.dave.start(description.dave_protocol_version)
+        offered = self.max_dave_protocol_version > 0
+        dave = self.dave.start(description.dave_protocol_version if offered else 0)
         return [*dave, *self._handshake_done()]
 
     def _on_resumed(self, payload: dict[str, Any]) -> list[Output]:
@@ -279,6 +284,19 @@ _HANDLERS: dict[int, Callable[[VoiceProtocol, dict[str, Any]], list[Output]]] = 
     Op.HEARTBEAT_ACK: VoiceProtocol._on_heartbeat_ack,
     Op.HEARTBEAT: VoiceProtocol._on_heartbeat,
 }
+
+
+def _check_dave(credentials: VoiceCredentials, version: int) -> None:
+    """Refuse, at construction, what would only fail later against Discord."""
+    if not isinstance(version, int) or not 0 <= version <= MAX_VERSION:
+        raise ValueError(
+            f"max_dave_protocol_version must be 0 (no DAVE) to {MAX_VERSION}, not {version!r}"
+        )
+    if version and credentials.channel_id is None:
+        raise ValueError(
+            "VoiceCredentials.channel_id is required for DAVE: the call's MLS group id is "
+            "the voice channel's id (from VOICE_STATE_UPDATE)"
+        )
 
 
 def _send(op: Op, data: dict[str, Any]) -> Send:

@@ -354,6 +354,7 @@ class DaveChannel:
         self.members.clear()
         self._unsound.clear()
         self._proposals.clear()
+        self._transitions.clear()  # the old group's: they must never execute now
         self.epoch = 0
         out: list[Output] = []
         for user in sound:
@@ -435,6 +436,7 @@ class DaveChannel:
         self._unsound.clear()
         self._proposals.clear()
         self._key_packages.clear()
+        self._transitions.clear()  # a version-1 transition must not follow this one
         self.epoch = 0
         users = set(self._dave_users())
         tid = self._new_transition(0, users)

@@ -169,6 +169,7 @@ class FakeVoiceGateway:
         """Every application message each user sent, across all its sessions, in order."""
         self.require_dave = require_dave
         self.transition_timeout = transition_timeout
+        self._stopping = False
         self.leave_grace = leave_grace
         self.channel_ids = dict(channel_ids or {})
         self.channels: dict[str, DaveChannel] = {}
@@ -182,6 +183,7 @@ class FakeVoiceGateway:
         return self.server.url + "?v=8"
 
     async def __aenter__(self) -> FakeVoiceGateway:
+        self._stopping = False
         await self.server.start()
         return self
 
@@ -191,10 +193,15 @@ class FakeVoiceGateway:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
-        await self.server.stop()
+        # Stopping drops every connection, and each drop would arm a leave timer: none
+        # may outlive the gateway.
+        self._stopping = True
+        try:
+            await self.server.stop()
+        finally:
+            for timer in self._timers:
+                timer.cancel()
+            self._timers.clear()
 
     # -- sending numbered messages ---------------------------------------------------
 
@@ -673,6 +680,9 @@ class FakeVoiceGateway:
         self._run_dave(session.server_id, channel.leave(int(session.user_id)))
 
     def _later(self, delay: float, callback: Callable[[], None]) -> None:
+        if self._stopping:
+            return
+
         def fire() -> None:
             self._timers.discard(handle)
             callback()
