@@ -6,6 +6,8 @@ one privacy code, and decrypt what every other encrypts."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import davey
@@ -383,3 +385,19 @@ async def test_the_gateway_leaves_no_timer_behind() -> None:
     assert gw._timers == set()
     for client in clients:
         await client.close()
+
+
+def test_without_davey_the_core_imports_and_the_voice_client_names_the_extra() -> None:
+    script = (
+        "import sys; sys.modules['davey'] = None\n"
+        "import wavegate, wavegate.discord.payloads\n"
+        "try:\n"
+        "    import wavegate.discord.voice\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'wavegate[voice]'" in result.stdout
