@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
@@ -15,7 +16,15 @@ from urllib.parse import urlsplit
 import pytest
 import pytest_asyncio
 
-from wavegate import Backoff, DisconnectSignal, Event, ReconnectSignal, SessionState, Websocket
+from wavegate import (
+    Backoff,
+    DisconnectSignal,
+    Event,
+    ReconnectSignal,
+    ResumeSignal,
+    SessionState,
+    Websocket,
+)
 from wavegate.discord.voice import Speaking, VoiceClient
 from wavegate.session import EventKind, SessionEvent
 from wavegate.signals import SendTimeoutError
@@ -377,3 +386,50 @@ async def test_a_payload_changed_after_send_json_is_sent_as_it_was(
         await eventually(lambda: "end" in _sent_numbers(gateway), 10)
         assert voice.state is SessionState.READY
     assert _sent_numbers(gateway) == ["original", "end"]
+
+
+async def test_a_send_that_fails_as_its_beat_is_cancelled_leaves_no_unretrieved_error() -> None:
+    """The soak found "Task exception was never retrieved" for a heartbeat's send. On
+    Python 3.10/3.11, wait_for runs the send in a task; when the beat is cancelled, it
+    cancels that task and waits, but a send that ends with a signal instead (its own
+    wait_for, for the peer's close frame, finished in the same turn and swallowed the
+    cancellation: a CPython bug fixed in 3.12) leaves that signal unretrieved."""
+    from wavegate.session.connection import within
+
+    async def send_failing_as_it_is_cancelled() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise ResumeSignal("lost", code=1006, event=Event.NO_CLOSE_FRAME) from None
+
+    unretrieved: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        beat = asyncio.ensure_future(within(send_failing_as_it_is_cancelled(), 10))
+        await asyncio.sleep(0)  # the beat starts the send and waits for it
+        await asyncio.sleep(0)
+        beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ResumeSignal):
+            await beat
+        del beat
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+    finally:
+        loop.set_exception_handler(None)
+    assert unretrieved == []
+
+
+async def test_within_returns_whether_the_send_finished_in_time() -> None:
+    from wavegate.session.connection import within
+
+    assert await within(asyncio.sleep(0), 10) is True
+    never = asyncio.Event()
+    assert await within(never.wait(), 0.01) is False
+    with pytest.raises(ResumeSignal):
+        await within(_raise(ResumeSignal("crashed", code=4015, event=Event.PEER_CLOSE)), 10)
+
+
+async def _raise(signal: Exception) -> None:
+    raise signal

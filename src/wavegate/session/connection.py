@@ -218,6 +218,34 @@ async def _hold_reading(link: Link) -> None:
             link.tracker.release()
 
 
+async def within(awaitable: Awaitable[object], timeout: float) -> bool:
+    """Await ``awaitable`` for at most ``timeout`` seconds: ``True`` if it finished
+    (its exception is raised), ``False`` if it was cancelled at the deadline.
+
+    Not ``asyncio.wait_for``: on Python 3.10/3.11, when the caller is cancelled, it
+    cancels the inner task and never retrieves the exception that task may end with
+    instead (a send whose own wait swallowed the cancellation ends with its signal)."""
+    task = asyncio.ensure_future(awaitable)
+    task.add_done_callback(_retrieve)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except BaseException:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        await asyncio.wait({task})
+        return False
+    task.result()
+    return True
+
+
+def _retrieve(task: asyncio.Future[object]) -> None:
+    """Mark a task's outcome as seen: whoever awaited it may have been cancelled."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def beat(link: Link, tracker: HeartbeatTracker) -> None:
     """A heartbeat every interval (or at once when asked), until a zombie is found."""
     parts = link.parts
@@ -239,8 +267,7 @@ async def beat(link: Link, tracker: HeartbeatTracker) -> None:
         # at the next tick (nothing written), which then counts it as missed.
         heartbeat = parts.protocol.heartbeat(nonce)
         sending = parts.ws.send_bytes if isinstance(heartbeat, bytes) else parts.ws.send_json
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(sending(heartbeat), max(next_beat - loop.time(), 0))  # type: ignore[arg-type]
+        await within(sending(heartbeat), max(next_beat - loop.time(), 0))  # type: ignore[arg-type]
 
 
 def _timed_out(link: Link, reason: str, close_reason: str) -> None:
