@@ -21,6 +21,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from wavegate import DISCORD_GATEWAY, DISCORD_VOICE, GENERIC, Backoff, Websocket
 from wavegate.discord.voice import VoiceClient, VoiceCredentials
@@ -127,6 +128,16 @@ async def soak(duration: float, sessions: int, seed: int) -> int:
     run = Run()
     baseline_tasks = len(asyncio.all_tasks())
     baseline_fds = open_fds()
+    # An error nobody retrieved (a task's exception, a callback's) is something lost:
+    # count it, show it, and fail.
+    unhandled: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    def seen(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        unhandled.append(str(context.get("message")))
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(seen)
     async with FakeVoiceGateway(
         heartbeat_interval=0.1, replay_size=256, keep_received=False
     ) as gateway:
@@ -202,8 +213,10 @@ async def soak(duration: float, sessions: int, seed: int) -> int:
     lost, duplicated, disorder = total["lost"], total["duplicated"], total["out_of_order"]
     print(f"lost {lost}, duplicated {duplicated}, out of order {disorder}")
     print(f"leaked tasks {leaked_tasks}, leaked fds {leaked_fds}, RSS growth {rss_growth:.1f} MB")
+    print(f"errors nobody retrieved {len(unhandled)}")
     ok = (
         stuck == 0
+        and not unhandled
         and total["lost"] == 0
         and total["duplicated"] == 0
         and total["out_of_order"] == 0
