@@ -160,6 +160,40 @@ def established_to(port: int) -> int:
     return count
 
 
+class UdpResponder(asyncio.DatagramProtocol):
+    """A voice server's UDP side on a plain asyncio datagram endpoint: answers each
+    IP discovery request as Discord does, after losing the first ``ignore`` ones."""
+
+    def __init__(self, ignore: int = 0) -> None:
+        self.ignore = ignore
+        self.requests: list[bytes] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.requests.append(data)
+        if len(self.requests) <= self.ignore or self.transport is None:
+            return
+        ssrc = int.from_bytes(data[4:8], "big")
+        answer = struct.pack(">HHI", 2, 70, ssrc) + addr[0].encode().ljust(64, b"\0")
+        self.transport.sendto(answer + addr[1].to_bytes(2, "big"), addr)
+
+
+@contextlib.asynccontextmanager
+async def udp_responder(ignore: int = 0) -> AsyncIterator[tuple[UdpResponder, int]]:
+    """A :class:`UdpResponder` on 127.0.0.1; yields it and its port."""
+    loop = asyncio.get_running_loop()
+    transport, made = await loop.create_datagram_endpoint(
+        lambda: UdpResponder(ignore), local_addr=("127.0.0.1", 0)
+    )
+    try:
+        yield made, transport.get_extra_info("sockname")[1]
+    finally:
+        transport.close()
+
+
 class ForeignVoiceGateway:
     """The voice gateway's happy path written on ``websockets``' server, closing each
     connection with ``code`` after ``after`` SPEAKING messages and dropping TCP right
@@ -174,6 +208,7 @@ class ForeignVoiceGateway:
         self.close_timeout = close_timeout
         self.identifies = 0
         self.resumes = 0
+        self.udp_port = 0
 
     async def handle(self, conn: ServerConnection) -> None:
         await conn.send(json.dumps({"op": 8, "d": {"heartbeat_interval": 5000, "v": 8}}))
@@ -186,7 +221,7 @@ class ForeignVoiceGateway:
                 ready = {
                     "ssrc": 1,
                     "ip": "127.0.0.1",
-                    "port": 50000,
+                    "port": self.udp_port,
                     "modes": ["aead_aes256_gcm_rtpsize"],
                 }
                 await conn.send(json.dumps({"op": 2, "d": ready}))
@@ -206,7 +241,10 @@ class ForeignVoiceGateway:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[str]:
-        async with websockets_server(self.handle, close_timeout=self.close_timeout) as url:
+        async with (
+            udp_responder() as (_, self.udp_port),
+            websockets_server(self.handle, close_timeout=self.close_timeout) as url,
+        ):
             yield url + "?v=8"
 
 

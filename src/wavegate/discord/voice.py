@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..redact import REDACTED
@@ -47,7 +47,27 @@ from .payloads import (
     parse_json,
     voice_url,
 )
+from .udp import DiscoveryFailed, UdpDiscovery, VoiceUdp
 from .voice_protocol import Discover, Stage, VoiceProtocol
+
+
+@dataclass(frozen=True)
+class VoiceMedia:
+    """The media side of a voice connection (see :attr:`VoiceClient.media`).
+
+    Attributes:
+        udp: the socket IP discovery used, connected to the voice server: ``send()``
+            and ``receive()`` datagrams (RTP).
+        ssrc: this client's RTP synchronisation source, from READY.
+        mode: the transport encryption mode, from SESSION_DESCRIPTION.
+        secret_key: its 32-byte key.
+    """
+
+    udp: VoiceUdp
+    ssrc: int
+    mode: str
+    secret_key: bytes = field(repr=False)
+
 
 if TYPE_CHECKING:  # dave.py imports davey itself, with an error that names the extra
     import davey
@@ -66,7 +86,10 @@ class VoiceClient(Session):
         credentials: server id, user id, session id, token (and channel id, for DAVE).
         max_dave_protocol_version: sent in IDENTIFY (0: no DAVE; Discord then closes
             with 4017, which stops the client).
-        discover: UDP IP discovery for SELECT_PROTOCOL (see :class:`VoiceProtocol`).
+        discover: UDP IP discovery for SELECT_PROTOCOL. The default,
+            :class:`UdpDiscovery` (pass one to tune its timeout and attempts), does it
+            for real and keeps the socket for the media layer (:attr:`media`); with a
+            function of your own, :attr:`media` stays ``None``.
         websocket: the connection to use (``Websocket()`` with the voice policy).
         **options: any :class:`~wavegate.session.Session` option (``backoff``,
             ``move_grace`` for the 4014 channel-move window, ``on_event``...).
@@ -88,8 +111,13 @@ class VoiceClient(Session):
         websocket: Websocket | None = None,
         **options: Any,
     ) -> None:
+        self._udp = UdpDiscovery() if discover is None else None
+        if isinstance(discover, UdpDiscovery):
+            self._udp = discover  # tuned (timeout, attempts), still ours to keep
         protocol = VoiceProtocol(
-            credentials, max_dave_protocol_version=max_dave_protocol_version, discover=discover
+            credentials,
+            max_dave_protocol_version=max_dave_protocol_version,
+            discover=discover or self._udp,
         )
         self._dave_changed = asyncio.Event()
         self._user_on_event: Callable[[SessionEvent], None] | None = options.pop("on_event", None)
@@ -105,6 +133,23 @@ class VoiceClient(Session):
             self._dave_changed.set()
         if self._user_on_event is not None:
             self._user_on_event(event)
+
+    @property
+    def media(self) -> VoiceMedia | None:
+        """What an RTP sender/receiver needs (the UDP socket from IP discovery, ssrc,
+        mode and secret key), once SESSION_DESCRIPTION arrived; ``None`` before, or
+        when ``discover`` was your own."""
+        protocol = self.protocol
+        udp = self._udp.udp if self._udp is not None else None
+        ready, description = protocol.ready, protocol.session_description
+        if udp is None or ready is None or description is None:
+            return None
+        return VoiceMedia(udp, ready.ssrc, description.mode, description.secret_key)
+
+    def _finish(self, outcome: Outcome) -> None:
+        super()._finish(outcome)
+        if self._udp is not None:
+            self._udp.close()
 
     # -- DAVE ----------------------------------------------------------------------------
 
@@ -223,17 +268,21 @@ __all__ = [
     "DavePrepareTransition",
     "DaveState",
     "Discover",
+    "DiscoveryFailed",
     "Hello",
     "Op",
     "Ready",
     "SessionDescription",
     "Speaking",
     "Stage",
+    "UdpDiscovery",
     "VoiceBinary",
     "VoiceClient",
     "VoiceCredentials",
+    "VoiceMedia",
     "VoiceMessage",
     "VoiceProtocol",
+    "VoiceUdp",
     "encode_binary",
     "parse_binary",
     "parse_json",

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from ..backoff import Backoff, RetrySchedule
 from ..protocol import GatewayProtocol, HandshakeDone
@@ -53,6 +53,9 @@ __all__ = [
     "SessionState",
     "SessionStats",
 ]
+
+
+_S = TypeVar("_S", bound="Session")
 
 
 class Session:
@@ -221,7 +224,7 @@ class Session:
         assert self.outcome is not None, "session was never started"
         return self.outcome
 
-    async def __aenter__(self) -> Session:
+    async def __aenter__(self: _S) -> _S:
         await self.start()
         return self
 

@@ -42,6 +42,7 @@ from typing import Any
 from .dave import ArmTimeout, DaveChannel, ToUser
 from .frames import BINARY
 from .server import ConnectionDropped, ServerConnection, WebsocketTestServer
+from .udp import FakeVoiceUdp
 
 _KNOWN_CLIENT_OPS = frozenset({0, 1, 3, 5, 7, 23, 31, 32})
 TEXT = 0x1
@@ -98,6 +99,8 @@ class FakeVoiceSession:
     sent: int = 0
     replayed: int = 0
     seq_ack: int = -1
+    selected: dict[str, Any] | None = None
+    """The last SELECT_PROTOCOL's ``data`` (address, port, mode)."""
     heartbeats: int = 0
     resumes: int = 0
     expired: bool = False
@@ -158,6 +161,8 @@ class FakeVoiceGateway:
         self.modes = modes
         self.keep_received = keep_received
         self.server = WebsocketTestServer(self._handle, host=host, port=port)
+        self.udp = FakeVoiceUdp(host)
+        """The UDP endpoint READY advertises: IP discovery, RTP counts per ssrc."""
         self.sessions: dict[str, FakeVoiceSession] = {}
         self.identifies = 0
         self.resumes = 0
@@ -184,7 +189,12 @@ class FakeVoiceGateway:
 
     async def __aenter__(self) -> FakeVoiceGateway:
         self._stopping = False
-        await self.server.start()
+        await self.udp.start()
+        try:
+            await self.server.start()
+        except BaseException:
+            self.udp.close()
+            raise
         return self
 
     async def __aexit__(
@@ -202,6 +212,7 @@ class FakeVoiceGateway:
             for timer in self._timers:
                 timer.cancel()
             self._timers.clear()
+            self.udp.close()
 
     # -- sending numbered messages ---------------------------------------------------
 
@@ -477,7 +488,8 @@ class FakeVoiceGateway:
         self.sessions[session_id] = session
         self.identifies += 1
         session.conn = conn
-        ready = {"ssrc": 1000 + len(self.sessions), "ip": "127.0.0.1", "port": 50000}
+        ip, port = self.udp.address
+        ready = {"ssrc": 1000 + len(self.sessions), "ip": ip, "port": port}
         await conn.send_json({"op": 2, "d": {**ready, "modes": list(self.modes)}})
         session.live.set()
         if old is not None and not old.reading:
@@ -601,6 +613,7 @@ class FakeVoiceGateway:
     ) -> None:
         data = payload.get("data") if isinstance(payload, dict) else None
         mode = data.get("mode", self.modes[0]) if isinstance(data, dict) else self.modes[0]
+        session.selected = data if isinstance(data, dict) else None
         channel = self.dave_channel(session.server_id)
         description = {
             "mode": mode,
