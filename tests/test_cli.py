@@ -97,7 +97,7 @@ def test_serve_speaks_the_voice_gateway_to_an_outside_client() -> None:
 
     with serving() as url:
         packet = asyncio.run(asyncio.wait_for(hello(url), 10))
-    assert packet == WebsocketPacketJSON({"op": 8, "d": {"v": 8, "heartbeat_interval": 500.0}})
+    assert packet == WebsocketPacketJSON({"op": 8, "d": {"v": 8, "heartbeat_interval": 500}})
 
 
 async def identify_without_dave(url: str) -> object:

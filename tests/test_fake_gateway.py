@@ -14,6 +14,7 @@ from wavegate.discord.voice import VoiceClient
 from wavegate.session import EventKind, SessionEvent
 from wavegate.testing.voice import FakeVoiceGateway
 
+from .conftest import eventually
 from .voice_harness import CREDENTIALS
 
 IDENTIFY_DATA = {
@@ -24,6 +25,8 @@ IDENTIFY_DATA = {
     "max_dave_protocol_version": 1,
 }
 IDENTIFY = {"op": 0, "d": IDENTIFY_DATA}
+SELECTED = {"address": "127.0.0.1", "port": 5000, "mode": "aead_aes256_gcm_rtpsize"}
+LEGACY = "xsalsa20_poly1305_lite"
 
 
 @pytest_asyncio.fixture
@@ -70,6 +73,16 @@ async def closed_with(gateway: FakeVoiceGateway, *messages: dict[str, Any] | str
         (
             [{"op": 7, "d": {"server_id": "1", "session_id": "nope", "token": "t", "seq_ack": -1}}],
             4006,
+        ),
+        # Strict like Discord: malformed heartbeats, unknown protocols and modes.
+        ([{"op": 3, "d": {"t": 1.5}}], 4020),
+        ([{"op": 3, "d": 12345}], 4020),
+        ([{"op": 3, "d": {"t": 1 << 53}}], 4020),
+        ([IDENTIFY, {"op": 1, "d": {"protocol": "webrtc", "data": SELECTED}}], 4012),
+        ([IDENTIFY, {"op": 1, "d": {"protocol": "udp", "data": {**SELECTED, "mode": "x"}}}], 4016),
+        (
+            [IDENTIFY, {"op": 1, "d": {"protocol": "udp", "data": {**SELECTED, "mode": LEGACY}}}],
+            4016,
         ),
     ],
 )
@@ -132,3 +145,47 @@ async def test_events_iterator_sees_the_whole_life_and_ends_when_stopped(
     assert kinds[-1] is EventKind.STOPPED
     assert isinstance(outcome.signal, DisconnectSignal)
     assert seen[-1].signal is outcome.signal
+
+
+@pytest.mark.parametrize("query", ["", "?v=4", "?v=7"])
+async def test_a_url_without_v8_is_refused_at_the_handshake(
+    gateway: FakeVoiceGateway, query: str
+) -> None:
+    ws = Websocket(ping_interval=None)
+    url = gateway.url.split("?", 1)[0] + query
+    with pytest.raises(Signal, match="400"):
+        await ws.connect(url)
+    await ws.connect(gateway.url)  # the refusal was for that request only
+    await ws.disconnect()
+
+
+async def test_a_lax_gateway_accepts_what_a_strict_one_refuses() -> None:
+    async with FakeVoiceGateway(heartbeat_interval=0.1, strict=False) as lax:
+        ws = Websocket(ping_interval=None)
+        await ws.connect(lax.url.split("?", 1)[0])
+        await ws.receive()  # HELLO
+        await ws.send_json({"op": 3, "d": {"t": 1.5}})
+        ack = await asyncio.wait_for(ws.receive(), 5)
+        assert isinstance(ack, WebsocketPacketJSON)
+        assert ack.payload == {"op": 6, "d": {"t": 1.5}}
+        await ws.disconnect()
+
+
+async def test_hello_carries_an_integer_interval(gateway: FakeVoiceGateway) -> None:
+    ws = Websocket(ping_interval=None)
+    await ws.connect(gateway.url)
+    hello = await ws.receive()
+    await ws.disconnect()
+    assert isinstance(hello, WebsocketPacketJSON)
+    assert hello.payload["d"]["heartbeat_interval"] == 100
+    assert isinstance(hello.payload["d"]["heartbeat_interval"], int)
+
+
+async def test_asking_for_a_heartbeat_gets_one_at_once() -> None:
+    slow = FakeVoiceGateway(heartbeat_interval=30.0)  # no beat of its own for 30 s
+    async with slow, VoiceClient(slow.url, CREDENTIALS) as client:
+        await client.wait_ready(5)
+        session = slow.session(CREDENTIALS.session_id)
+        before = session.heartbeats
+        await slow.request_heartbeat(CREDENTIALS.session_id)
+        await eventually(lambda: session.heartbeats > before, 5)

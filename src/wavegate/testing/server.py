@@ -298,6 +298,8 @@ class WebsocketTestServer:
         self.handshakes = 0
         self.connections: set[ServerConnection] = set()
         """Connections whose handshake was accepted and that are still open."""
+        self.refuse_path: Callable[[str], int | None] | None = None
+        """Given a request's path (with its query), an HTTP status to refuse it with."""
         self._handshake_mode = "accept"
         self._reject_status = 503
         self._server: asyncio.Server | None = None
@@ -392,7 +394,10 @@ class WebsocketTestServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         path, headers = _parse_request(await reader.readuntil(b"\r\n\r\n"))
         self.handshakes += 1
-        mode = self._handshake_mode
+        mode, status = self._handshake_mode, self._reject_status
+        refused = self.refuse_path(path) if self.refuse_path is not None else None
+        if refused is not None and mode == "accept":
+            mode, status = "reject", refused
         if self.handshake_delay:
             await asyncio.sleep(self.handshake_delay)
         if mode == "stall":
@@ -404,7 +409,6 @@ class WebsocketTestServer:
                 self._stalled.discard(writer)
             return
         if mode == "reject":
-            status = self._reject_status
             head = f"HTTP/1.1 {status} Rejected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             writer.write(head.encode())
             await writer.drain()

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from . import voice_rules
 from .dave import ArmTimeout, DaveChannel, ToUser
 from .frames import BINARY
 from .server import ConnectionDropped, ServerConnection, WebsocketTestServer
@@ -135,6 +136,10 @@ class FakeVoiceGateway:
             (and resumable) before it leaves.
         channel_ids: the voice channel id (the MLS group id) of each ``server_id``;
             by default the server id itself.
+        strict: refuse what Discord refuses (:mod:`.voice_rules`): a URL without
+            ``v=8`` (HTTP 400), malformed heartbeats (4020), an unknown protocol
+            (4012) or encryption mode (4016). ``False`` is a lax server, for clients
+            that are not yet right.
         host, port: where to listen (loopback).
     """
 
@@ -151,6 +156,7 @@ class FakeVoiceGateway:
         transition_timeout: float = 2.0,
         leave_grace: float = 10.0,
         channel_ids: dict[str, str] | None = None,
+        strict: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -161,6 +167,9 @@ class FakeVoiceGateway:
         self.modes = modes
         self.keep_received = keep_received
         self.server = WebsocketTestServer(self._handle, host=host, port=port)
+        self.strict = strict
+        if strict:
+            self.server.refuse_path = voice_rules.check_path
         self.udp = FakeVoiceUdp(host)
         """The UDP endpoint READY advertises: IP discovery, RTP counts per ssrc."""
         self.sessions: dict[str, FakeVoiceSession] = {}
@@ -339,6 +348,12 @@ class FakeVoiceGateway:
         if conn is not None:
             await conn.send_json({"op": op, "d": data if data is not None else {"flags": 2}})
 
+    async def request_heartbeat(self, session_id: str) -> None:
+        """Send op 3 to the client: it must heartbeat at once."""
+        conn = self.sessions[session_id].conn
+        if conn is not None:
+            await conn.send_json({"op": 3, "d": None})
+
     def reject_handshakes(self, status: int) -> None:
         """Answer new opening handshakes with HTTP ``status``."""
         self.server.reject_handshakes(status)
@@ -354,7 +369,7 @@ class FakeVoiceGateway:
     # -- the protocol -----------------------------------------------------------------
 
     async def _handle(self, conn: ServerConnection) -> None:
-        interval_ms = self.heartbeat_interval * 1000
+        interval_ms = max(1, round(self.heartbeat_interval * 1000))  # an integer, as Discord's
         await conn.send_json({"op": 8, "d": {"v": 8, "heartbeat_interval": interval_ms}})
         state = _ConnectionState(conn, time.monotonic())
         try:
@@ -425,6 +440,10 @@ class FakeVoiceGateway:
         if op not in _KNOWN_CLIENT_OPS:
             await self._close(state, 4001, "unknown opcode")
         elif op == 3:
+            refusal = voice_rules.check_heartbeat(payload) if self.strict else None
+            if refusal is not None:
+                await self._close(state, *refusal)
+                return
             state.last_heartbeat = time.monotonic()
             await self._heartbeat(conn, session, payload)
         elif session is None:
@@ -434,6 +453,12 @@ class FakeVoiceGateway:
         elif op in (0, 7):
             await self._close(state, 4005, "already authenticated")
         elif op == 1:
+            refusal = (
+                voice_rules.check_select_protocol(payload, self.modes) if self.strict else None
+            )
+            if refusal is not None:
+                await self._close(state, *refusal)
+                return
             await self._select_protocol(conn, session, payload)
         else:
             self._record(session, (op, payload))
