@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import select
 import socket
 import ssl as ssl_module
@@ -32,6 +33,7 @@ from . import frames
 Handler = Callable[["ServerConnection"], Awaitable[None]]
 
 _ids = itertools.count(1)
+log = logging.getLogger("wavegate.testing.server")
 
 
 class ConnectionDropped(Exception):
@@ -132,6 +134,7 @@ class ServerConnection:
         if self._close_sent or self._writer.is_closing():
             return
         self._close_sent = True
+        log.info("#%s closed by the server: %s %s", self.id, code, reason)
         with contextlib.suppress(ConnectionError, ConnectionDropped):
             await self.send_frame(frames.CLOSE, frames.close_payload(code, reason))
         asyncio.get_running_loop().call_later(timeout, self.drop)
@@ -153,6 +156,7 @@ class ServerConnection:
         transport = self._writer.transport
         if transport.is_closing():
             return
+        log.info("#%s dropped by the server (TCP reset, no close frame)", self.id)
         sock = self._writer.get_extra_info("socket")
         for _ in range(1000):  # a few loop turns move pending bytes into the reader
             await asyncio.sleep(0)
@@ -419,6 +423,7 @@ class WebsocketTestServer:
             reader, writer, path, headers, answer_pings=self.answer_pings, max_size=self.max_size
         )
         self.connections.add(conn)
+        log.info("#%s connected from %s", conn.id, writer.get_extra_info("peername"))
         try:
             await self._handle(conn)
         finally:

@@ -30,7 +30,9 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import re
+import ssl as ssl_module
 import struct
 import time
 from collections import deque
@@ -45,6 +47,7 @@ from .frames import BINARY
 from .server import ConnectionDropped, ServerConnection, WebsocketTestServer
 from .udp import FakeVoiceUdp
 
+log = logging.getLogger("wavegate.testing.voice")
 _KNOWN_CLIENT_OPS = frozenset({0, 1, 3, 5, 7, 23, 31, 32})
 TEXT = 0x1
 _SNOWFLAKE = re.compile(r"[0-9]{1,20}")
@@ -141,6 +144,7 @@ class FakeVoiceGateway:
             (4012) or encryption mode (4016). ``False`` is a lax server, for clients
             that are not yet right.
         host, port: where to listen (loopback).
+        ssl: a server context to serve ``wss://`` (see :mod:`.tls`).
     """
 
     def __init__(
@@ -159,6 +163,7 @@ class FakeVoiceGateway:
         strict: bool = True,
         host: str = "127.0.0.1",
         port: int = 0,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.replay_size = replay_size
@@ -166,7 +171,7 @@ class FakeVoiceGateway:
         self.valid_tokens = valid_tokens
         self.modes = modes
         self.keep_received = keep_received
-        self.server = WebsocketTestServer(self._handle, host=host, port=port)
+        self.server = WebsocketTestServer(self._handle, host=host, port=port, ssl=ssl)
         self.strict = strict
         if strict:
             self.server.refuse_path = voice_rules.check_path
@@ -516,6 +521,8 @@ class FakeVoiceGateway:
         ip, port = self.udp.address
         ready = {"ssrc": 1000 + len(self.sessions), "ip": ip, "port": port}
         await conn.send_json({"op": 2, "d": {**ready, "modes": list(self.modes)}})
+        log.info("#%s user %s identified (server %s, DAVE %s)", conn.id, user_id, server_id,
+                 "offered" if dave else "not offered")  # fmt: skip
         session.live.set()
         if old is not None and not old.reading:
             session.reading = False
@@ -551,6 +558,7 @@ class FakeVoiceGateway:
             session.replayed += 1
             self.replayed += 1
             conn.write_frame(opcode, frame)
+        log.info("#%s user %s resumed (%s replayed)", conn.id, session.user_id, len(replay))
         session.live.set()
         if not session.reading:
             conn.stop_reading()

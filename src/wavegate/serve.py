@@ -1,0 +1,136 @@
+"""``wavegate serve``: the fake voice gateway on its own, for clients in any language."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+
+def add_arguments(serve: argparse.ArgumentParser) -> None:
+    """The ``serve`` command's options."""
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8765, help="port (8765; 0 = any free port)")
+    serve.add_argument(
+        "--heartbeat", type=_positive, default=5.0, help="heartbeat interval in seconds (5)"
+    )
+    serve.add_argument(
+        "--replay-size", type=_count, default=256, help="messages kept per session for resume"
+    )
+    serve.add_argument("--duration", type=_positive, help="stop after this many seconds")
+    serve.add_argument(
+        "--dave-optional",
+        action="store_true",
+        help="accept clients without DAVE (default: close them with 4017, as Discord does)",
+    )
+    serve.add_argument(
+        "--lax",
+        action="store_true",
+        help="accept what Discord refuses (a URL without v=8, malformed heartbeats...)",
+    )
+    serve.add_argument(
+        "--control-port", type=_port, help="serve the HTTP+JSON control API on 127.0.0.1:PORT"
+    )
+    serve.add_argument("--tls", action="store_true", help="serve wss:// with a fresh certificate")
+    serve.add_argument(
+        "--ca-out", type=Path, help="with --tls: write the certificate's authority (PEM) here"
+    )
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Run until ``--duration`` passes or Ctrl-C; 1 with one line on stderr when the
+    gateway cannot start (a port in use, a bad address)."""
+    if args.ca_out is not None and not args.tls:
+        return _fail("--ca-out needs --tls")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("serve: %(message)s"))
+    logger = logging.getLogger("wavegate.testing")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        async with _running(args):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.Event().wait(), args.duration)
+    except OSError as exc:
+        return _fail(f"cannot start on {args.host}: {exc.strerror or exc}")
+    finally:
+        logger.removeHandler(handler)
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _running(args: argparse.Namespace) -> AsyncIterator[None]:
+    from .testing.control import ControlServer
+    from .testing.voice import FakeVoiceGateway
+
+    tls = None
+    if args.tls:
+        from .testing.tls import loopback_tls
+
+        tls = loopback_tls()
+        if args.ca_out is not None:
+            args.ca_out.write_bytes(tls.ca_pem)
+    gateway = FakeVoiceGateway(
+        heartbeat_interval=args.heartbeat,
+        replay_size=args.replay_size,
+        host=args.host,
+        port=args.port,
+        require_dave=not args.dave_optional,
+        strict=not args.lax,
+        ssl=tls.context if tls is not None else None,
+    )
+    async with gateway, contextlib.AsyncExitStack() as stack:
+        print(f"fake voice gateway v8 listening on {gateway.url}", flush=True)
+        if args.control_port is not None:
+            control = ControlServer(gateway, port=args.control_port)
+            await stack.enter_async_context(control)
+            print(f"control API on {control.url}", flush=True)
+        if args.ca_out is not None:
+            print(f"certificate authority written to {args.ca_out}", flush=True)
+        dave = "optional" if args.dave_optional else "required (4017 without it)"
+        strict = "lax" if args.lax else "strict"
+        print(
+            f"  (heartbeat {args.heartbeat * 1000:.0f} ms; DAVE {dave}; {strict}; Ctrl-C to stop)",
+            flush=True,
+        )
+        yield
+
+
+def _fail(message: str) -> int:
+    print(f"wavegate serve: {message}", file=sys.stderr)
+    return 1
+
+
+def _port(text: str) -> int:
+    value = _integer(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def _count(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
