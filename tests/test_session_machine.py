@@ -234,6 +234,8 @@ PURE = [
     "wavegate.discord.dave",
     "wavegate.testing.dave",
     "wavegate.testing.mls",
+    "wavegate.testing.voice_rules",
+    "wavegate.discord.ip_discovery",
     "wavegate.policy",
     "wavegate.backoff",
     "wavegate.heartbeat",
