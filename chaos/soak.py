@@ -20,7 +20,8 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wavegate import DISCORD_GATEWAY, DISCORD_VOICE, GENERIC, Backoff, Websocket
@@ -68,6 +69,15 @@ class Run:
     reconnects: int = 0
 
 
+def _refreshing(
+    gateway: FakeVoiceGateway, credentials: VoiceCredentials
+) -> Callable[[], Awaitable[VoiceCredentials]]:
+    async def refresh() -> VoiceCredentials:
+        return replace(credentials, token=gateway.fresh_token(credentials.user_id))
+
+    return refresh
+
+
 async def start_client(
     gateway: FakeVoiceGateway, user: int, generation: int, rng: random.Random
 ) -> Traffic:
@@ -85,6 +95,7 @@ async def start_client(
         websocket=websocket,
         backoff=Backoff(base=0.02, cap=0.3, max_attempts=None, reset_after=2.0),
         handshake_timeout=2.0,
+        refresh_credentials=_refreshing(gateway, credentials),
     )
     await client.start()
     traffic = Traffic(gateway, client, period=0.02, keep_history=False)

@@ -10,7 +10,7 @@ from typing import Any
 
 import davey
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from wavegate.discord import dave as dave_module
@@ -173,8 +173,8 @@ def test_an_invalid_commit_is_flagged_once_and_the_state_starts_over() -> None:
     first = dave.receive(binary(29, b"\x00\x05" + b"not a commit"))
     assert sent(first) == [(31, {"transition_id": 5}), ("binary", 26)]
     assert events(first) == [DaveEvent.ERROR]
-    # while it starts over, more failures are expected: no second flag, no new state
-    again = dave.receive(binary(30, b"\x00\x06" + b"not a welcome"))
+    # while it starts over, more failed commits are expected: no second flag, no new state
+    again = dave.receive(binary(29, b"\x00\x06" + b"not a commit either"))
     assert sent(again) == []
     assert dave.recoveries == 1
     assert dave.errors == 2
@@ -366,6 +366,10 @@ ACTIONS = st.lists(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(actions=ACTIONS, seed=st.integers(0, 2**16))
+# Found by this property: a stale commit starts a recovery, then the member's own
+# commit of the new group (or the welcome into it) is corrupt.
+@example(actions=[("join", 0), ("join", 5), ("steps", 3), ("corrupt", 5), ("stale", 5)], seed=0)
+@example(actions=[("join", 0), ("join", 5), ("steps", 5), ("corrupt", 5), ("stale", 5)], seed=0)
 def test_through_random_joins_leaves_and_faults_every_member_ends_in_one_epoch(
     actions: list[tuple[str, int]], seed: int
 ) -> None:
@@ -583,3 +587,17 @@ def test_the_recovery_guard_holds_until_a_welcome_not_until_any_transition() -> 
     again = a.dave.receive(binary(29, struct.pack(">H", 9) + b"\x00garbage"))
     assert sent(again) == []  # still starting over: no second op 31, no second reinit
     assert "expected while starting over" in (a.dave.last_error or "")
+
+
+def test_a_welcome_that_fails_while_starting_over_starts_another_recovery() -> None:
+    """Found by the property below: a stale commit, then a corrupt welcome for the new
+    key package; ignoring that welcome left the member out for good."""
+    net = Network()
+    a, _ = net.join(ME), net.join(OTHER)
+    net.settle()
+    first = a.dave.receive(binary(29, struct.pack(">H", 8) + b"\x00garbage"))
+    assert (31, {"transition_id": 8}) in sent(first)
+    again = a.dave.receive(binary(30, struct.pack(">H", 9) + b"\x00garbage"))
+    assert (31, {"transition_id": 9}) in sent(again)
+    assert ("binary", 26) in sent(again)  # a new key package for the next welcome
+    assert a.dave.recoveries == 2

@@ -22,6 +22,7 @@ from wavegate.testing.voice import FakeVoiceGateway
 
 from .conftest import eventually
 from .peers import ForeignDaveMember
+from .voice_harness import refreshing
 
 SERVER, CHANNEL = "1001", "3001"
 FAST = Backoff(base=0.01, cap=0.05, max_attempts=None)
@@ -48,6 +49,7 @@ class Channel:
 
     async def join(self, user: int, **options: object) -> VoiceClient:
         events: list[SessionEvent] = []
+        options.setdefault("refresh_credentials", refreshing(self.gateway, credentials(user)))
         client = VoiceClient(
             self.gateway.url,
             credentials(user),

@@ -189,3 +189,23 @@ async def test_asking_for_a_heartbeat_gets_one_at_once() -> None:
         before = session.heartbeats
         await slow.request_heartbeat(CREDENTIALS.session_id)
         await eventually(lambda: session.heartbeats > before, 5)
+
+
+async def test_a_token_whose_session_ended_opens_no_other(gateway: FakeVoiceGateway) -> None:
+    """As on Discord: after a 4006 the session id stays (it is the main gateway's) but
+    the token is spent; a fresh token (a new VOICE_SERVER_UPDATE) is accepted."""
+    signal = await closed_with(gateway, IDENTIFY, {"op": 3, "d": {"t": 1}})
+    assert signal.code == 4009  # identified, then stopped heartbeating: session over
+    assert "t" in gateway.spent_tokens
+    assert (await closed_with(gateway, IDENTIFY)).code == 4006
+    fresh = gateway.fresh_token("2")
+    again = await closed_with(gateway, {"op": 0, "d": {**IDENTIFY_DATA, "token": fresh}})
+    assert again.code == 4009  # accepted (then timed out: this raw client never beats)
+
+
+async def test_a_lax_gateway_takes_a_spent_token_again() -> None:
+    async with FakeVoiceGateway(heartbeat_interval=0.1, strict=False) as lax:
+        first = await closed_with(lax, IDENTIFY)
+        assert first.code == 4009
+        assert lax.spent_tokens == set()
+        assert (await closed_with(lax, IDENTIFY)).code == 4009

@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,14 @@ def serving(*options: str) -> Iterator[Served]:
 
 async def test_faults_injected_over_http_reach_a_client() -> None:
     with serving("--control-port", "0") as served:
-        async with VoiceClient(served.url, CREDENTIALS, backoff=FAST) as voice:
+
+        async def refresh() -> VoiceCredentials:
+            status, body = await served.acall("POST", "/users/2001/token")
+            assert status == 200
+            return replace(CREDENTIALS, token=body["token"])
+
+        voice = VoiceClient(served.url, CREDENTIALS, backoff=FAST, refresh_credentials=refresh)
+        async with voice:
             await voice.wait_ready(PATIENCE)
             status, sessions = await served.acall("GET", "/sessions")
             assert status == 200

@@ -25,14 +25,14 @@ from wavegate import (
     SessionState,
     Websocket,
 )
-from wavegate.discord.voice import Speaking, VoiceClient
+from wavegate.discord.voice import Speaking, VoiceClient, VoiceCredentials
 from wavegate.session import EventKind, SessionEvent
 from wavegate.signals import SendTimeoutError
 from wavegate.testing.voice import FakeVoiceGateway
 
 from .conftest import eventually
 from .peers import ForeignVoiceGateway, established_to
-from .voice_harness import CREDENTIALS
+from .voice_harness import CREDENTIALS, refreshing
 
 FAST = Backoff(base=0.01, cap=0.05, max_attempts=None)
 USER = CREDENTIALS.user_id
@@ -52,6 +52,7 @@ def client(
     gateway: FakeVoiceGateway, transport: str, *, close_timeout: float = 5.0, **options: object
 ) -> VoiceClient:
     options.setdefault("backoff", FAST)
+    options.setdefault("refresh_credentials", refreshing(gateway))
     return VoiceClient(
         gateway.url,
         CREDENTIALS,
@@ -110,6 +111,10 @@ async def test_a_final_close_racing_sends_stops_with_its_code_every_time(
 
 
 @pytest.mark.timeout(120)
+async def _same_credentials() -> VoiceCredentials:
+    return CREDENTIALS
+
+
 async def test_a_4006_racing_sends_starts_a_new_session_every_time(transport: str) -> None:
     foreign = ForeignVoiceGateway(4006)
     events: list[SessionEvent] = []
@@ -120,6 +125,7 @@ async def test_a_4006_racing_sends_starts_a_new_session_every_time(transport: st
             websocket=Websocket(transport=transport),
             backoff=FAST,
             on_event=events.append,
+            refresh_credentials=_same_credentials,  # that gateway takes any token
         )
         async with voice:
             speaking = asyncio.ensure_future(_speak_until_stopped(voice))

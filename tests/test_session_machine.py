@@ -68,6 +68,12 @@ DECISIONS: list[tuple[str, Ending, dict[str, object], list[float | None], Decisi
      {}, [0.2], NewSession(0.2)),
     ("ReconnectSignal (4006, even while resuming): a new session", Ending(NEW_4006),
      {"resuming": True}, [0.5], NewSession(0.5)),
+    ("ReconnectSignal with a code in stale_codes: stop, needs credentials", Ending(NEW_4006),
+     {"rules": RetryRules(stale_codes=frozenset({4006}))}, [],
+     Stop(Outcome("needs_credentials", NEW_4006))),
+    ("a stale code ends a resume too", Ending(NEW_4006),
+     {"resuming": True, "rules": RetryRules(stale_codes=frozenset({4006}))}, [],
+     Stop(Outcome("needs_credentials", NEW_4006))),
     ("backoff attempts spent (new session)", Ending(NEW_4006), {}, [None],
      Stop(Outcome("retries_exhausted", NEW_4006))),
     ("backoff attempts spent (resume)", Ending(RESUME_4015), {"resume_attempts": 1}, [None],
@@ -120,12 +126,13 @@ def test_every_documented_decision_row_is_tested() -> None:
     text = (ROOT / "docs" / "supervisor.md").read_text()
     table = text.split("## Decisions", 1)[1].split("\n## ", 1)[0]
     documented = re.findall(r"^\| (.+?) \| .+ \|$", table, re.M)[1:]  # after the header
-    assert len(documented) == 6
+    assert len(documented) == 7
     tested = " ".join(row for row, *_ in DECISIONS)
     for first_words in ("close()", "DisconnectSignal", "ResumeSignal", "ReconnectSignal"):
         assert first_words in tested
     assert "backoff attempts spent" in tested
-    # The sixth row, a bug (an exception that is not a signal), is the facade's:
+    assert "stale_codes" in tested
+    # The seventh row, a bug (an exception that is not a signal), is the facade's:
     # tests/test_voice_faults.py and the runner's tests cover it.
 
 

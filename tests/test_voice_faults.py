@@ -23,7 +23,7 @@ from wavegate.testing.traffic import Traffic
 from wavegate.testing.voice import FakeVoiceGateway
 
 from .conftest import eventually
-from .voice_harness import CREDENTIALS, assert_nothing_lost
+from .voice_harness import CREDENTIALS, assert_nothing_lost, refreshing
 
 # Uncapped: tests that wait for recovery must not run out of attempts on a busy machine
 # (the cap itself is tested in test_retries_are_capped_and_the_outcome_says_so).
@@ -48,6 +48,7 @@ async def started(
     gateway: FakeVoiceGateway, events: list[SessionEvent], **options: object
 ) -> tuple[VoiceClient, Traffic]:
     options.setdefault("backoff", FAST)
+    options.setdefault("refresh_credentials", refreshing(gateway))
     client = VoiceClient(gateway.url, CREDENTIALS, on_event=events.append, **options)  # type: ignore[arg-type]
     await client.start()
     await client.wait_ready(5)
@@ -270,7 +271,13 @@ async def test_first_connect_failure_is_retried_until_the_gateway_appears() -> N
 
 async def test_sends_wait_across_a_reconnect_in_order(gateway: FakeVoiceGateway) -> None:
     events: list[SessionEvent] = []
-    client = VoiceClient(gateway.url, CREDENTIALS, backoff=FAST, on_event=events.append)
+    client = VoiceClient(
+        gateway.url,
+        CREDENTIALS,
+        backoff=FAST,
+        on_event=events.append,
+        refresh_credentials=refreshing(gateway),
+    )
     await client.start()
     await client.wait_ready(5)
     gateway.reject_handshakes(503)
@@ -441,3 +448,69 @@ async def test_resumes_lose_nothing_on_every_transport(
     await assert_nothing_lost(traffic)
     assert (client.stats.resumes, client.stats.zombies, client.stats.reconnects) == (3, 1, 1)
     await client.close()
+
+
+# -- tokens go stale, as on Discord -----------------------------------------------------
+
+
+async def test_without_refresh_a_4006_stops_once_and_says_why(gateway: FakeVoiceGateway) -> None:
+    client = VoiceClient(gateway.url, CREDENTIALS, backoff=FAST)
+    await client.start()
+    await client.wait_ready(5)
+    identifies = gateway.identifies
+    await gateway.close_session(CREDENTIALS.session_id, 4006, "session no longer valid")
+    outcome = await asyncio.wait_for(client.wait_closed(), 10)
+    assert outcome.reason == "needs_credentials"
+    assert "refresh_credentials" in str(outcome)
+    assert gateway.identifies == identifies  # no IDENTIFY doomed to another 4006
+
+
+async def test_refresh_is_asked_before_each_new_session_and_never_for_a_resume(
+    gateway: FakeVoiceGateway,
+) -> None:
+    asked: list[str] = []
+    fresh = refreshing(gateway)
+
+    async def refresh() -> VoiceCredentials:
+        credentials = await fresh()
+        asked.append(credentials.token)
+        return credentials
+
+    client = VoiceClient(gateway.url, CREDENTIALS, backoff=FAST, refresh_credentials=refresh)
+    async with client:
+        await client.wait_ready(5)
+        await gateway.close_session(CREDENTIALS.session_id, 4015)
+        await eventually(lambda: client.stats.resumes == 1)
+        assert asked == []
+        await gateway.close_session(CREDENTIALS.session_id, 4006)
+        await eventually(lambda: client.stats.reconnects == 1)
+        await client.wait_ready(5)
+        assert len(asked) == 1
+        assert gateway.session(CREDENTIALS.session_id).token == asked[0]
+        gateway.expire(CREDENTIALS.session_id)
+        await gateway.close_session(CREDENTIALS.session_id, 4015)  # resume refused: 4006
+        await eventually(lambda: client.stats.reconnects == 2)
+        await client.wait_ready(5)
+        assert len(asked) == 2
+
+
+@pytest.mark.parametrize(
+    ("returned", "error"),
+    [
+        ("not credentials", "must return VoiceCredentials, not str"),
+        (VoiceCredentials("1001", "9999", "s", "t", "1001"), "another user's credentials"),
+    ],
+)
+async def test_a_refresh_that_returns_nonsense_stops_with_the_reason(
+    gateway: FakeVoiceGateway, returned: object, error: str
+) -> None:
+    async def refresh() -> VoiceCredentials:
+        return returned  # type: ignore[return-value]
+
+    client = VoiceClient(gateway.url, CREDENTIALS, backoff=FAST, refresh_credentials=refresh)
+    await client.start()
+    await client.wait_ready(5)
+    await gateway.close_session(CREDENTIALS.session_id, 4006)
+    outcome = await asyncio.wait_for(client.wait_closed(), 10)
+    assert outcome.reason == "error"
+    assert error in str(outcome.error)

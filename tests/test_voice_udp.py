@@ -22,6 +22,7 @@ from wavegate.testing.voice import FakeVoiceGateway
 
 from .conftest import eventually
 from .peers import UdpResponder, udp_responder
+from .voice_harness import refreshing
 
 CREDENTIALS = VoiceCredentials("1001", "2001", "session-1", "token-1", "1001")
 PATIENCE = 10.0
@@ -174,7 +175,10 @@ async def test_a_resume_keeps_the_socket_and_a_new_session_makes_another(
     gateway: FakeVoiceGateway,
 ) -> None:
     fast = Backoff(base=0.01, cap=0.05, max_attempts=None)
-    async with VoiceClient(gateway.url, CREDENTIALS, backoff=fast) as voice:
+    refresh = refreshing(gateway, CREDENTIALS)
+    async with VoiceClient(
+        gateway.url, CREDENTIALS, backoff=fast, refresh_credentials=refresh
+    ) as voice:
         await voice.wait_ready(PATIENCE)
         first = voice.media
         assert first is not None

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
 from wavegate.discord.voice import VoiceCredentials
 from wavegate.testing.traffic import Traffic
+from wavegate.testing.voice import FakeVoiceGateway
 
 CREDENTIALS = VoiceCredentials("1001", "2001", "session-SECRET-ID", "token-SECRET-VALUE", "1001")
+
+
+def refreshing(
+    gateway: FakeVoiceGateway, credentials: VoiceCredentials = CREDENTIALS
+) -> Callable[[], Awaitable[VoiceCredentials]]:
+    """``refresh_credentials`` as a bot does it: a fresh token from the gateway (its
+    VOICE_SERVER_UPDATE), for each new session after the first."""
+
+    async def refresh() -> VoiceCredentials:
+        return replace(credentials, token=gateway.fresh_token(credentials.user_id))
+
+    return refresh
 
 
 async def assert_nothing_lost(traffic: Traffic) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TextIO
 
@@ -149,6 +149,7 @@ async def storm(out: TextIO) -> int:
             backoff=Backoff(base=0.05, cap=0.5, max_attempts=20, reset_after=0.1),
             websocket=Websocket(open_timeout=2, close_timeout=1),
             on_event=watch.on_event,
+            refresh_credentials=_fresh_token(gateway, credentials, printer),
         )
         traffic = Traffic(gateway, client, period=0.003)
         faults = _faults(gateway, credentials.session_id, traffic)
@@ -169,6 +170,19 @@ async def storm(out: TextIO) -> int:
     ok = tally.perfect and outcome.reason == "disconnect" and outcome.code == 4014
     _report(printer, tally, client, recoveries, outcome_text=str(outcome), replayed=replayed, ok=ok)
     return 0 if ok else 1
+
+
+def _fresh_token(
+    gateway: FakeVoiceGateway, credentials: VoiceCredentials, printer: _Printer
+) -> Callable[[], Awaitable[VoiceCredentials]]:
+    """What a bot does for a new voice session: op 4 on the main gateway again, and
+    the token of the VOICE_SERVER_UPDATE that follows (here, from the fake)."""
+
+    async def refresh() -> VoiceCredentials:
+        printer.line("  client: new session: a fresh token (VOICE_SERVER_UPDATE)", "yellow")
+        return replace(credentials, token=gateway.fresh_token(credentials.user_id))
+
+    return refresh
 
 
 async def _run_storm(

@@ -417,8 +417,12 @@ class DaveState:
 
     def _invalid(self, op: int, tid: int, why: str) -> list[Output]:
         """A commit or welcome failed: flag it (op 31) and start over, once per
-        recovery (while one is under way, more failures are expected and ignored)."""
-        if self._reinitializing:
+        recovery: while one is under way, failed commits are expected (there is no
+        group to apply them to) and only counted, unless this member has committed
+        since it started over (then the commit was built on its new state); a failed
+        welcome is never expected (it was meant for the new key package)."""
+        own = self._commit is not None
+        if self._reinitializing and op != Op.DAVE_MLS_WELCOME and not own:
             return self._error(op, tid, f"{why} (expected while starting over)", expected=True)
         self.errors += 1
         self.recoveries += 1

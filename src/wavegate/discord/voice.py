@@ -17,7 +17,7 @@ All are re-exported here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +91,11 @@ class VoiceClient(Session):
             for real and keeps the socket for the media layer (:attr:`media`); with a
             function of your own, :attr:`media` stays ``None``.
         websocket: the connection to use (``Websocket()`` with the voice policy).
+        refresh_credentials: awaited before every new session after the first, for
+            credentials with a fresh token (a bot gets one by sending op 4 on the main
+            gateway again: VOICE_STATE_UPDATE, then VOICE_SERVER_UPDATE). Without it,
+            a 4006 (the voice session and its token are gone) stops the client with
+            outcome ``needs_credentials``, instead of looping on 4006.
         **options: any :class:`~wavegate.session.Session` option (``backoff``,
             ``move_grace`` for the 4014 channel-move window, ``on_event``...).
 
@@ -108,6 +113,7 @@ class VoiceClient(Session):
         *,
         max_dave_protocol_version: int = 1,
         discover: Discover | None = None,
+        refresh_credentials: Callable[[], Awaitable[VoiceCredentials]] | None = None,
         websocket: Websocket | None = None,
         **options: Any,
     ) -> None:
@@ -124,6 +130,12 @@ class VoiceClient(Session):
         super().__init__(
             voice_url(endpoint), protocol, websocket=websocket, on_event=self._seen, **options
         )
+        self._refresh = refresh_credentials
+        self._credentials_fresh = False
+        if refresh_credentials is None:
+            # Discord's 4006 ends the voice session and its token: without a way to
+            # get a fresh one, a new session could only be refused again.
+            self._machine.rules = replace(self._machine.rules, stale_codes=frozenset({4006}))
 
     def __repr__(self) -> str:
         return f"<VoiceClient {self.state.value} {self.protocol.credentials!r}>"
@@ -216,7 +228,32 @@ class VoiceClient(Session):
         cannot be decrypted (around a transition: drop it)."""
         return self.protocol.dave.decrypt(int(user_id), frame)
 
+    async def _renew(self) -> None:
+        if self._refresh is None or self._credentials_fresh:
+            self._credentials_fresh = False
+            return
+        credentials = await self._refresh()
+        self._use(credentials)
+
+    def _use(self, credentials: VoiceCredentials) -> None:
+        """Take ``credentials`` for the next session (same user: its MLS identity)."""
+        if not isinstance(credentials, VoiceCredentials):
+            kind = type(credentials).__name__
+            raise TypeError(f"refresh_credentials must return VoiceCredentials, not {kind}")
+        protocol = self.protocol
+        if credentials.user_id != protocol.credentials.user_id:
+            raise ValueError("refresh_credentials returned another user's credentials")
+        protocol.credentials = credentials
+        if credentials.channel_id is not None:
+            protocol.dave.channel_id = int(credentials.channel_id)
+
     def _explain(self, outcome: Outcome) -> Outcome:
+        if outcome.reason == "needs_credentials":
+            why = (
+                "the voice session ended (4006) and a new one needs a fresh token from "
+                "VOICE_SERVER_UPDATE: pass refresh_credentials= to get one"
+            )
+            return replace(outcome, explanation=why)
         if outcome.code != 4017:
             return outcome
         offered = self.protocol.max_dave_protocol_version
@@ -248,11 +285,9 @@ class VoiceClient(Session):
         new voice channel, after a move (DAVE's group id changes with it)."""
         changes = {"token": token, "channel_id": channel_id}
         changed = {name: value for name, value in changes.items() if value is not None}
-        protocol = self.protocol
-        protocol.credentials = replace(protocol.credentials, **changed)
-        if channel_id is not None:
-            protocol.dave.channel_id = int(channel_id)
-        protocol.new_session()
+        self._use(replace(self.protocol.credentials, **changed))
+        self._credentials_fresh = token is not None  # the move brought a token: no refresh
+        self.protocol.new_session()
         self.move(voice_url(endpoint))
 
 

@@ -133,6 +133,7 @@ class Session:
         """Set by ``close()``, and when the session stops by itself."""
         self._moved = asyncio.Event()
         self._ready = asyncio.Event()
+        self._sessions_started = 0
         self._lost_at: float | None = None
 
     def _connection_parts(self, timing: connection.Timing) -> connection.Parts:
@@ -331,6 +332,9 @@ class Session:
     async def _connection(self, *, resume: bool) -> Ending:
         self._hub.emit(EventKind.RESUMING if resume else EventKind.CONNECTING)
         if not resume:
+            if self._sessions_started:
+                await self._renew()
+            self._sessions_started += 1
             self.protocol.new_session()
         ending = await connection.run(self._parts, self.url, resume=resume)
         self._ready.clear()
@@ -395,6 +399,10 @@ class Session:
     def _explain(self, outcome: Outcome) -> Outcome:
         """The outcome, with what its close means to this gateway (for subclasses)."""
         return outcome
+
+    async def _renew(self) -> None:
+        """Before each new session but the first: get what it needs (for subclasses,
+        e.g. fresh credentials)."""
 
     def _finish(self, outcome: Outcome) -> None:
         if self.outcome is not None:

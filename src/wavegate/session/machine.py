@@ -87,7 +87,9 @@ class Outcome:
 
     Attributes:
         reason: ``"closed"`` (by ``close()``), ``"disconnect"`` (a
-            :class:`DisconnectSignal`), ``"retries_exhausted"`` or ``"error"``.
+            :class:`DisconnectSignal`), ``"retries_exhausted"``,
+            ``"needs_credentials"`` (a stale code, see :class:`RetryRules`) or
+            ``"error"``.
         signal: the last signal, if any.
         error: the unexpected exception, for ``"error"``.
         explanation: what the close means, when the protocol knows (e.g. voice 4017).
@@ -162,6 +164,9 @@ class RetryRules:
     max_resume_attempts: int = 3
     move_codes: frozenset[int] = frozenset({4014})
     move_grace: float = 0.0
+    stale_codes: frozenset[int] = frozenset()
+    """Codes after which a new session needs credentials the session cannot get
+    (Discord voice's 4006 with no way to fetch a fresh token): stop, don't loop."""
 
 
 class BackoffCount(Protocol):
@@ -220,6 +225,8 @@ def decide(
         if resume_attempts == 0 and backoff.attempts == 1:
             delay = 0.0  # the first retry since the connection was healthy: at once
         return Resume(delay, resume_attempts + 1)
+    if signal.code in rules.stale_codes:
+        return Stop(Outcome("needs_credentials", signal))
     delay = backoff.next_delay()
     if delay is None:
         return Stop(Outcome("retries_exhausted", signal))

@@ -8,6 +8,8 @@ inspect sessions and inject faults (``wavegate serve --control-port``).
     POST /sessions/{session_id}/expire      the next RESUME gets 4006
     POST /handshakes                        {"reject": 503} | {"stall": true} | {"normal": true}
     GET  /received/{user_id}                what that user sent, as [op, d] pairs
+    POST /users/{user_id}/token             a fresh token for that user's next session
+                                            (what VOICE_SERVER_UPDATE brings a bot)
 
 Answers are JSON; errors are ``{"error": "..."}`` with 400 (a bad request body) or
 404 (no such session). It listens on loopback only.
@@ -54,6 +56,7 @@ class ControlServer:
             web.post("/sessions/{session_id}/expire", self.expire),
             web.post("/handshakes", self.handshakes),
             web.get("/received/{user_id}", self.received),
+            web.post("/users/{user_id}/token", self.token),
         ])  # fmt: skip
         self.app = app
 
@@ -158,6 +161,13 @@ class ControlServer:
         user_id = request.match_info["user_id"]
         messages = self.gateway.received_by_user.get(user_id, [])
         return web.json_response([[op, _jsonable(data)] for op, data in messages])
+
+    async def token(self, request: web.Request) -> web.Response:
+        user_id = request.match_info["user_id"]
+        if not user_id.isdigit():
+            raise ControlError(400, "user ids are snowflakes (digits)")
+        log.info("control: a fresh token for user %s", user_id)
+        return web.json_response({"token": self.gateway.fresh_token(user_id)})
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ import functools
 import json
 import logging
 import re
+import secrets
 import ssl as ssl_module
 import struct
 import time
@@ -48,6 +49,8 @@ from .server import ConnectionDropped, ServerConnection, WebsocketTestServer
 from .udp import FakeVoiceUdp
 
 log = logging.getLogger("wavegate.testing.voice")
+ENDING_CODES = frozenset({4006, 4009, 4014, 4021, 4022})
+"""Server closes that end the voice session (and spend its token), unlike 4015."""
 _KNOWN_CLIENT_OPS = frozenset({0, 1, 3, 5, 7, 23, 31, 32})
 TEXT = 0x1
 _SNOWFLAKE = re.compile(r"[0-9]{1,20}")
@@ -190,6 +193,8 @@ class FakeVoiceGateway:
         self.transition_timeout = transition_timeout
         self._stopping = False
         self.leave_grace = leave_grace
+        self.spent_tokens: set[str] = set()
+        """Tokens of voice sessions that ended: IDENTIFY with one gets 4006 (strict)."""
         self.channel_ids = dict(channel_ids or {})
         self.channels: dict[str, DaveChannel] = {}
         """The DAVE state of each ``server_id``'s voice channel."""
@@ -305,7 +310,10 @@ class FakeVoiceGateway:
         session = await self.wait_live(session_id, timeout)
         session.live.clear()
         assert session.conn is not None
-        await session.conn.close(code, reason)
+        conn = session.conn
+        if code in ENDING_CODES:  # the voice session is over: its token with it
+            self._end(session)
+        await conn.close(code, reason)
 
     async def drop(self, session_id: str, *, timeout: float = 5.0) -> None:
         """Fail the session's live TCP connection with no close frame (see ``reset()``);
@@ -404,6 +412,8 @@ class FakeVoiceGateway:
         limit = self.heartbeat_timeout_factor * self.heartbeat_interval
         remaining = state.last_heartbeat + limit - time.monotonic()
         if remaining <= 0 and not state.closing:
+            if state.session is not None:
+                self._end(state.session)
             await self._close(state, 4009, "heartbeat timeout")
             return None
         try:
@@ -505,6 +515,10 @@ class FakeVoiceGateway:
         if self.valid_tokens is not None and token not in self.valid_tokens:
             await conn.close(4004, "authentication failed")
             return None
+        if token in self.spent_tokens:
+            log.info("#%s user %s: a token whose voice session ended: 4006", conn.id, user_id)
+            await conn.close(4006, "session no longer valid")
+            return None
         dave = _dave_offered(payload)
         if not dave and self.require_dave:
             await conn.close(DAVE_REQUIRED, "E2EE/DAVE protocol required")
@@ -512,7 +526,11 @@ class FakeVoiceGateway:
         old = self.sessions.get(session_id)
         if old is not None and old.conn is not None and old.conn is not conn:
             await _retire(old.conn)
-        self._leave(self._members.get((server_id, int(user_id))))
+        member = self._members.get((server_id, int(user_id)))
+        if old is not None and old is not member:
+            self._leave(old)
+        self._leave(member)
+        self.spent_tokens.discard(token)  # the one it replaced, if the same, goes on
         session = FakeVoiceSession(session_id, user_id, token, server_id, dave)
         session.generation = 0 if old is None else old.generation + 1
         self.sessions[session_id] = session
@@ -539,6 +557,8 @@ class FakeVoiceGateway:
             replay = self._replay_after(session, seq_ack)
         if session is None or replay is None:
             self.resumes_refused += 1
+            if session is not None and payload.get("token") == session.token:
+                self._end(session)
             await conn.close(4006, "session no longer valid")
             return None
         if session.conn is not None and session.conn is not conn:
@@ -713,9 +733,30 @@ class FakeVoiceGateway:
 
         self._later(self.leave_grace, leave_unless_resumed)
 
+    def _end(self, session: FakeVoiceSession) -> None:
+        """The voice session is over: it cannot be resumed, its token opens no other
+        (as on Discord, a new session needs a new VOICE_SERVER_UPDATE's token)."""
+        session.expired = True
+        if self.strict:
+            self.spent_tokens.add(session.token)
+        self._leave(session)
+
+    def fresh_token(self, user_id: str) -> str:
+        """A new token for ``user_id``'s next session, as a VOICE_SERVER_UPDATE brings
+        (accepted by ``valid_tokens`` too)."""
+        token = f"token-{user_id}-{secrets.token_hex(8)}"
+        if self.valid_tokens is not None:
+            self.valid_tokens.add(token)
+        return token
+
     def _leave(self, session: FakeVoiceSession | None) -> None:
         """The session leaves its channel; it can no longer be resumed (4006)."""
-        if session is None or not session.joined:
+        if session is None:
+            return
+        if self.strict and not session.expired:
+            self.spent_tokens.add(session.token)
+        if not session.joined:
+            session.expired = True
             return
         session.joined = False
         session.expired = True
