@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: demo test lint typecheck unit stress-test bench bench-dave bench-quick conformance conformance-full soak soak-ci test-all clean
+.PHONY: demo test lint typecheck unit stress-test bench bench-dave bench-quick interop conformance conformance-full soak soak-ci test-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/python -m wavegate demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks chaos conformance
-	$(BIN)/ruff format --check src tests benchmarks chaos conformance
+	$(BIN)/ruff check src tests benchmarks chaos conformance interop
+	$(BIN)/ruff format --check src tests benchmarks chaos conformance interop
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -50,6 +50,12 @@ bench-dave: $(STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.run --quick --out /tmp/wavegate-bench-quick
+
+# Real third-party voice clients against `wavegate serve` (needs node >= 20 and npm):
+# discord.js' @discordjs/voice, pinned in interop/js/package-lock.json.
+interop: $(STAMP)
+	cd interop/js && npm ci --no-audit --no-fund --loglevel=error
+	$(BIN)/pytest -p no:cacheprovider --rootdir interop interop
 
 # Autobahn|Testsuite (needs CPython 2.7.18 from pyenv): non-compression cases, per transport.
 conformance: $(STAMP)
