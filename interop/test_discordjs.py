@@ -39,7 +39,8 @@ class Served:
     def __init__(self, tmp: Path, *options: str) -> None:
         self.ca = tmp / "ca.pem"
         command = [sys.executable, "-m", "wavegate", "serve", "--port", "0", "--heartbeat", "1"]
-        command += ["--tls", "--ca-out", str(self.ca), "--control-port", "0", *options]
+        command += ["--tls", "--ca-out", str(self.ca), "--control-port", "0"]
+        command += ["--channel", f"{GUILD}={CHANNEL}", *options]
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )

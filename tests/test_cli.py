@@ -128,3 +128,18 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as exited:
         main(["frobnicate"])
     assert exited.value.code == 2
+
+
+def test_a_missing_extra_is_one_line_naming_it() -> None:
+    script = (
+        "import sys; sys.modules['davey'] = None\n"
+        "from wavegate.cli import main\n"
+        "sys.exit(main(['demo', '--call']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("wavegate demo: ")
+    assert "pip install 'wavegate[voice]'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -50,11 +50,11 @@ class Channel:
     async def join(self, user: int, **options: object) -> VoiceClient:
         events: list[SessionEvent] = []
         options.setdefault("refresh_credentials", refreshing(self.gateway, credentials(user)))
+        options.setdefault("backoff", FAST)
         client = VoiceClient(
             self.gateway.url,
             credentials(user),
             websocket=Websocket(transport=self.transport),
-            backoff=FAST,
             on_event=events.append,
             **options,  # type: ignore[arg-type]
         )
@@ -247,9 +247,9 @@ async def test_a_transition_that_never_executes_leaves_the_group_usable(
 
 
 async def test_a_member_that_never_sends_its_key_package_is_left_out(channel: Channel) -> None:
+    channel.gateway.ignore_key_packages(SERVER, "2003")  # before it even connects
     await channel.join(2003)
     await channel.clients[2003].wait_ready(PATIENCE)
-    channel.gateway.ignore_key_packages("session-2003")
     silent = channel.clients.pop(2003)
     channel.events.pop(2003)
     for user in (2001, 2002):
@@ -289,7 +289,7 @@ async def test_a_member_we_did_not_write_agrees_with_ours(channel: Channel) -> N
 async def test_wait_dave_ready_says_why_it_timed_out(channel: Channel) -> None:
     client = await channel.join(2001)  # alone: no group to be welcomed into
     await client.wait_ready(PATIENCE)
-    with pytest.raises(asyncio.TimeoutError, match="0 other user"):
+    with pytest.raises(asyncio.TimeoutError, match="alone in the channel"):
         await client.wait_dave_ready(0.2)
     assert client.dave is not None  # DAVE is on; the group is not active yet
     assert client.voice_privacy_code is None
@@ -403,3 +403,40 @@ def test_without_davey_the_core_imports_and_the_voice_client_names_the_extra() -
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'wavegate[voice]'" in result.stdout
+
+
+class _Highest:
+    """Backoff jitter at its ceiling: the wait is exactly the backoff's delay."""
+
+    def uniform(self, low: float, high: float) -> float:
+        return high
+
+
+async def test_after_a_4006_the_old_group_is_not_reported_during_the_backoff(
+    channel: Channel,
+) -> None:
+    await channel.join(2001)
+    slow = Backoff(base=30.0, cap=30.0, max_attempts=None)  # a long wait before rejoining
+    client = await channel.join(2002, backoff=slow, random_source=_Highest())
+    await channel.agree()
+    await channel.gateway.close_session("session-2002", 4006, "session no longer valid")
+    await eventually(lambda: client.state.value == "waiting", PATIENCE)
+    assert client.dave is None
+    assert not client.dave_state.active
+    with pytest.raises(TimeoutError):
+        await client.wait_dave_ready(0.05)
+
+
+@pytest.mark.parametrize("speaker", [None, "abc", -1, True])
+def test_decrypt_says_what_a_user_id_must_be(speaker: object) -> None:
+    voice = VoiceClient("ws://127.0.0.1:1/?v=8", credentials(2001))
+    with pytest.raises(ValueError, match="speaker's user id"):
+        voice.decrypt(speaker, b"frame")  # type: ignore[arg-type]
+
+
+async def test_wait_ready_says_why_it_timed_out() -> None:
+    voice = VoiceClient("ws://127.0.0.1:9/?v=8", credentials(2001), backoff=FAST)
+    async with voice:
+        with pytest.raises(TimeoutError, match=r"last connection ended: .*refused") as raised:
+            await voice.wait_ready(0.5)
+    assert isinstance(raised.value, asyncio.TimeoutError)  # both names, on every Python

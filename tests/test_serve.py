@@ -189,6 +189,7 @@ async def _outcome(voice: VoiceClient) -> object:
         (("--heartbeat", "-1"), "must be more than 0"),
         (("--port", "70000"), "is not a port"),
         (("--replay-size", "many"), "is not a whole number"),
+        (("--channel", "guild=chan"), "is not SERVER=CHANNEL"),
     ],
 )
 def test_bad_arguments_get_one_readable_line(options: tuple[str, ...], message: str) -> None:
@@ -216,3 +217,21 @@ def test_a_port_in_use_is_one_line() -> None:
     assert result.stderr.startswith("wavegate serve: cannot start on 127.0.0.1: ")
     assert "in use" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_channel_ids_make_daves_group_id(tmp_path: Path) -> None:
+    credentials = [
+        VoiceCredentials("1001", str(user), f"session-{user}", "token", "3001")
+        for user in (2001, 2002)
+    ]
+    with serving("--channel", "1001=3001") as served:
+        clients = [VoiceClient(served.url, c, backoff=FAST) for c in credentials]
+        for client in clients:
+            await client.start()
+        try:
+            for client in clients:
+                await client.wait_dave_ready(PATIENCE)
+            assert clients[0].voice_privacy_code == clients[1].voice_privacy_code
+        finally:
+            for client in clients:
+                await client.close()

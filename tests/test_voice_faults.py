@@ -360,7 +360,8 @@ async def test_unknown_ops_are_ignored_typed_payloads_delivered_and_dave_ops_han
         await gateway.send_unknown(CREDENTIALS.session_id, op)
     await gateway.send(CREDENTIALS.session_id, 11, {"user_ids": ["2", "3"]})
     await gateway.send_binary(CREDENTIALS.session_id, 30, b"\x00\x07welcome")
-    await gateway.send_binary(CREDENTIALS.session_id, 27, b"\x01refs")
+    await gateway.send_binary(CREDENTIALS.session_id, 27, b"\x00junk")  # append: refused
+    await gateway.send_binary(CREDENTIALS.session_id, 27, b"\x01refs")  # revoke: nothing held
     # seq 1 was the gateway's DAVE external sender (op 25), handled by the protocol.
     assert await client.receive() == ClientsConnect(("2", "3"), seq=2)
     # DAVE's ops are the protocol's: a welcome it cannot read is flagged (op 31) and
@@ -369,7 +370,7 @@ async def test_unknown_ops_are_ignored_typed_payloads_delivered_and_dave_ops_han
     first, flag, second = gateway.received_by_user[CREDENTIALS.user_id]
     assert (first[0], flag, second[0]) == (26, (31, {"transition_id": 7}), 26)
     assert first[1] != second[1]
-    await eventually(lambda: client.protocol.seq_ack == 4)
+    await eventually(lambda: client.protocol.seq_ack == 5)
     errors = [e for e in events if e.kind is DaveEvent.ERROR]
     assert [e.data["recovery"] for e in errors] == ["reinit", "none"]
     assert client.pending_receives == 0

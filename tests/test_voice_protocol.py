@@ -18,6 +18,7 @@ from wavegate import (
     HandshakeDone,
     HeartbeatAck,
     HeartbeatRequest,
+    InvalidURLError,
     Output,
     Perform,
     Send,
@@ -277,3 +278,22 @@ def test_the_heartbeat_interval_comes_from_hello_in_seconds() -> None:
     protocol.start(resume=True)
     protocol.receive(json(RESUMED))
     assert protocol.receive(json(HELLO)) == [HandshakeDone(13.75, resumed=True)]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "url"),
+    [
+        ("c-fra01.discord.media:2087", "wss://c-fra01.discord.media:2087/?v=8"),
+        ("c-fra01.discord.media:2087/", "wss://c-fra01.discord.media:2087/?v=8"),
+        ("ws://127.0.0.1:5/?v=4", "ws://127.0.0.1:5/?v=8"),
+        ("wss://x.example:443", "wss://x.example:443/?v=8"),
+    ],
+)
+def test_voice_urls(endpoint: str, url: str) -> None:
+    assert voice_url(endpoint) == url
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:9/x", "not a url", "", "wss://"])
+def test_bad_voice_endpoints_are_refused(endpoint: str) -> None:
+    with pytest.raises(InvalidURLError):
+        voice_url(endpoint)

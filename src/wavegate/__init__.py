@@ -48,6 +48,7 @@ from .signals import (
     SendTimeoutError,
     SessionClosedError,
     Signal,
+    WaitTimeoutError,
     WavegateError,
 )
 from .websocket import Websocket, WebsocketState, WebsocketStats
@@ -91,6 +92,7 @@ __all__ = [
     "SessionState",
     "SessionStats",
     "Signal",
+    "WaitTimeoutError",
     "WavegateError",
     "Websocket",
     "WebsocketPacket",

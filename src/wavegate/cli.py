@@ -70,4 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(sys.stdout, messages=args.messages, rounds=args.rounds)
     except KeyboardInterrupt:
         return 130
+    except ImportError as exc:
+        # A missing extra: its message names it (pip install 'wavegate[...]').
+        print(f"wavegate {args.command}: {exc}", file=sys.stderr)
+        return 1
     return 2  # pragma: no cover - argparse rejects unknown commands

@@ -227,8 +227,8 @@ def _report_call(printer: _Printer, rows: list[_Row], *, errors: int, ok: bool) 
             table.add_row(*row)
         printer.console.print(table)
     elif shown:
-        for row in shown:
-            print("  ".join(row), file=printer.out)
+        for row in [header, *shown]:
+            print(" | ".join(row), file=printer.out)
     printer.line(f"MLS errors: {errors}")
     printer.line(
         "PASS: every member agrees, every frame decrypted" if ok else "FAIL: see above",

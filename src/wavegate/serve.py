@@ -28,6 +28,15 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
         help="accept clients without DAVE (default: close them with 4017, as Discord does)",
     )
     serve.add_argument(
+        "--channel",
+        type=_channel,
+        action="append",
+        default=[],
+        metavar="SERVER=CHANNEL",
+        help="the voice channel id (DAVE's MLS group id) of a server id; repeatable "
+        "(default: the server id itself)",
+    )
+    serve.add_argument(
         "--lax",
         action="store_true",
         help="accept what Discord refuses (a URL without v=8, malformed heartbeats...)",
@@ -81,6 +90,7 @@ async def _running(args: argparse.Namespace) -> AsyncIterator[None]:
         port=args.port,
         require_dave=not args.dave_optional,
         strict=not args.lax,
+        channel_ids=dict(args.channel),
         ssl=tls.context if tls is not None else None,
     )
     async with gateway, contextlib.AsyncExitStack() as stack:
@@ -103,6 +113,13 @@ async def _running(args: argparse.Namespace) -> AsyncIterator[None]:
 def _fail(message: str) -> int:
     print(f"wavegate serve: {message}", file=sys.stderr)
     return 1
+
+
+def _channel(text: str) -> tuple[str, str]:
+    server, _, channel = text.partition("=")
+    if not (server.isdigit() and channel.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not SERVER=CHANNEL (two snowflakes)")
+    return server, channel
 
 
 def _port(text: str) -> int:

@@ -175,6 +175,11 @@ class SendTimeoutError(WavegateError, _Timeout):
     never will be. A ``TimeoutError`` (also an ``asyncio.TimeoutError`` on 3.10)."""
 
 
+class WaitTimeoutError(WavegateError, _Timeout):
+    """A wait (``wait_ready``, ``wait_dave_ready``) ran out of time; the message says
+    where things stand. A ``TimeoutError`` (also an ``asyncio.TimeoutError`` on 3.10)."""
+
+
 class SessionClosedError(WavegateError):
     """The session stopped before this message could be sent (it was not sent).
 

@@ -158,10 +158,16 @@ class DaveState:
         if not self.version:
             return "waiting for the transition to DAVE to execute"
         others = len(self.known_users) - 1
-        status = (
-            f"key package sent, waiting to be welcomed into the group "
-            f"({others} other user(s) announced in the channel)"
-        )
+        if others:
+            status = (
+                "key package sent, waiting to be welcomed into the group "
+                f"({others} other user(s) announced in the channel)"
+            )
+        else:
+            status = (
+                "alone in the channel: the group forms when another member joins "
+                "(until then there is nobody to encrypt for)"
+            )
         return status if self.last_error is None else f"{status}; last error: {self.last_error}"
 
     # -- what the voice protocol calls ---------------------------------------------
@@ -254,6 +260,8 @@ class DaveState:
         """
         if frame == SILENCE_FRAME:
             return frame
+        if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id < 0:
+            raise ValueError(f"decrypt needs the speaker's user id (a snowflake), not {user_id!r}")
         session = self.session
         encrypted = frame.endswith(MARKER)
         if session is None or not session.ready:
@@ -304,6 +312,11 @@ class DaveState:
         try:
             result = session.process_proposals(kind, message.body[1:], expected)
         except Exception as exc:  # davey raises ValueError; a binding may raise others
+            if kind is davey.ProposalsOperationType.revoke:
+                # Revoking proposals this member never took in (they were refused, or
+                # came before it joined) changes nothing: not an error.
+                log.debug("revoke of proposals not held: %s", exc)
+                return []
             why = f"proposals refused: {exc}"
             if "WrongGroupId" in str(exc):
                 why += (

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from ..signals import InvalidURLError
+
 
 class Op(IntEnum):
     """Voice gateway opcodes."""
@@ -273,8 +275,23 @@ def encode_binary(op: int, body: bytes) -> bytes:
 
 
 def voice_url(endpoint: str) -> str:
-    """The v8 gateway URL for a VOICE_SERVER_UPDATE endpoint, keeping its port."""
+    """The v8 gateway URL for a VOICE_SERVER_UPDATE endpoint (``host:port``, kept as
+    it is) or a ``ws://``/``wss://`` URL.
+
+    Raises:
+        InvalidURLError: another scheme (``http://``...), or no host.
+    """
     base = endpoint.split("?", 1)[0].rstrip("/")
-    if not base.startswith(("ws://", "wss://")):
-        base = "wss://" + base
-    return f"{base}/?v=8"
+    scheme, found, rest = base.partition("://")
+    if not found:
+        scheme, rest = "wss", base
+    if scheme not in ("ws", "wss"):
+        raise InvalidURLError(
+            f"a voice endpoint is host:port or a ws:// or wss:// URL, not {scheme}://"
+        )
+    host = rest.split("/", 1)[0]
+    if not host or host.endswith(":") or any(c.isspace() for c in host):
+        raise InvalidURLError(
+            "a voice endpoint needs a host (no spaces), like region.discord.media:443"
+        )
+    return f"{scheme}://{rest}/?v=8"

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..redact import REDACTED
 from ..session import Session, SessionEvent
 from ..session.machine import Outcome
-from ..signals import SessionClosedError
+from ..signals import SessionClosedError, WaitTimeoutError
 from ..websocket import Websocket
 from .dave import SILENCE_FRAME, DaveEvent, DaveState
 from .payloads import (
@@ -188,7 +188,8 @@ class VoiceClient(Session):
         then :attr:`dave` is ``None`` and media is sent as it is).
 
         Raises:
-            TimeoutError: not within ``timeout`` seconds; the message says where DAVE
+            WaitTimeoutError: (a ``TimeoutError``) not within ``timeout`` seconds; the
+                message says where DAVE
                 stands (no external sender yet, waiting for a welcome, version 0...).
             SessionClosedError: the session stopped first.
         """
@@ -199,7 +200,7 @@ class VoiceClient(Session):
                 raise SessionClosedError(f"session stopped: {self.outcome}", self.outcome)
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
-                raise asyncio.TimeoutError(
+                raise WaitTimeoutError(
                     f"DAVE not active within {timeout}s: {self.protocol.dave.status()}"
                 )
             self._dave_changed.clear()
@@ -226,7 +227,7 @@ class VoiceClient(Session):
         """``user_id``'s Opus ``frame`` (transport decryption and RTP padding already
         removed) end-to-end decrypted; as it is when DAVE is off; ``None`` when it
         cannot be decrypted (around a transition: drop it)."""
-        return self.protocol.dave.decrypt(int(user_id), frame)
+        return self.protocol.dave.decrypt(_user_id(user_id), frame)
 
     async def _renew(self) -> None:
         if self._refresh is None or self._credentials_fresh:
@@ -289,6 +290,15 @@ class VoiceClient(Session):
         self._credentials_fresh = token is not None  # the move brought a token: no refresh
         self.protocol.new_session()
         self.move(voice_url(endpoint))
+
+
+def _user_id(user_id: object) -> int:
+    """A speaker's snowflake as an int (``Speaking.user_id`` is a string or ``None``)."""
+    if isinstance(user_id, str) and user_id.isdigit():
+        return int(user_id)
+    if isinstance(user_id, int) and not isinstance(user_id, bool):
+        return user_id
+    raise ValueError(f"decrypt needs the speaker's user id (a snowflake), not {user_id!r}")
 
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from ..backoff import Backoff, RetrySchedule
 from ..protocol import GatewayProtocol, HandshakeDone
 from ..redact import redact_url
-from ..signals import SessionClosedError
+from ..signals import SessionClosedError, WaitTimeoutError
 from ..websocket import Websocket, check_close
 from . import connection
 from .events import EventHub, EventKind, SessionEvent, SessionStats
@@ -177,7 +177,8 @@ class Session:
 
         Raises:
             SessionClosedError: the session stopped first.
-            TimeoutError: not ready within ``timeout`` seconds.
+            WaitTimeoutError: not ready within ``timeout`` seconds (a
+                ``TimeoutError``; the message gives the state and the last ending).
         """
         ready = asyncio.ensure_future(self._ready.wait())
         stopped = asyncio.ensure_future(self._closing.wait())
@@ -192,7 +193,11 @@ class Session:
             return
         if self._closing.is_set():
             raise SessionClosedError(f"session stopped: {self.outcome}", self.outcome)
-        raise asyncio.TimeoutError("session not ready in time")
+        last = self.ws.last_signal
+        raise WaitTimeoutError(
+            f"session not ready within {timeout}s: state {self.state.value}"
+            + (f", last connection ended: {last}" if last is not None else "")
+        )
 
     async def close(self, code: int = 1000, reason: str = "") -> Outcome:
         """Stop: close the connection with ``code``, cancel and await every task.
@@ -358,6 +363,9 @@ class Session:
             else:
                 attempt, kind = self._machine.schedule.attempts, EventKind.RECONNECT_SCHEDULED
                 self.stats.reconnects += 1
+                # The old session is over now, not when the next one starts: nothing
+                # of it (a DAVE group...) may look current during the backoff.
+                self.protocol.new_session()
             self._hub.emit(kind, attempt=attempt, delay=decision.delay, signal=ending.signal)
             if decision.delay > 0:
                 if await _set_within(self._closing, decision.delay):

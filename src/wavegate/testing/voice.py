@@ -656,10 +656,10 @@ class FakeVoiceGateway:
         else:
             self._run_dave(server_id, channel.release_transitions())
 
-    def ignore_key_packages(self, session_id: str) -> None:
-        """Drop the session's key packages, as if its client never sent one."""
-        session = self.sessions[session_id]
-        self.dave_channel(session.server_id).ignored_key_packages.add(int(session.user_id))
+    def ignore_key_packages(self, server_id: str, user_id: str) -> None:
+        """Drop ``user_id``'s key packages in ``server_id``'s channel, as if its client
+        never sent one (call it before the client connects, or at any time)."""
+        self.dave_channel(server_id).ignored_key_packages.add(int(user_id))
 
     async def _select_protocol(
         self, conn: ServerConnection, session: FakeVoiceSession, payload: Any
