@@ -29,6 +29,19 @@ async def assert_nothing_lost(traffic: Traffic) -> None:
     tally = await traffic.stop()
     assert tally.client_sent > 0
     assert tally.server_sent > 0
-    assert traffic.server_received() == list(range(traffic.client_sent))
-    assert traffic.client_received == list(range(traffic.server_sent))
+    _same("client -> server", traffic.server_received(), traffic.client_sent)
+    _same("server -> client", traffic.client_received, traffic.server_sent)
     assert tally.perfect
+
+
+def _same(direction: str, got: list[int], sent: int) -> None:
+    """``got`` is 0..sent-1 in order; otherwise say what was lost, doubled or moved."""
+    if got == list(range(sent)):
+        return
+    missing = sorted(set(range(sent)) - set(got))
+    doubled = sorted({n for n in got if got.count(n) > 1})
+    extra = sorted(set(got) - set(range(sent)))
+    raise AssertionError(
+        f"{direction}: sent {sent}, received {len(got)}; missing {missing[:20]}, "
+        f"doubled {doubled[:20]}, never sent {extra[:20]}, in order: {got == sorted(got)}"
+    )

@@ -18,7 +18,7 @@ for minor in 3.10 3.11 3.12 3.13; do
     continue
   fi
   venv=".venv-py$minor"
-  if [ ! -f "$venv/.installed" ]; then
+  if [ ! -f "$venv/.installed" ] || [ pyproject.toml -nt "$venv/.installed" ]; then
     "$python" -m venv "$venv" && "$venv/bin/pip" install -q --upgrade pip \
       && "$venv/bin/pip" install -q -e '.[dev]' && touch "$venv/.installed"
   fi

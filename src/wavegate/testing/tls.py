@@ -15,7 +15,7 @@ try:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 except ImportError as exc:  # pragma: no cover - only without the voice extra
     raise ImportError(
         "a TLS certificate for the fake gateway needs cryptography: pip install 'wavegate[voice]'"
@@ -42,6 +42,7 @@ def loopback_tls(days: int = 1) -> LoopbackTLS:
         _builder(ca_name, ca_name, ca_key.public_key(), now, days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
@@ -53,6 +54,12 @@ def loopback_tls(days: int = 1) -> LoopbackTLS:
         _builder(name, ca_name, key.public_key(), now, days)
         .add_extension(x509.SubjectAlternativeName(alt), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        # Python 3.13 verifies strictly (VERIFY_X509_STRICT): these must be there.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
         .sign(ca_key, hashes.SHA256())
     )
     pem = serialization.Encoding.PEM
