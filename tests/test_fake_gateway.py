@@ -209,3 +209,22 @@ async def test_a_lax_gateway_takes_a_spent_token_again() -> None:
         assert first.code == 4009
         assert lax.spent_tokens == set()
         assert (await closed_with(lax, IDENTIFY)).code == 4009
+
+
+async def test_what_the_client_sent_before_the_close_counts_even_if_an_answer_fails(
+    gateway: FakeVoiceGateway,
+) -> None:
+    """Found on Python 3.12+ as a lost message in a resume test: the fake stopped
+    reading when an answer (a heartbeat ACK) could not be sent because the connection
+    was closing, and dropped what the client had sent before its close frame."""
+    ws = Websocket(ping_interval=None)
+    await ws.connect(gateway.url)
+    await ws.receive()  # HELLO
+    # All at once, before any answer: the gateway reads them all, then the close,
+    # while its handler is still answering the IDENTIFY.
+    await ws.send_json(IDENTIFY)
+    await ws.send_json({"op": 3, "d": {"t": 1, "seq_ack": -1}})
+    await ws.send_json({"op": 5, "d": {"speaking": 1, "delay": 0, "ssrc": 77}})
+    await ws.disconnect(4000)
+    spoken = (5, {"speaking": 1, "delay": 0, "ssrc": 77})
+    await eventually(lambda: spoken in gateway.received_by_user.get("2", []), 5)

@@ -397,7 +397,12 @@ class FakeVoiceGateway:
                     ):
                         self._record_late(state, message)
                     continue
-                await self._dispatch(state, *message)
+                try:
+                    await self._dispatch(state, *message)
+                except ConnectionDropped:
+                    # An answer could not be sent: the connection is going. What the
+                    # client sent before it saw that still counts: read on, to the end.
+                    state.closing = True
         except ConnectionDropped:
             return
         finally:
@@ -536,9 +541,11 @@ class FakeVoiceGateway:
         self.sessions[session_id] = session
         self.identifies += 1
         session.conn = conn
+        # Quietly: a connection closing under it is still this session's, and what
+        # its client sent before the close is still recorded.
         ip, port = self.udp.address
         ready = {"ssrc": 1000 + len(self.sessions), "ip": ip, "port": port}
-        await conn.send_json({"op": 2, "d": {**ready, "modes": list(self.modes)}})
+        await _send_quietly(conn, {"op": 2, "d": {**ready, "modes": list(self.modes)}})
         log.info("#%s user %s identified (server %s, DAVE %s)", conn.id, user_id, server_id,
                  "offered" if dave else "not offered")  # fmt: skip
         session.live.set()
@@ -567,7 +574,7 @@ class FakeVoiceGateway:
         session.seq_ack = seq_ack
         session.resumes += 1
         self.resumes += 1
-        await conn.send_json({"op": 9, "d": None})
+        await _send_quietly(conn, {"op": 9, "d": None})
         # Written in one go, with no wait: a message numbered meanwhile would be in
         # neither the replay nor the live stream.
         replay = self._replay_after(session, seq_ack)
