@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from ..backoff import Backoff, RetrySchedule
 from ..protocol import GatewayProtocol, HandshakeDone
 from ..redact import redact_url
-from ..signals import SessionClosedError, WaitTimeoutError
+from ..signals import SessionClosedError, Signal, WaitTimeoutError
 from ..websocket import Websocket, check_close
 from . import connection
 from .events import EventHub, EventKind, SessionEvent, SessionStats
@@ -134,6 +134,8 @@ class Session:
         self._moved = asyncio.Event()
         self._ready = asyncio.Event()
         self._sessions_started = 0
+        self._last_ending: Signal | None = None
+        """How the last connection ended (kept across the next attempt, for messages)."""
         self._lost_at: float | None = None
 
     def _connection_parts(self, timing: connection.Timing) -> connection.Parts:
@@ -193,7 +195,7 @@ class Session:
             return
         if self._closing.is_set():
             raise SessionClosedError(f"session stopped: {self.outcome}", self.outcome)
-        last = self.ws.last_signal
+        last = self._last_ending
         raise WaitTimeoutError(
             f"session not ready within {timeout}s: state {self.state.value}"
             + (f", last connection ended: {last}" if last is not None else "")
@@ -346,6 +348,7 @@ class Session:
         if self._lost_at is None:
             self._lost_at = self._clock()
         self._hub.emit(EventKind.CONNECTION_LOST, signal=ending.signal)
+        self._last_ending = ending.signal
         return ending
 
     async def _after(self, ending: Ending) -> None:
