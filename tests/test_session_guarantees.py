@@ -361,9 +361,11 @@ async def test_backpressure_longer_than_the_keepalive_does_not_drop_the_connecti
 
             producing = asyncio.ensure_future(produce())
             await eventually(lambda: voice.pending_receives >= 20, 10)
-            # The application is busy for several keepalive periods (ping 0.2 + 0.2 s).
-            # (Waiting is the point here: nothing may happen meanwhile.)
-            await asyncio.sleep(1.5)
+            # The application stays busy for several keepalive periods (ping 0.2 + 0.2 s):
+            # measured by the gateway's count of this session's heartbeats (one per 0.1 s),
+            # which go on while the client reads nothing.
+            beats = gateway.session(SESSION).heartbeats
+            await eventually(lambda: gateway.session(SESSION).heartbeats >= beats + 15, 30)
             received = []
             async for message in voice:
                 assert isinstance(message, Speaking)

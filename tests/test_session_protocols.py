@@ -138,12 +138,16 @@ async def test_a_second_handshake_done_is_ignored() -> None:
         await answer_pings(conn)
 
     async with WebsocketTestServer(welcome_twice) as server:
-        session = Session(server.url, Feed(heartbeat=0.05))
+        events: list[SessionEvent] = []
+        session = Session(server.url, Feed(heartbeat=0.05), on_event=events.append)
         async with session:
             await session.wait_ready(5)
             beats = session.stats
-            await eventually(lambda: session.latency is not None)
-            await asyncio.sleep(0.5)  # ten heartbeat intervals: nothing may go wrong
+
+            def acked() -> int:
+                return sum(e.kind is EventKind.HEARTBEAT and e.latency is not None for e in events)
+
+            await eventually(lambda: acked() >= 10, 30)  # ten beats answered, none missed
             assert beats.zombies == 0
             assert session.state is SessionState.READY
 
