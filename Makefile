@@ -52,8 +52,18 @@ bench-quick: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.run --quick --out /tmp/wavegate-bench-quick
 
 # Real third-party voice clients against `wavegate serve` (needs node >= 20 and npm):
-# discord.js' @discordjs/voice, pinned in interop/js/package-lock.json.
-interop: $(STAMP)
+# discord.js' @discordjs/voice, pinned in interop/js/package-lock.json, and discord.py,
+# pinned in interop/discordpy/requirements.txt (in a venv of its own).
+DPY_VENV := .venv-discordpy
+DPY_STAMP := $(DPY_VENV)/.installed
+
+$(DPY_STAMP): interop/discordpy/requirements.txt
+	$(PYTHON) -m venv $(DPY_VENV)
+	$(DPY_VENV)/bin/pip install -q --upgrade pip
+	$(DPY_VENV)/bin/pip install -q -r interop/discordpy/requirements.txt
+	touch $(DPY_STAMP)
+
+interop: $(STAMP) $(DPY_STAMP)
 	cd interop/js && npm ci --no-audit --no-fund --loglevel=error
 	$(BIN)/pytest -p no:cacheprovider --rootdir interop interop
 
@@ -77,4 +87,4 @@ test-all:
 	tools/test-all.sh
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .venv-tools .venv-autobahn .venv-py* reports build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .venv-tools .venv-autobahn .venv-discordpy .venv-py* reports build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

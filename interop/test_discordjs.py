@@ -8,139 +8,18 @@ Each test pins what discord.js does; docs/interop.md has the table.
 
 from __future__ import annotations
 
-import json
-import os
-import queue
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-JS = HERE / "js"
-GUILD, CHANNEL = "1001", "3001"
-PATIENCE = 30.0
-"""Seconds for discord.js to reach a state: node starts slowly on a busy machine."""
-
-Line = dict[str, Any]
+from harness import JS, JsClient, Served
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class Served:
-    """``wavegate serve`` with TLS and its control API, in a subprocess."""
-
-    def __init__(self, tmp: Path, *options: str) -> None:
-        self.ca = tmp / "ca.pem"
-        command = [sys.executable, "-m", "wavegate", "serve", "--port", "0", "--heartbeat", "1"]
-        command += ["--tls", "--ca-out", str(self.ca), "--control-port", "0"]
-        command += ["--channel", f"{GUILD}={CHANNEL}", *options]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
-        assert self.process.stdout is not None
-        lines = [self.process.stdout.readline() for _ in range(4)]
-        self.endpoint = lines[0].split("wss://", 1)[1].split("/", 1)[0]
-        self.control = lines[1].split(" on ", 1)[1].strip()
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.control + path, data=data, method=method)
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return json.loads(answer.read())
-
-    def session(self, user: str) -> dict[str, Any]:
-        return next(s for s in self.call("GET", "/sessions") if s["user_id"] == user)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
-class JsClient:
-    """``node client.mjs``: its JSON lines, read by a thread into a queue."""
-
-    def __init__(self, served: Served, user: str, *, dave: bool = True) -> None:
-        env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(served.ca)}
-        if not dave:
-            env["WAVEGATE_NO_DAVE"] = "1"
-        args = [served.endpoint, served.control, GUILD, CHANNEL, user, f"session-{user}"]
-        self.process = subprocess.Popen(
-            ["node", str(JS / "client.mjs"), *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self.lines: list[Line] = []
-        self._queue: queue.Queue[Line | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for raw in self.process.stdout:
-            try:
-                self._queue.put(json.loads(raw))
-            except ValueError:
-                self._queue.put({"event": "output", "text": raw.rstrip()})
-        self._queue.put(None)
-
-    def wait_for(self, predicate: Callable[[Line], bool], what: str, *, seen: bool = False) -> Line:
-        """The first line from now on (``seen``: or already read) for which
-        ``predicate`` holds, within ``PATIENCE`` seconds in all."""
-        if seen:
-            for line in self.lines:
-                if predicate(line):
-                    return line
-        deadline = time.monotonic() + PATIENCE
-        while True:
-            try:
-                got = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"discord.js: no {what} within {PATIENCE}s") from None
-            if got is None:
-                raise AssertionError(f"discord.js exited before {what}: {self.lines[-5:]}")
-            self.lines.append(got)
-            if predicate(got):
-                return got
-
-    def state(self, status: str) -> Line:
-        return self.wait_for(lambda m: m["event"] == "state" and m["to"] == status, status)
-
-    def sent(self, op: int) -> Line:
-        marker = f'[WS] >> {{"op":{op},'
-        return self.wait_for(lambda m: marker in m.get("message", ""), f"op {op} sent")
-
-    def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def node_modules() -> None:
     if not (JS / "node_modules" / "@discordjs" / "voice").exists():
         pytest.fail("run `make interop` (it installs discord.js with npm ci first)")
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    running = Served(tmp_path)
-    yield running
-    running.stop()
 
 
 @pytest.fixture
