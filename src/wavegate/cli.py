@@ -1,4 +1,4 @@
-"""The ``wavegate`` command: ``demo``, ``serve`` and ``bench``."""
+"""The ``wavegate`` command: ``demo``, ``serve``, ``connect`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -7,30 +7,80 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
+from . import __version__
+from .connect import add_arguments as add_connect_arguments
+from .connect import connect
 from .serve import add_arguments as add_serve_arguments
 from .serve import serve
 
+EXAMPLES = """examples:
+  wavegate demo                              a fault storm, then an encrypted call
+  wavegate serve --port 8765 --control-port 8766 --tls --ca-out ca.pem
+  echo '{"op": 1, "d": null}' | wavegate connect ws://127.0.0.1:9000/
+  wavegate bench --messages 20000
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (and where to look), not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="wavegate", description="Resilient websocket connections to real-time gateways."
+    parser = _Parser(
+        prog="wavegate",
+        description="Resilient websocket connections to real-time gateways.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"wavegate {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     demo = commands.add_parser(
         "demo",
         help="a voice client rides out a scripted fault storm, then an encrypted (DAVE) call",
+        epilog="example: wavegate demo --storm",
     )
     only = demo.add_mutually_exclusive_group()
     only.add_argument("--core", action="store_true", help="only the core Websocket tour")
     only.add_argument("--storm", action="store_true", help="only the fault storm")
     only.add_argument("--call", action="store_true", help="only the encrypted call")
-    serve = commands.add_parser("serve", help="run the fake Discord voice gateway v8")
+    serve = commands.add_parser(
+        "serve",
+        help="run the fake Discord voice gateway v8",
+        epilog="example: wavegate serve --port 8765 --control-port 8766 --heartbeat 1",
+    )
     add_serve_arguments(serve)
-    bench = commands.add_parser("bench", help="a short benchmark (the full suite is `make bench`)")
-    bench.add_argument("--messages", type=int, default=100_000, help="messages per throughput run")
-    bench.add_argument("--rounds", type=int, default=3, help="rounds (medians are reported)")
+    client = commands.add_parser(
+        "connect",
+        help="an interactive client that resumes and reconnects by policy",
+        epilog="example: wavegate connect --policy discord-gateway wss://gateway.example/",
+    )
+    add_connect_arguments(client)
+    bench = commands.add_parser(
+        "bench",
+        help="a short benchmark (the full suite is `make bench`)",
+        epilog="example: wavegate bench --messages 20000 --rounds 1",
+    )
+    bench.add_argument(
+        "--messages", type=_count, default=100_000, help="messages per throughput run"
+    )
+    bench.add_argument("--rounds", type=_count, default=3, help="rounds (medians are reported)")
     return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def _install_uvloop() -> None:
@@ -57,21 +107,37 @@ async def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     _install_uvloop()
     try:
-        if args.command == "demo":
-            return asyncio.run(_demo(args))
-        if args.command == "serve":
-            return asyncio.run(serve(args))
-        if args.command == "bench":
-            from .bench import run
-
-            return run(sys.stdout, messages=args.messages, rounds=args.rounds)
+        return _run(args)
     except KeyboardInterrupt:
         return 130
     except ImportError as exc:
         # A missing extra: its message names it (pip install 'wavegate[...]').
         print(f"wavegate {args.command}: {exc}", file=sys.stderr)
         return 1
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    except Exception as exc:
+        if args.debug:
+            raise
+        name = type(exc).__name__
+        print(
+            f"wavegate {args.command}: {name}: {exc} (--debug shows the traceback)", file=sys.stderr
+        )
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        return asyncio.run(_demo(args))
+    if args.command == "serve":
+        return asyncio.run(serve(args))
+    if args.command == "connect":
+        return asyncio.run(connect(args))
+    from .bench import run
+
+    return run(sys.stdout, messages=args.messages, rounds=args.rounds)

@@ -1,0 +1,265 @@
+"""``wavegate connect URL``: an interactive client that rides out drops.
+
+Like ``python -m websockets URL`` or wscat, for pipes and terminals alike: each stdin
+line is sent (as a JSON object, or as text with ``--text``), each received frame is
+printed as one JSON line on stdout, and what happens to the connection goes to
+stderr. When the connection ends, the close-code policy decides: a resume reconnects
+at once, a reconnect backs off, a disconnect stops with status 1 and a line naming
+the close code. A line being sent when the connection drops is sent again on the
+next one, never lost. On stdin EOF the client sends what it still has, closes with
+1000 and exits 0.
+
+The decisions are pure functions (:func:`decide`, :func:`parse_line`,
+:func:`format_packet`); :func:`run` only carries them out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal, TextIO
+
+from .backoff import Backoff, RetrySchedule
+from .packets import WebsocketPacket, WebsocketPacketBytes, WebsocketPacketJSON
+from .policy import DISCORD_GATEWAY, DISCORD_VOICE, GENERIC, ClosePolicy
+from .redact import redact_url
+from .signals import (
+    DisconnectSignal,
+    InvalidURLError,
+    PayloadError,
+    ResumeSignal,
+    Signal,
+)
+from .websocket import Websocket
+
+POLICIES: dict[str, ClosePolicy] = {
+    "generic": GENERIC,
+    "discord-voice": DISCORD_VOICE,
+    "discord-gateway": DISCORD_GATEWAY,
+}
+Binary = Literal["base64", "hex"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``connect`` command's options."""
+    parser.add_argument("url", help="ws:// or wss:// URL")
+    parser.add_argument(
+        "--policy",
+        choices=sorted(POLICIES),
+        default="generic",
+        help="the close-code policy that decides resume / reconnect / stop (generic)",
+    )
+    parser.add_argument(
+        "--text", action="store_true", help="send lines and print frames as text, not JSON"
+    )
+    parser.add_argument(
+        "--binary",
+        choices=["base64", "hex"],
+        default="base64",
+        help="how binary frames are printed (base64)",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=5, help="consecutive failed connects before giving up (5)"
+    )
+    parser.add_argument(
+        "--open-timeout", type=float, default=10.0, help="seconds to open a connection (10)"
+    )
+
+
+# -- pure decisions -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """What to do after a connection ended: ``"resume"`` (again at once),
+    ``"reconnect"`` (after ``delay``) or ``"stop"`` (exit ``status``)."""
+
+    action: Literal["resume", "reconnect", "stop"]
+    delay: float = 0.0
+    status: int = 0
+    message: str = ""
+
+
+def decide(signal: Signal, delay: float | None, attempts: int) -> Step:
+    """The step after ``signal``; ``delay`` is the retry schedule's next delay
+    (``None``: attempts spent), ``attempts`` the failures counted so far, this one
+    included. A resume is at once only the first time in a row: a server that keeps
+    asking for one is backed off from like any other."""
+    if isinstance(signal, DisconnectSignal):
+        return Step("stop", status=1, message=f"stopped: {describe(signal)}")
+    if delay is None:
+        given_up = f"gave up after {attempts} retries: {describe(signal)}"
+        return Step("stop", status=1, message=given_up)
+    if isinstance(signal, ResumeSignal) and attempts <= 1:
+        return Step("resume", message=f"{describe(signal)}; connecting again now")
+    return Step("reconnect", delay, message=f"{describe(signal)}; retrying in {delay:.1f} s")
+
+
+def describe(signal: Signal) -> str:
+    """``close 4014 (reason)`` or the signal's event, for one stderr line."""
+    if signal.code is not None:
+        reason = f" ({signal.reason})" if signal.reason else ""
+        return f"close {signal.code}{reason}"
+    return f"{signal.event.value}: {signal.reason}" if signal.reason else signal.event.value
+
+
+def parse_line(line: str, text: bool) -> tuple[str, Any]:
+    """``("json", object)``, ``("text", str)``, ``("skip", None)`` for a blank line, or
+    ``("error", why)`` for a line that is not a JSON object."""
+    line = line.rstrip("\r\n")
+    if text:
+        return "text", line
+    if not line.strip():
+        return "skip", None
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return "error", f"not JSON ({exc.msg} at column {exc.colno})"
+    if not isinstance(value, dict):
+        return "error", f"not a JSON object (a {type(value).__name__})"
+    return "json", value
+
+
+def format_packet(packet: WebsocketPacket, binary: Binary) -> str:
+    """One JSON line for a received frame: the object itself, a JSON string for
+    text, or ``{"binary": ...}`` in base64 or hex."""
+    if isinstance(packet, WebsocketPacketJSON):
+        return json.dumps(packet.payload, ensure_ascii=False)
+    if isinstance(packet, WebsocketPacketBytes):
+        data = packet.payload
+        shown = data.hex() if binary == "hex" else base64.b64encode(data).decode()
+        return json.dumps({"binary": shown})
+    return json.dumps(getattr(packet, "payload", ""), ensure_ascii=False)
+
+
+# -- I/O ----------------------------------------------------------------------------
+
+
+class Lines:
+    """stdin's lines as an asyncio queue (``None`` at EOF), read by a thread so that
+    pipes, files and terminals all work."""
+
+    def __init__(self, source: TextIO) -> None:
+        loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def read() -> None:
+            for line in source:
+                loop.call_soon_threadsafe(self.queue.put_nowait, line)
+            loop.call_soon_threadsafe(self.queue.put_nowait, None)
+
+        threading.Thread(target=read, daemon=True, name="wavegate-connect-stdin").start()
+
+
+class Client:
+    """One ``wavegate connect`` run."""
+
+    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+        self.args = args
+        self.out = out
+        self.err = err
+        self.url = redact_url(args.url)
+        self.ws = Websocket(
+            policy=POLICIES[args.policy],
+            open_timeout=args.open_timeout,
+            receive_mode="text" if args.text else "json",
+        )
+        self.pending: deque[tuple[str, Any]] = deque()
+        self.line_number = 0
+        self.eof = False
+
+    def status(self, message: str) -> None:
+        print(f"wavegate connect: {message}", file=self.err, flush=True)
+
+    async def run(self, lines: Lines) -> int:
+        schedule = RetrySchedule(Backoff(base=0.5, cap=10.0, max_attempts=self.args.retries))
+        while True:
+            try:
+                await self.ws.connect(self.args.url)
+                self.status(f"connected to {self.url}")
+                schedule.healthy()
+                await self._pump(lines)
+            except Signal as signal:
+                step = decide(signal, schedule.next_delay(), schedule.attempts)
+                self.status(step.message)
+                if step.action == "stop":
+                    return step.status
+                await asyncio.sleep(step.delay)
+                continue
+            await self.ws.disconnect(1000)
+            self.status("closed (1000)")
+            return 0
+
+    async def _pump(self, lines: Lines) -> None:
+        """Print and send until stdin ends and everything is sent (returns) or the
+        connection ends (raises its signal)."""
+        reading = asyncio.ensure_future(self._print_frames())
+        sending = asyncio.ensure_future(self._send_lines(lines))
+        try:
+            done, _ = await asyncio.wait({reading, sending}, return_when="FIRST_COMPLETED")
+            for task in done:
+                task.result()
+        finally:
+            for task in (reading, sending):
+                task.cancel()
+            await asyncio.gather(reading, sending, return_exceptions=True)
+
+    async def _print_frames(self) -> None:
+        while True:
+            try:
+                packet = await self.ws.receive()
+            except PayloadError as exc:
+                print(json.dumps(exc.raw, ensure_ascii=False), file=self.out, flush=True)
+                continue
+            print(format_packet(packet, self.args.binary), file=self.out, flush=True)
+
+    async def _send_lines(self, lines: Lines) -> None:
+        while True:
+            if not self.pending:
+                if self.eof or not await self._take(lines):
+                    return
+                continue
+            kind, value = self.pending[0]
+            if kind == "json":
+                await self.ws.send_json(value)
+            else:
+                await self.ws.send_text(value)
+            self.pending.popleft()
+
+    async def _take(self, lines: Lines) -> bool:
+        """Queue the next stdin line to send; False at EOF."""
+        line = await lines.queue.get()
+        if line is None:
+            self.eof = True
+            return False
+        self.line_number += 1
+        kind, value = parse_line(line, self.args.text)
+        if kind == "error":
+            self.status(f"line {self.line_number} not sent: {value}")
+        elif kind != "skip":
+            self.pending.append((kind, value))
+        return True
+
+
+async def connect(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
+    """Run ``wavegate connect``; the exit status (2 for a bad URL or option)."""
+    if args.retries < 1 or not args.open_timeout > 0:
+        print("wavegate connect: --retries and --open-timeout must be positive", file=sys.stderr)
+        return 2
+    client = Client(args, out, sys.stderr)
+    lines = Lines(sys.stdin)
+    try:
+        return await client.run(lines)
+    except InvalidURLError as exc:
+        print(f"wavegate connect: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        with contextlib.suppress(Exception):
+            await client.ws.disconnect()

@@ -1,0 +1,222 @@
+"""`wavegate connect`: its decisions as tables, then the command itself as a user runs
+it (a subprocess, stdin and stdout as pipes) against servers we did not write (the
+``websockets`` library's)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.server import ServerConnection
+
+from wavegate import DisconnectSignal, Event, ReconnectSignal, ResumeSignal
+from wavegate.connect import Step, decide, format_packet, parse_line
+from wavegate.packets import WebsocketPacketBytes, WebsocketPacketJSON, WebsocketPacketText
+
+from .peers import websockets_server
+
+PATIENCE = 20.0
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.mark.parametrize(
+    ("signal", "delay", "attempts", "expected"),
+    [
+        (
+            ResumeSignal("crashed", code=4015, event=Event.PEER_CLOSE),
+            0.4,
+            1,
+            Step("resume", message="close 4015 (crashed); connecting again now"),
+        ),
+        (
+            ResumeSignal("", code=4015, event=Event.PEER_CLOSE),
+            0.4,
+            2,
+            Step("reconnect", 0.4, message="close 4015; retrying in 0.4 s"),
+        ),
+        (
+            ReconnectSignal("connection refused", code=None, event=Event.CONNECT_REFUSED),
+            1.25,
+            1,
+            Step(
+                "reconnect",
+                1.25,
+                message="connect_refused: connection refused; retrying in 1.2 s",
+            ),
+        ),
+        (
+            ReconnectSignal("", code=4006, event=Event.PEER_CLOSE),
+            None,
+            5,
+            Step("stop", status=1, message="gave up after 5 retries: close 4006"),
+        ),
+        (
+            DisconnectSignal("kicked", code=4014, event=Event.PEER_CLOSE),
+            0.5,
+            1,
+            Step("stop", status=1, message="stopped: close 4014 (kicked)"),
+        ),
+    ],
+)
+def test_decide(signal: Any, delay: float | None, attempts: int, expected: Step) -> None:
+    assert decide(signal, delay, attempts) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "text", "expected"),
+    [
+        ('{"op": 1}\n', False, ("json", {"op": 1})),
+        ("  \n", False, ("skip", None)),
+        ("[1, 2]\n", False, ("error", "not a JSON object (a list)")),
+        (
+            "{op}\n",
+            False,
+            ("error", "not JSON (Expecting property name enclosed in double quotes at column 2)"),
+        ),
+        ("hello\r\n", True, ("text", "hello")),
+        ("\n", True, ("text", "")),
+    ],
+)
+def test_parse_line(line: str, text: bool, expected: tuple[str, Any]) -> None:
+    assert parse_line(line, text) == expected
+
+
+def test_format_packet() -> None:
+    assert format_packet(WebsocketPacketJSON({"é": 1}), "base64") == '{"é": 1}'
+    assert format_packet(WebsocketPacketText("hi"), "base64") == '"hi"'
+    assert format_packet(WebsocketPacketBytes(b"\x00\xff"), "base64") == '{"binary": "AP8="}'
+    assert format_packet(WebsocketPacketBytes(b"\x00\xff"), "hex") == '{"binary": "00ff"}'
+
+
+class Command:
+    """``python -m wavegate connect ...`` with pipes for stdin, stdout and stderr."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.status: list[str] = []
+
+    @classmethod
+    async def start(cls, *args: str) -> Command:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wavegate", "connect", *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        return cls(process)
+
+    def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+
+    async def output(self) -> Any:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), PATIENCE)
+        assert line, "stdout ended"
+        return json.loads(line)
+
+    async def status_line(self, containing: str) -> str:
+        assert self.process.stderr is not None
+        while True:
+            line = await asyncio.wait_for(self.process.stderr.readline(), PATIENCE)
+            assert line, f"stderr ended before {containing!r}: {self.status}"
+            self.status.append(line.decode().rstrip())
+            if containing in self.status[-1]:
+                return self.status[-1]
+
+    async def finish(self) -> int:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        return await asyncio.wait_for(self.process.wait(), PATIENCE)
+
+
+@pytest.fixture
+async def command_cleanup() -> AsyncIterator[list[Command]]:
+    started: list[Command] = []
+    yield started
+    for command in started:
+        if command.process.returncode is None:
+            command.process.kill()
+            await command.process.wait()
+
+
+async def test_echo_through_a_pipe_and_a_clean_exit(command_cleanup: list[Command]) -> None:
+    closes: list[int | None] = []
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+        closes.append(ws.close_code)
+
+    async with websockets_server(echo) as url:
+        command = await Command.start(url)
+        command_cleanup.append(command)
+        await command.status_line("connected to")
+        command.send('{"op": 1, "d": "é"}')
+        command.send("not json")
+        command.send('{"op": 2}')
+        assert await command.output() == {"op": 1, "d": "é"}
+        assert await command.output() == {"op": 2}
+        assert await command.finish() == 0
+        await command.status_line("closed (1000)")
+        assert "line 2 not sent: not JSON" in " ".join(command.status)
+    assert closes == [1000]
+
+
+async def test_a_stop_code_exits_non_zero_naming_it(command_cleanup: list[Command]) -> None:
+    async def kick(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.close(4014, "kicked")
+
+    async with websockets_server(kick) as url:
+        command = await Command.start("--policy", "discord-voice", url)
+        command_cleanup.append(command)
+        await command.status_line("connected to")
+        command.send("{}")
+        line = await command.status_line("stopped")
+        assert line == "wavegate connect: stopped: close 4014 (kicked)"
+        assert await asyncio.wait_for(command.process.wait(), PATIENCE) == 1
+
+
+async def test_a_resumable_close_is_ridden_out(command_cleanup: list[Command]) -> None:
+    connections: list[ServerConnection] = []
+
+    async def crash_once(ws: ServerConnection) -> None:
+        connections.append(ws)
+        async for message in ws:
+            await ws.send(message)
+            if len(connections) == 1:
+                await ws.close(4015, "crashed")
+
+    async with websockets_server(crash_once) as url:
+        command = await Command.start("--policy", "discord-voice", url)
+        command_cleanup.append(command)
+        await command.status_line("connected to")
+        command.send('{"n": 1}')
+        assert await command.output() == {"n": 1}
+        await command.status_line("close 4015 (crashed); connecting again now")
+        await command.status_line("connected to")
+        command.send('{"n": 2}')
+        assert await command.output() == {"n": 2}
+        assert await command.finish() == 0
+    assert len(connections) == 2
+
+
+async def test_text_and_binary_frames(command_cleanup: list[Command]) -> None:
+    async def reply(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+            await ws.send(b"\x01\x02")
+
+    async with websockets_server(reply) as url:
+        command = await Command.start("--text", "--binary", "hex", url)
+        command_cleanup.append(command)
+        command.send("plain words")
+        assert await command.output() == "plain words"
+        assert await command.output() == {"binary": "0102"}
+        assert await command.finish() == 0
