@@ -518,3 +518,23 @@ async def test_a_refresh_that_returns_nonsense_stops_with_the_reason(
     outcome = await asyncio.wait_for(client.wait_closed(), 10)
     assert outcome.reason == "error"
     assert error in str(outcome.error)
+
+
+async def test_unnumbered_sends_right_after_a_fault_reach_the_resumed_connection(
+    gateway: FakeVoiceGateway,
+) -> None:
+    """The README's fake-gateway tour: a fault, then at once an op the client must
+    ignore and a server op 3. They wait for the session's next live connection
+    instead of failing on the one the fault just closed."""
+    client = VoiceClient(gateway.url, CREDENTIALS, backoff=FAST)
+    await client.start()
+    await client.wait_ready(5)
+    sid = CREDENTIALS.session_id
+    for fault in (gateway.close_session(sid, 4015), gateway.drop(sid)):
+        before = gateway.session(sid).heartbeats
+        await fault
+        await gateway.send_unknown(sid, 18)
+        await gateway.request_heartbeat(sid)
+        await eventually(lambda b=before: gateway.session(sid).heartbeats > b)  # type: ignore[misc]
+    assert gateway.session(sid).resumes == 2
+    await client.close()

@@ -355,17 +355,26 @@ class FakeVoiceGateway:
         """Forget the session's replay buffer: its next RESUME is refused with 4006."""
         self.sessions[session_id].expired = True
 
-    async def send_unknown(self, session_id: str, op: int = 18, data: Any = None) -> None:
-        """Send an op the client must ignore (undocumented ops 15/18/20 by default 18)."""
-        conn = self.sessions[session_id].conn
-        if conn is not None:
-            await conn.send_json({"op": op, "d": data if data is not None else {"flags": 2}})
+    async def send_unknown(
+        self, session_id: str, op: int = 18, data: Any = None, *, timeout: float = 5.0
+    ) -> None:
+        """Send an op the client must ignore (undocumented ops 15/18/20 by default 18).
 
-    async def request_heartbeat(self, session_id: str) -> None:
+        Like every unnumbered send here, it waits (at most ``timeout`` s) for the
+        session's live connection, so right after a fault it reaches the resumed one.
+        """
+        await self._send_live(
+            session_id, {"op": op, "d": {"flags": 2} if data is None else data}, timeout
+        )
+
+    async def request_heartbeat(self, session_id: str, *, timeout: float = 5.0) -> None:
         """Send op 3 to the client: it must heartbeat at once."""
-        conn = self.sessions[session_id].conn
-        if conn is not None:
-            await conn.send_json({"op": 3, "d": None})
+        await self._send_live(session_id, {"op": 3, "d": None}, timeout)
+
+    async def _send_live(self, session_id: str, message: Any, timeout: float) -> None:
+        session = await self.wait_live(session_id, timeout)
+        assert session.conn is not None
+        await session.conn.send_json(message)
 
     def reject_handshakes(self, status: int) -> None:
         """Answer new opening handshakes with HTTP ``status``."""
