@@ -7,7 +7,7 @@ import contextlib
 import logging
 import ssl as ssl_module
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from types import TracebackType
@@ -41,18 +41,26 @@ from .transport import (
     TransportClosed,
     TransportOptions,
     get_connector,
+    tls_mismatch_hint,
 )
 
 log = logging.getLogger("wavegate.websocket")
 
 
 class WebsocketState(IntEnum):
-    """Where a :class:`Websocket` is in its life."""
+    """Where a :class:`Websocket` is in its life (the reference API's values; prints
+    as its name)."""
 
     CONNECTED = 0
     CONNECTING = 1
     DISCONNECTED = 2
     DISCONNECTING = 3
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        return format(self.name, spec)
 
 
 _DEFAULTS = TransportOptions()
@@ -400,9 +408,8 @@ class Websocket:
             transport = await opener
         except ConnectFailed as failed:
             _scrub_in_place(failed, conn.secrets)  # Python 3.10 may make it a __context__
-            self._record_ending(
-                conn, failed.event, failed.code, failed.reason, False, failed.__cause__
-            )
+            reason = tls_mismatch_hint(conn.url, failed.event, failed.reason)
+            self._record_ending(conn, failed.event, failed.code, reason, False, failed.__cause__)
             return self._finish(conn)
         except asyncio.CancelledError:
             if opener.cancelled() and self._state is _DISCONNECTING and not _cancelling():
@@ -572,6 +579,27 @@ class Websocket:
         raise self._signal_after_end(conn)
 
     # -- receiving -------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[WebsocketPacket]:
+        """``async for packet in ws``: each packet until the connection ends.
+
+        The loop ends quietly on a :class:`DisconnectSignal` (stop for good:
+        ``last_signal`` says why). A :class:`ResumeSignal` or :class:`ReconnectSignal`
+        is raised, because the caller has to act on it, and so is a
+        :class:`PayloadError` (the connection stays usable). Looping over a Websocket
+        that was never connected raises its ``DisconnectSignal`` (``NOT_CONNECTED``).
+        """
+        return self._packets()
+
+    async def _packets(self) -> AsyncIterator[WebsocketPacket]:
+        while True:
+            try:
+                packet = await self.receive()
+            except DisconnectSignal as signal:
+                if signal.event is Event.NOT_CONNECTED:
+                    raise
+                return
+            yield packet
 
     async def receive(self) -> WebsocketPacket:
         """Wait for the next packet.

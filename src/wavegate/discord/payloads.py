@@ -63,9 +63,10 @@ class VoiceCredentials:
             group id, so required unless the client offers no DAVE.
 
     Raises:
-        ValueError: an id is not a snowflake (decimal digits, below 2**64). The
-            message names the field, never its value (a token passed in the wrong
-            place must not reach a log).
+        ValueError: an id is not a snowflake (decimal digits, below 2**64), or
+            ``session_id`` or ``token`` is empty. The message names the field, never
+            its value (a token passed in the wrong place must not reach a log).
+        TypeError: ``session_id`` or ``token`` is not a ``str``.
     """
 
     server_id: str
@@ -75,6 +76,14 @@ class VoiceCredentials:
     channel_id: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("session_id", "token"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"VoiceCredentials.{name} must be a str, got {type(value).__name__}"
+                )
+            if not value:
+                raise ValueError(f"VoiceCredentials.{name} must not be empty")
         ids = {"server_id": self.server_id, "user_id": self.user_id}
         if self.channel_id is not None:
             ids["channel_id"] = self.channel_id

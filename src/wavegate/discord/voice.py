@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..redact import REDACTED
 from ..session import Session, SessionEvent
+from ..session.events import OnEvent
 from ..session.machine import Outcome
 from ..signals import SessionClosedError, WaitTimeoutError
 from ..websocket import Websocket
@@ -126,7 +127,7 @@ class VoiceClient(Session):
             discover=discover or self._udp,
         )
         self._dave_changed = asyncio.Event()
-        self._user_on_event: Callable[[SessionEvent], None] | None = options.pop("on_event", None)
+        self._user_on_event: OnEvent | None = options.pop("on_event", None)
         super().__init__(
             voice_url(endpoint), protocol, websocket=websocket, on_event=self._seen, **options
         )
@@ -140,11 +141,12 @@ class VoiceClient(Session):
     def __repr__(self) -> str:
         return f"<VoiceClient {self.state.value} {self.protocol.credentials!r}>"
 
-    def _seen(self, event: SessionEvent) -> None:
+    def _seen(self, event: SessionEvent) -> Awaitable[None] | None:
         if isinstance(event.kind, DaveEvent):
             self._dave_changed.set()
         if self._user_on_event is not None:
-            self._user_on_event(event)
+            return self._user_on_event(event)
+        return None
 
     @property
     def media(self) -> VoiceMedia | None:

@@ -29,7 +29,7 @@ from ..redact import redact_url
 from ..signals import SessionClosedError, Signal, WaitTimeoutError
 from ..websocket import Websocket, check_close
 from . import connection
-from .events import EventHub, EventKind, SessionEvent, SessionStats
+from .events import EventHub, EventKind, OnEvent, SessionEvent, SessionStats
 from .inbox import Inbox
 from .machine import (
     AwaitMove,
@@ -82,7 +82,9 @@ class Session:
         move_grace: seconds to wait for :meth:`move` after a close with one of
             ``move_codes`` before stopping (Discord voice 4014 on a channel move).
         move_codes: the close codes that open the ``move_grace`` window.
-        on_event: called with every :class:`SessionEvent` (must not block).
+        on_event: called with every :class:`SessionEvent`: a function (it must not
+            block) or a coroutine function (awaited one event at a time, in order;
+            ``close()`` waits up to ``close_timeout`` for it to catch up).
         clock: a monotonic clock; random_source: for backoff jitter (tests).
     """
 
@@ -103,7 +105,7 @@ class Session:
         zombie_close_code: int = 4000,
         move_grace: float = 0.0,
         move_codes: frozenset[int] = frozenset({4014}),
-        on_event: Callable[[SessionEvent], None] | None = None,
+        on_event: OnEvent | None = None,
         clock: Callable[[], float] = time.monotonic,
         random_source: Any = None,
     ) -> None:
@@ -136,6 +138,7 @@ class Session:
         self._sessions_started = 0
         self._last_ending: Signal | None = None
         """How the last connection ended (kept across the next attempt, for messages)."""
+        self._connections_tried = 0
         self._lost_at: float | None = None
 
     def _connection_parts(self, timing: connection.Timing) -> connection.Parts:
@@ -195,11 +198,16 @@ class Session:
             return
         if self._closing.is_set():
             raise SessionClosedError(f"session stopped: {self.outcome}", self.outcome)
-        last = self._last_ending
-        raise WaitTimeoutError(
-            f"session not ready within {timeout}s: state {self.state.value}"
-            + (f", last connection ended: {last}" if last is not None else "")
+        raise WaitTimeoutError(f"session not ready within {timeout}s: {self._progress()}")
+
+    def _progress(self) -> str:
+        """What the session is doing, for a timeout's message: the state, the URL, the
+        number of connection attempts, and how the last connection ended."""
+        text = (
+            f"state {self.state.value} ({redact_url(self.url)}, attempt {self._connections_tried})"
         )
+        last = self._last_ending
+        return text + (f", last connection ended: {last}" if last is not None else "")
 
     async def close(self, code: int = 1000, reason: str = "") -> Outcome:
         """Stop: close the connection with ``code``, cancel and await every task.
@@ -222,6 +230,7 @@ class Session:
                 runner.cancel()
                 await asyncio.wait({runner})
         self._finish(Outcome("closed"))
+        await self._hub.drained(self._close_timeout)
         assert self.outcome is not None
         return self.outcome
 
@@ -337,6 +346,7 @@ class Session:
             await self.ws.disconnect()
 
     async def _connection(self, *, resume: bool) -> Ending:
+        self._connections_tried += 1
         self._hub.emit(EventKind.RESUMING if resume else EventKind.CONNECTING)
         if not resume:
             if self._sessions_started:

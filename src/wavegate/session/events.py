@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -12,6 +13,10 @@ from typing import Any
 from ..signals import Signal
 
 log = logging.getLogger("wavegate.session")
+
+OnEvent = Callable[["SessionEvent"], "Awaitable[None] | None"]
+"""An ``on_event`` callback: a plain function, or a coroutine function (awaited one
+event at a time, in order)."""
 
 
 class EventKind(str, Enum):
@@ -83,7 +88,7 @@ class EventHub:
         self,
         clock: Callable[[], float],
         stats: SessionStats,
-        on_event: Callable[[SessionEvent], None] | None,
+        on_event: OnEvent | None,
         backlog: int = 1024,
     ) -> None:
         self._clock = clock
@@ -92,17 +97,58 @@ class EventHub:
         self._backlog = backlog
         self._subscribers: list[asyncio.Queue[SessionEvent | None]] = []
         self._closed = False
+        self._awaiting: asyncio.Queue[SessionEvent | None] | None = None
+        self._deliverer: asyncio.Task[None] | None = None
 
     def emit(self, kind: Enum, **details: Any) -> None:
         event = SessionEvent(kind, self._clock(), **details)
         log.debug("session event %s", event)
         for queue in self._subscribers:
             self._push(queue, event)
-        if self._on_event is not None:
-            try:
-                self._on_event(event)
-            except Exception:
-                log.exception("on_event callback failed for %s", kind.value)
+        if self._on_event is None:
+            return
+        if self._awaiting is not None:  # an async callback is still busy: keep the order
+            self._awaiting.put_nowait(event)
+            return
+        result = self._call(event)
+        if inspect.isawaitable(result):
+            self._awaiting = asyncio.Queue()
+            self._deliverer = asyncio.ensure_future(self._deliver(result))
+
+    def _call(self, event: SessionEvent) -> Awaitable[None] | None:
+        assert self._on_event is not None
+        try:
+            return self._on_event(event)
+        except Exception:
+            log.exception("on_event callback failed for %s", event.kind.value)
+            return None
+
+    async def _deliver(self, first: Awaitable[None]) -> None:
+        """Await an async callback's results one at a time, in the events' order."""
+        assert self._awaiting is not None
+        step: Awaitable[None] | None = first
+        while True:
+            if step is not None:
+                try:
+                    await step
+                except Exception:
+                    log.exception("on_event callback failed")
+            event = await self._awaiting.get()
+            if event is None:
+                return
+            step = self._call(event)
+
+    async def drained(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until an async callback has had every event,
+        then cancel what is left."""
+        deliverer = self._deliverer
+        if deliverer is None or deliverer.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(deliverer), timeout)
+        except asyncio.TimeoutError:
+            deliverer.cancel()
+            await asyncio.wait({deliverer})
 
     def _push(self, queue: asyncio.Queue[SessionEvent | None], item: SessionEvent | None) -> None:
         if queue.full():
@@ -125,6 +171,8 @@ class EventHub:
     def close(self) -> None:
         """No more events: every subscription ends (after the events it has)."""
         self._closed = True
+        if self._awaiting is not None:
+            self._awaiting.put_nowait(None)
         for queue in self._subscribers:
             if queue.full():
                 queue.get_nowait()

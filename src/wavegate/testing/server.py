@@ -396,7 +396,14 @@ class WebsocketTestServer:
             self._tasks.discard(task)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        path, headers = _parse_request(await reader.readuntil(b"\r\n\r\n"))
+        first = await reader.readexactly(1)
+        if first == b"\x16":  # a TLS handshake record: a wss:// client on this plain port
+            # What aiohttp, nginx and websockets do too: a plain 400, then hang up, so
+            # the client fails at once instead of waiting for its open timeout.
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+            writer.close()
+            return
+        path, headers = _parse_request(first + await reader.readuntil(b"\r\n\r\n"))
         self.handshakes += 1
         mode, status = self._handshake_mode, self._reject_status
         refused = self.refuse_path(path) if self.refuse_path is not None else None

@@ -10,11 +10,13 @@ exception crosses this seam except as ``__cause__``.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from ..signals import Event
 
@@ -177,3 +179,25 @@ def get_connector(name: str) -> Connector:
             ) from exc
         return connect_picows
     raise ValueError(f"unknown transport {name!r}; available: {', '.join(TRANSPORTS)}")
+
+
+_PLAIN_ANSWER = re.compile(
+    r"wrong[ _]version[ _]number|record[ _]layer[ _]failure|packet[ _]length[ _]too[ _]long"
+    r"|http[ _]request"
+    r"|unexpected eof|eof occurred|\[None\]|ConnectionResetError|connection reset",
+    re.IGNORECASE,
+)
+
+
+def tls_mismatch_hint(url: str, event: Event, reason: str) -> str:
+    """``reason``, plus a hint when a wss:// opening failed the way a plain server
+    makes it fail (it answers the TLS hello with plain HTTP, or hangs up)."""
+    if not url.lower().startswith("wss://") or event not in (
+        Event.CONNECT_TLS,
+        Event.CONNECT_ERROR,
+    ):
+        return reason
+    if not _PLAIN_ANSWER.search(reason):
+        return reason
+    address = urlsplit(url).netloc.rpartition("@")[2]
+    return f"{reason} (did the server answer without TLS? for a plain server use ws://{address})"

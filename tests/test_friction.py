@@ -1,0 +1,172 @@
+"""What a new user ran into, each fixed and kept fixed: an endpoint without a scheme
+pointed at a plain server, a readiness timeout that did not say what it waited for,
+credentials that were not checked, a state that printed as a number, no ``async for``
+on a Websocket, and ``on_event`` that took only plain functions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from websockets.asyncio.server import ServerConnection
+
+from wavegate import (
+    Backoff,
+    DisconnectSignal,
+    ResumeSignal,
+    WaitTimeoutError,
+    Websocket,
+    WebsocketPacketJSON,
+    WebsocketState,
+)
+from wavegate.discord import VoiceClient, VoiceCredentials
+from wavegate.session import EventKind, SessionEvent
+from wavegate.testing import WebsocketTestServer
+from wavegate.testing.voice import FakeVoiceGateway
+
+from .peers import websockets_server
+from .voice_harness import CREDENTIALS
+
+FAST = Backoff(base=0.01, cap=0.05, max_attempts=None)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def host_port(url: str) -> str:
+    return url.split("//", 1)[1].split("/", 1)[0]
+
+
+async def _ignore(ws: ServerConnection) -> None:
+    await ws.wait_closed()
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "picows"])
+@pytest.mark.parametrize("server", ["fake gateway", "websockets"])
+async def test_a_bare_host_port_on_a_plain_server_says_to_use_ws(
+    transport: str, server: str
+) -> None:
+    """``host:port`` means wss:// (Discord's endpoints). A plain server answers the TLS
+    hello with HTTP 400 at once; the ending and wait_ready's timeout say to use ws://.
+    The open timeout is long, so a stalled handshake could not pass for that answer."""
+    async with FakeVoiceGateway() as gateway, websockets_server(_ignore) as foreign:
+        url = gateway.url if server == "fake gateway" else foreign
+        ws = Websocket(transport=transport, open_timeout=60)
+        voice = VoiceClient(host_port(url), CREDENTIALS, backoff=FAST, websocket=ws)
+        await voice.start()
+        with pytest.raises(WaitTimeoutError) as caught:
+            await voice.wait_ready(5)
+        await voice.close()
+    message = str(caught.value)
+    assert f"wss://{host_port(url)}/?v=8" in message
+    assert "without TLS" in message
+    assert f"ws://{host_port(url)}" in message
+
+
+async def test_a_ws_url_endpoint_is_used_as_given() -> None:
+    async with FakeVoiceGateway() as gateway:
+        plain = "ws://" + host_port(gateway.url)
+        async with VoiceClient(plain, CREDENTIALS, backoff=FAST) as voice:
+            await voice.wait_ready(10)
+
+
+async def test_wait_ready_names_the_url_and_the_attempt_it_waits_on() -> None:
+    async with FakeVoiceGateway() as gateway:
+        gateway.stall_handshakes()
+        voice = VoiceClient(gateway.url, CREDENTIALS, backoff=FAST)
+        await voice.start()
+        with pytest.raises(WaitTimeoutError) as caught:
+            await voice.wait_ready(0.5)
+        await voice.close()
+    message = str(caught.value)
+    assert "state connecting (ws://127.0.0.1:" in message
+    assert "attempt 1)" in message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("session_id", "", ValueError),
+        ("token", "", ValueError),
+        ("token", None, TypeError),
+        ("session_id", 12, TypeError),
+    ],
+)
+def test_credentials_check_the_session_id_and_token(
+    field: str, value: object, error: type[Exception]
+) -> None:
+    fields: dict[str, object] = {
+        "server_id": "1001",
+        "user_id": "2001",
+        "session_id": "s",
+        "token": "t",
+        "channel_id": "3001",
+    }
+    fields[field] = value
+    with pytest.raises(error, match=f"VoiceCredentials.{field}"):
+        VoiceCredentials(**fields)  # type: ignore[arg-type]
+
+
+def test_a_websocket_state_prints_its_name() -> None:
+    assert str(WebsocketState.CONNECTED) == "CONNECTED"
+    assert f"{WebsocketState.DISCONNECTING}" == "DISCONNECTING"
+    assert int(WebsocketState.CONNECTED) == 0  # still the reference API's values
+
+
+async def test_async_for_ends_on_a_disconnect_signal() -> None:
+    async with WebsocketTestServer() as server, Websocket() as ws:
+        await ws.connect(server.url)
+        conn = await server.accepted()
+        await conn.send_json({"n": 1})
+        await conn.send_json({"n": 2})
+        await conn.close(4014, "kicked")
+        got = [packet async for packet in ws]
+        assert got == [WebsocketPacketJSON({"n": 1}), WebsocketPacketJSON({"n": 2})]
+        assert isinstance(ws.last_signal, DisconnectSignal)
+        assert ws.last_signal.code == 4014
+
+
+async def test_async_for_raises_a_resume_or_reconnect_signal() -> None:
+    async with WebsocketTestServer() as server, Websocket() as ws:
+        await ws.connect(server.url)
+        conn = await server.accepted()
+        await conn.send_json({"n": 1})
+        await conn.close(4015, "crashed")
+        got: list[object] = []
+
+        async def loop() -> None:
+            async for packet in ws:
+                got.append(packet)
+
+        with pytest.raises(ResumeSignal):
+            await loop()
+        assert got == [WebsocketPacketJSON({"n": 1})]
+
+
+async def test_on_event_takes_a_coroutine_function_awaited_in_order() -> None:
+    seen: list[EventKind] = []
+
+    async def on_event(event: SessionEvent) -> None:
+        if not seen:
+            await asyncio.sleep(0)  # an awaiting callback must not reorder events
+        seen.append(event.kind)  # type: ignore[arg-type]
+
+    async with FakeVoiceGateway() as gateway:
+        voice = VoiceClient(gateway.url, CREDENTIALS, backoff=FAST, on_event=on_event)
+        async with voice:
+            await voice.wait_ready(10)
+    assert seen[0] is EventKind.CONNECTING
+    assert EventKind.READY in seen
+    assert seen[-1] is EventKind.STOPPED  # close() awaited the last one
+
+
+async def test_a_failing_async_on_event_is_logged_and_the_session_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(event: SessionEvent) -> None:
+        raise RuntimeError("callback bug")
+
+    async with FakeVoiceGateway() as gateway:
+        voice = VoiceClient(gateway.url, CREDENTIALS, backoff=FAST, on_event=broken)
+        async with voice:
+            await voice.wait_ready(10)
+    assert "on_event callback failed" in caplog.text
