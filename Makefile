@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: demo test lint typecheck unit stress-test bench bench-dave bench-quick interop conformance conformance-full soak soak-ci test-all clean
+.PHONY: demo test docs lint typecheck unit stress-test bench bench-dave bench-quick interop conformance conformance-full soak soak-ci test-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/python -m wavegate demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks chaos conformance interop
-	$(BIN)/ruff format --check src tests benchmarks chaos conformance interop
+	$(BIN)/ruff check src tests benchmarks chaos conformance interop examples
+	$(BIN)/ruff format --check src tests benchmarks chaos conformance interop examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -52,6 +52,19 @@ bench-quick: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.run --quick --out /tmp/wavegate-bench-quick
 
 # Real third-party voice clients against `wavegate serve` (needs node >= 20 and npm):
+# The documentation site, into site/ (mkdocs --strict: a broken link or reference fails).
+DOCS_VENV := .venv-docs
+DOCS_STAMP := $(DOCS_VENV)/.installed
+
+$(DOCS_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install -q --upgrade pip
+	$(DOCS_VENV)/bin/pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict
+
 # discord.js' @discordjs/voice, pinned in interop/js/package-lock.json, and discord.py,
 # pinned in interop/discordpy/requirements.txt (in a venv of its own).
 DPY_VENV := .venv-discordpy
@@ -87,4 +100,4 @@ test-all:
 	tools/test-all.sh
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .venv-tools .venv-autobahn .venv-discordpy .venv-py* reports build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .venv-tools .venv-autobahn .venv-discordpy .venv-docs site .venv-py* reports build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -42,3 +42,44 @@ def test_policy_docs_match_the_presets(policy: ClosePolicy) -> None:
     assert endings["TCP drop, no close frame"] is policy.no_close_frame
     assert endings["transport error mid-session"] is policy.transport_error
     assert row("keepalive") is policy.keepalive_timeout
+
+
+def diagram_edges(section: str) -> set[tuple[str, str, str]]:
+    text = (DOCS / "states.md").read_text().split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\s+(\w+) --> (\w+) : (\w+)$", text, re.M))
+
+
+def test_the_websocket_diagram_is_its_transition_table() -> None:
+    from wavegate.websocket import TRANSITIONS
+
+    table = {(a.name, b.name, t.value) for a, row in TRANSITIONS.items() for t, b in row.items()}
+    assert diagram_edges("The Websocket") == table
+
+
+def test_the_session_diagram_is_its_transition_table() -> None:
+    from wavegate.session.machine import TRANSITIONS
+
+    table = {(a.value, b.value, t.value) for a, row in TRANSITIONS.items() for t, b in row.items()}
+    assert diagram_edges("The session") == table
+
+
+def test_every_event_is_documented() -> None:
+    from wavegate import Event
+
+    events = (DOCS / "signals.md").read_text().split("## Events", 1)[1]
+    rows = re.findall(r"^\| `(\w+)` \|", events, re.M)
+    assert sorted(rows) == sorted(event.value for event in Event)
+
+
+def test_the_cli_page_shows_the_real_help() -> None:
+    import os
+    import subprocess
+    import sys
+
+    page = (DOCS / "cli.md").read_text()
+    shown = page.split("$ wavegate --help\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "COLUMNS": "80"}
+    real = subprocess.run(
+        [sys.executable, "-m", "wavegate", "--help"], capture_output=True, text=True, env=env
+    ).stdout
+    assert shown == real

@@ -46,14 +46,24 @@ class Example:
     code: str
 
 
+SNIPPET = re.compile(r'^--8<-- "([^"]+)"\s*$')
+
+
 def examples() -> list[Example]:
+    """Every ```python block of the README and docs (a block that is only a snippet
+    include, ``--8<-- "examples/x.py"``, stands for that file), and examples/*.py."""
     found = []
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]:
         text = path.read_text()
         for match in BLOCK.finditer(text):
             line = text.count("\n", 0, match.start(2))
             where = f"{path.relative_to(ROOT)}:{line}"
-            found.append(Example(where, match[1], match[2]))
+            code = match[2]
+            if included := SNIPPET.match(code.strip()):
+                code = (ROOT / included[1]).read_text()
+            found.append(Example(where, match[1], code))
+    for path in sorted((ROOT / "examples").glob("*.py")):
+        found.append(Example(str(path.relative_to(ROOT)), None, path.read_text()))
     return found
 
 

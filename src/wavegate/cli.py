@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__
+from ._args import count as _count
 from .connect import add_arguments as add_connect_arguments
 from .connect import connect
 from .serve import add_arguments as add_serve_arguments
@@ -71,16 +72,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--rounds", type=_count, default=3, help="rounds (medians are reported)")
     return parser
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
 def _install_uvloop() -> None:

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
+from ._args import count, positive
 from .backoff import Backoff, RetrySchedule
 from .packets import WebsocketPacket, WebsocketPacketBytes, WebsocketPacketJSON
 from .policy import DISCORD_GATEWAY, DISCORD_VOICE, GENERIC, ClosePolicy
@@ -66,10 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how binary frames are printed (base64)",
     )
     parser.add_argument(
-        "--retries", type=int, default=5, help="consecutive failed connects before giving up (5)"
+        "--retries", type=count, default=5, help="consecutive failed connects before giving up (5)"
     )
     parser.add_argument(
-        "--open-timeout", type=float, default=10.0, help="seconds to open a connection (10)"
+        "--open-timeout", type=positive, default=10.0, help="seconds to open a connection (10)"
     )
 
 
@@ -250,9 +251,6 @@ class Client:
 
 async def connect(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     """Run ``wavegate connect``; the exit status (2 for a bad URL or option)."""
-    if args.retries < 1 or not args.open_timeout > 0:
-        print("wavegate connect: --retries and --open-timeout must be positive", file=sys.stderr)
-        return 2
     client = Client(args, out, sys.stderr)
     lines = Lines(sys.stdin)
     try:

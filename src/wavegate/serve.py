@@ -10,6 +10,10 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from ._args import count as _count
+from ._args import port as _port
+from ._args import positive as _positive
+
 
 def add_arguments(serve: argparse.ArgumentParser) -> None:
     """The ``serve`` command's options."""
@@ -120,34 +124,3 @@ def _channel(text: str) -> tuple[str, str]:
     if not (server.isdigit() and channel.isdigit()):
         raise argparse.ArgumentTypeError(f"{text!r} is not SERVER=CHANNEL (two snowflakes)")
     return server, channel
-
-
-def _port(text: str) -> int:
-    value = _integer(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
-
-
-def _count(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None

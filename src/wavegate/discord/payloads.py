@@ -58,7 +58,8 @@ class VoiceCredentials:
     Attributes:
         server_id: the guild's (or, for DMs, the channel's) snowflake.
         user_id: this user's snowflake (DAVE's MLS identity).
-        session_id, token: from VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE.
+        session_id: from VOICE_STATE_UPDATE.
+        token: from VOICE_SERVER_UPDATE.
         channel_id: the voice channel's snowflake (from VOICE_STATE_UPDATE): DAVE's MLS
             group id, so required unless the client offers no DAVE.
 

@@ -146,7 +146,8 @@ class FakeVoiceGateway:
             ``v=8`` (HTTP 400), malformed heartbeats (4020), an unknown protocol
             (4012) or encryption mode (4016). ``False`` is a lax server, for clients
             that are not yet right.
-        host, port: where to listen (loopback).
+        host: where to listen (loopback).
+        port: the port (0: any free one; see ``url``).
         ssl: a server context to serve ``wss://`` (see :mod:`.tls`).
     """
 
