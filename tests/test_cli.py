@@ -143,3 +143,42 @@ def test_a_missing_extra_is_one_line_naming_it() -> None:
     assert result.stderr.startswith("wavegate demo: ")
     assert "pip install 'wavegate[voice]'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(120)
+def test_bench_prints_a_table_and_tells_its_progress() -> None:
+    from wavegate.bench import run
+
+    steps: list[tuple[str, int, int]] = []
+    out = io.StringIO()
+    status = run(out, messages=2000, rounds=1, progress=lambda *step: steps.append(step))
+    assert status == 0
+    assert "wavegate (aiohttp)" in out.getvalue()
+    assert "aiohttp (raw)" in out.getvalue()
+    assert steps[0] == ("round 1/1: aiohttp (raw)", 0, steps[0][2])
+    assert steps[-1] == ("done", steps[0][2], steps[0][2])
+
+
+@pytest.mark.timeout(120)
+def test_bench_shows_a_progress_bar_on_a_terminal_only() -> None:
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "wavegate", "bench", "--messages", "2000", "--rounds", "1"],
+            stdout=subprocess.PIPE, stderr=follower, text=True, timeout=100,
+        )  # fmt: skip
+        os.set_blocking(leader, False)
+        terminal = b""
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := os.read(leader, 65536):
+                terminal += chunk
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert result.returncode == 0
+    assert "round 1/1" in terminal.decode(errors="replace")  # the bar, on the terminal
+    assert "round 1/1" not in result.stdout  # the table alone on stdout
+    assert "aiohttp (raw)" in result.stdout

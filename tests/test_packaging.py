@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import venv
 import zipfile
 from pathlib import Path
@@ -61,3 +62,20 @@ def test_the_wheel_installs_and_runs_from_a_fresh_venv(tmp_path: Path) -> None:
     where = subprocess.run([str(python), "-c", IMPORTS], capture_output=True, text=True, timeout=60)
     assert where.returncode == 0, where.stderr
     assert where.stdout.strip().startswith(str(fresh))
+
+
+def test_the_sdist_carries_what_its_tests_read(tmp_path: Path) -> None:
+    build = f"from setuptools import build_meta; print(build_meta.build_sdist({str(tmp_path)!r}))"
+    name = subprocess.run(
+        [sys.executable, "-c", build], cwd=ROOT, check=True, capture_output=True, text=True,
+        timeout=120,
+    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    with tarfile.open(tmp_path / name) as sdist:
+        names = {
+            member.name.split("/", 1)[1] for member in sdist.getmembers() if "/" in member.name
+        }
+    for needed in ("tests/conftest.py", "tests/peers.py", "docs/index.md", "docs/supervisor.md",
+                   "examples/json_feed.py", "README.md", "CHANGELOG.md", "LICENSE",
+                   "src/wavegate/py.typed"):  # fmt: skip
+        assert needed in names, needed
+    assert not any("__pycache__" in n for n in names)

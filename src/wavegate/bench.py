@@ -24,6 +24,13 @@ from .websocket import Websocket
 
 MESSAGE = {"op": 3, "d": {"t": 1732412345678, "seq_ack": 42}}
 
+Progress = Callable[[str, int, int], None]
+"""Told ``(what, done, total)`` as the benchmark goes."""
+
+
+def _quiet(what: str, done: int, total: int) -> None:
+    return None
+
 
 async def wavegate_stream(url: str, count: int, transport: str, max_size: int = 1 << 20) -> float:
     """Seconds to receive ``count`` messages, one ``await`` each (connecting not timed)."""
@@ -90,7 +97,9 @@ def _available_transports() -> list[str]:
     return available
 
 
-async def _measure(port: int, messages: int, rounds: int) -> dict[str, tuple[float, float]]:
+async def _measure(
+    port: int, messages: int, rounds: int, progress: Progress
+) -> dict[str, tuple[float, float]]:
     stream = f"ws://127.0.0.1:{port}/stream?kind=text&size=200&count={messages}"
     echo = f"ws://127.0.0.1:{port}/echo"
     clients: dict[str, tuple[Callable[[], Awaitable[float]], Callable[[], Awaitable[float]]]] = {
@@ -107,25 +116,32 @@ async def _measure(port: int, messages: int, rounds: int) -> dict[str, tuple[flo
     rates: dict[str, list[float]] = {name: [] for name in clients}
     latencies: dict[str, list[float]] = {name: [] for name in clients}
     await _aiohttp_stream(stream, messages)  # warm-up: the server builds its frames
-    for _ in range(rounds):
+    total, done = rounds * len(clients), 0
+    for round_number in range(rounds):
         for name, (throughput, round_trip) in clients.items():
+            progress(f"round {round_number + 1}/{rounds}: {name}", done, total)
             rates[name].append(await throughput())
             latencies[name].append(await round_trip())
+            done += 1
+    progress("done", done, total)
     return {
         name: (statistics.median(rates[name]), statistics.median(latencies[name]))
         for name in clients
     }
 
 
-def run(out: TextIO, *, messages: int = 100_000, rounds: int = 3) -> int:
-    """Run the short benchmark and print a table; returns the exit status."""
+def run(
+    out: TextIO, *, messages: int = 100_000, rounds: int = 3, progress: Progress = _quiet
+) -> int:
+    """Run the short benchmark and print a table; returns the exit status.
+    ``progress`` hears each step (the CLI shows a progress bar on a terminal)."""
     server = subprocess.Popen(
         [sys.executable, "-m", "wavegate.testing.loadserver"], stdout=subprocess.PIPE, text=True
     )
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline().split()[1])
-        results = asyncio.run(_measure(port, messages, rounds))
+        results = asyncio.run(_measure(port, messages, rounds, progress))
     finally:
         server.terminate()
         server.wait(10)

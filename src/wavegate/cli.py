@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from . import __version__
@@ -131,4 +131,29 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(connect(args))
     from .bench import run
 
-    return run(sys.stdout, messages=args.messages, rounds=args.rounds)
+    with _progress_bar() as progress:
+        return run(sys.stdout, messages=args.messages, rounds=args.rounds, progress=progress)
+
+
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar on stderr when it is a terminal (and rich is installed);
+    otherwise nothing, so pipes and logs get only the results."""
+    if not sys.stderr.isatty():
+        yield lambda what, done, total: None
+        return
+    try:
+        from rich.console import Console
+        from rich.progress import Progress
+    except ImportError:
+        yield lambda what, done, total: None
+        return
+
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, redirect_stdout=False) as bar:
+        task = bar.add_task("benchmark", total=None)
+
+        def show(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+
+        yield show
