@@ -46,7 +46,7 @@ pytestmark = pytest.mark.timeout(60)
             Step(
                 "reconnect",
                 1.25,
-                message="connect_refused: connection refused; retrying in 1.2 s",
+                message="connection refused; retrying in 1.2 s",
             ),
         ),
         (
@@ -54,6 +54,12 @@ pytestmark = pytest.mark.timeout(60)
             None,
             5,
             Step("stop", status=1, message="gave up after 5 retries: close 4006"),
+        ),
+        (
+            DisconnectSignal("", code=1000, event=Event.PEER_CLOSE),
+            0.5,
+            1,
+            Step("stop", status=0, message="closed by the server (1000)"),
         ),
         (
             DisconnectSignal("kicked", code=4014, event=Event.PEER_CLOSE),
@@ -65,6 +71,41 @@ pytestmark = pytest.mark.timeout(60)
 )
 def test_decide(signal: Any, delay: float | None, attempts: int, expected: Step) -> None:
     assert decide(signal, delay, attempts) == expected
+
+
+URL = "ws://127.0.0.1:9000/"
+
+
+@pytest.mark.parametrize(
+    ("signal", "delay", "attempts", "message"),
+    [
+        (
+            ReconnectSignal("connection refused", event=Event.CONNECT_REFUSED),
+            None,
+            1,
+            f"gave up after 1 retry: {URL}: connection refused",
+        ),
+        (
+            DisconnectSignal(
+                "HTTP 400 Invalid response status", code=400, event=Event.HANDSHAKE_STATUS
+            ),
+            0.1,
+            1,
+            f"stopped: {URL}: the server refused the websocket upgrade with HTTP 400",
+        ),
+        (
+            ReconnectSignal("name resolution failed: [Errno -2]", event=Event.CONNECT_DNS),
+            0.25,
+            1,
+            f"{URL}: the host name does not resolve (name resolution failed: [Errno -2]);"
+            " retrying in 0.2 s",
+        ),
+    ],
+)
+def test_opening_failures_name_the_url(
+    signal: Any, delay: float | None, attempts: int, message: str
+) -> None:
+    assert decide(signal, delay, attempts, URL).message == message
 
 
 @pytest.mark.parametrize(
@@ -220,3 +261,18 @@ async def test_text_and_binary_frames(command_cleanup: list[Command]) -> None:
         assert await command.output() == "plain words"
         assert await command.output() == {"binary": "0102"}
         assert await command.finish() == 0
+
+
+async def test_wait_prints_what_arrives_after_stdin_ends(command_cleanup: list[Command]) -> None:
+    async def answer_then_close(ws: ServerConnection) -> None:
+        request = await ws.recv()
+        await ws.send(request)  # the answer may come after the client's stdin ended
+        await ws.close(1000)
+
+    async with websockets_server(answer_then_close) as url:
+        command = await Command.start("--wait", "30", url)
+        command_cleanup.append(command)
+        command.send('{"op": 0}')
+        assert await command.finish() == 0  # stdin ends at once
+        assert await command.output() == {"op": 0}
+        await command.status_line("closed by the server (1000)")

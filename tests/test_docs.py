@@ -83,3 +83,12 @@ def test_the_cli_page_shows_the_real_help() -> None:
         [sys.executable, "-m", "wavegate", "--help"], capture_output=True, text=True, env=env
     ).stdout
     assert shown == real
+
+
+def test_every_relative_link_in_the_readme_resolves() -> None:
+    root = DOCS.parent
+    text = (root / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    relative = [link for link in links if "://" not in link]
+    assert relative
+    assert [link for link in relative if not (root / link).exists()] == []

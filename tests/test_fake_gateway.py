@@ -228,3 +228,32 @@ async def test_what_the_client_sent_before_the_close_counts_even_if_an_answer_fa
     await ws.disconnect(4000)
     spoken = (5, {"speaking": 1, "delay": 0, "ssrc": 77})
     await eventually(lambda: spoken in gateway.received_by_user.get("2", []), 5)
+
+
+async def test_a_members_speaking_is_relayed_to_the_others_in_its_channel() -> None:
+    """As Discord does: op 5 from one member reaches the others (with its user id and
+    ssrc), not the sender, and not members of another server's channel."""
+    from wavegate.discord import ClientsConnect, Speaking, VoiceCredentials
+
+    def member(server: str, user: str) -> VoiceCredentials:
+        return VoiceCredentials(server, user, f"s-{user}", f"t-{user}", server)
+
+    async with FakeVoiceGateway() as gateway:
+        ana = VoiceClient(gateway.url, member("1001", "2001"))
+        bo = VoiceClient(gateway.url, member("1001", "2002"))
+        elsewhere = VoiceClient(gateway.url, member("1009", "2009"))
+        async with ana, bo, elsewhere:
+            for client in (ana, bo, elsewhere):
+                await client.wait_ready(10)
+            await ana.send_speaking(1)
+            heard = await bo.receive()
+            while isinstance(heard, ClientsConnect):
+                heard = await bo.receive()
+            assert isinstance(heard, Speaking)
+            assert (heard.user_id, heard.speaking) == ("2001", 1)
+            assert heard.ssrc == gateway.session("s-2001").ssrc
+
+            def speaking_sent_to(sid: str) -> int:
+                return sum(b'"op":5,' in frame for _, _, frame in gateway.session(sid).buffer)
+
+            assert (speaking_sent_to("s-2001"), speaking_sent_to("s-2009")) == (0, 0)

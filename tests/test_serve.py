@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from wavegate import Backoff, Signal, Websocket
+from wavegate import GENERIC, Backoff, Signal, Websocket
 from wavegate.discord.voice import VoiceClient, VoiceCredentials
 
 from .conftest import eventually
@@ -142,6 +142,8 @@ async def test_handshakes_can_be_refused_stalled_and_restored() -> None:
         ("POST", "/handshakes", {"reject": 200}, 400, "HTTP status from 400"),
         ("POST", "/handshakes", {"what": 1}, 400, "expected"),
         ("POST", "/handshakes", [1], 400, "JSON object"),
+        ("GET", "/bogus", None, 404, "Not Found: GET /bogus"),
+        ("DELETE", "/sessions", None, 405, "Method Not Allowed: DELETE /sessions"),
     ],
 )
 def test_bad_requests_get_a_clear_json_error(
@@ -235,3 +237,18 @@ async def test_channel_ids_make_daves_group_id(tmp_path: Path) -> None:
         finally:
             for client in clients:
                 await client.close()
+
+
+async def test_the_log_says_why_a_handshake_was_refused_and_who_closed() -> None:
+    with serving() as served:
+        no_version = served.url.split("?", 1)[0]
+        ws = Websocket(policy=GENERIC)
+        with pytest.raises(Signal, match="400"):
+            await ws.connect(no_version)
+        async with VoiceClient(served.url, CREDENTIALS, backoff=FAST) as voice:
+            await voice.wait_ready(PATIENCE)
+        served.process.terminate()
+        assert served.process.stderr is not None
+        log = await asyncio.to_thread(served.process.stderr.read)
+    assert "refused a handshake: HTTP 400 (the voice gateway v8 needs ?v=8 in its URL)" in log
+    assert "user 2001 closed by the client: 1000" in log

@@ -24,7 +24,9 @@ UDP = {"address": "127.0.0.1", "port": 5000}
     ],
 )
 def test_the_url_must_ask_for_version_8(path: str, status: int | None) -> None:
-    assert check_path(path) == status
+    refusal = check_path(path)
+    assert (refusal and refusal[0]) == status
+    assert refusal is None or "v=8" in refusal[1]
 
 
 @pytest.mark.parametrize(

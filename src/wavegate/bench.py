@@ -154,7 +154,8 @@ def run(
             f"{name:<20} {rate:>17,.0f} {rate / reference_rate:>10.2f}x {latency:>11.1f}", file=out
         )
     print(
-        f"(median of {rounds} rounds; round-trip reference: aiohttp {reference_latency:.1f} µs)",
+        f"({'one round' if rounds == 1 else f'median of {rounds} rounds'};"
+        f" round-trip reference: aiohttp {reference_latency:.1f} µs)",
         file=out,
     )
     return 0

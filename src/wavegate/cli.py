@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
 from ._args import count as _count
@@ -19,7 +19,7 @@ from .serve import serve
 EXAMPLES = """examples:
   wavegate demo                              a fault storm, then an encrypted call
   wavegate serve --port 8765 --control-port 8766 --tls --ca-out ca.pem
-  echo '{"op": 1, "d": null}' | wavegate connect ws://127.0.0.1:9000/
+  echo '{"op": 3, "d": {"t": 1}}' | wavegate connect --wait 1 'ws://127.0.0.1:8765/?v=8'
   wavegate bench --messages 20000
 """
 
@@ -40,38 +40,57 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"wavegate {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    # --debug also after the command; SUPPRESS keeps `wavegate --debug serve` working
+    # (a subparser's default would overwrite the value set before the command).
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    demo = commands.add_parser(
+    _add_commands(commands, common)
+    return parser
+
+
+def _add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+
+    def command(name: str, summary: str, example: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(
+            name, parents=[common], help=summary, epilog=f"example: {example}"
+        )
+        return parser
+
+    demo = command(
         "demo",
-        help="a voice client rides out a scripted fault storm, then an encrypted (DAVE) call",
-        epilog="example: wavegate demo --storm",
+        "a voice client rides out a scripted fault storm, then an encrypted (DAVE) call",
+        "wavegate demo --storm",
     )
     only = demo.add_mutually_exclusive_group()
     only.add_argument("--core", action="store_true", help="only the core Websocket tour")
     only.add_argument("--storm", action="store_true", help="only the fault storm")
     only.add_argument("--call", action="store_true", help="only the encrypted call")
-    serve = commands.add_parser(
-        "serve",
-        help="run the fake Discord voice gateway v8",
-        epilog="example: wavegate serve --port 8765 --control-port 8766 --heartbeat 1",
+    add_serve_arguments(
+        command(
+            "serve",
+            "run the fake Discord voice gateway v8",
+            "wavegate serve --port 8765 --control-port 8766 --heartbeat 1",
+        )
     )
-    add_serve_arguments(serve)
-    client = commands.add_parser(
-        "connect",
-        help="an interactive client that resumes and reconnects by policy",
-        epilog="example: wavegate connect --policy discord-gateway wss://gateway.example/",
+    add_connect_arguments(
+        command(
+            "connect",
+            "an interactive client that resumes and reconnects by policy",
+            "wavegate connect --policy discord-gateway wss://gateway.example/",
+        )
     )
-    add_connect_arguments(client)
-    bench = commands.add_parser(
+    bench = command(
         "bench",
-        help="a short benchmark (the full suite is `make bench`)",
-        epilog="example: wavegate bench --messages 20000 --rounds 1",
+        "a short benchmark (the full suite is `make bench`)",
+        "wavegate bench --messages 20000 --rounds 1",
     )
     bench.add_argument(
         "--messages", type=_count, default=100_000, help="messages per throughput run"
     )
     bench.add_argument("--rounds", type=_count, default=3, help="rounds (medians are reported)")
-    return parser
 
 
 def _install_uvloop() -> None:

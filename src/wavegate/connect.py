@@ -26,13 +26,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
-from ._args import count, positive
+from ._args import count, non_negative, positive
 from .backoff import Backoff, RetrySchedule
 from .packets import WebsocketPacket, WebsocketPacketBytes, WebsocketPacketJSON
 from .policy import DISCORD_GATEWAY, DISCORD_VOICE, GENERIC, ClosePolicy
 from .redact import redact_url
 from .signals import (
     DisconnectSignal,
+    Event,
     InvalidURLError,
     PayloadError,
     ResumeSignal,
@@ -58,7 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the close-code policy that decides resume / reconnect / stop (generic)",
     )
     parser.add_argument(
-        "--text", action="store_true", help="send lines and print frames as text, not JSON"
+        "--text",
+        action="store_true",
+        help="send each line as a text frame (not parsed as JSON); frames are still "
+        "printed one per line, as JSON strings",
+    )
+    parser.add_argument(
+        "--wait",
+        type=non_negative,
+        default=0.0,
+        metavar="SECONDS",
+        help="after stdin ends, keep printing what arrives for this long before closing (0)",
     )
     parser.add_argument(
         "--binary",
@@ -88,27 +99,48 @@ class Step:
     message: str = ""
 
 
-def decide(signal: Signal, delay: float | None, attempts: int) -> Step:
+def decide(signal: Signal, delay: float | None, attempts: int, url: str = "") -> Step:
     """The step after ``signal``; ``delay`` is the retry schedule's next delay
     (``None``: attempts spent), ``attempts`` the failures counted so far, this one
     included. A resume is at once only the first time in a row: a server that keeps
     asking for one is backed off from like any other."""
     if isinstance(signal, DisconnectSignal):
-        return Step("stop", status=1, message=f"stopped: {describe(signal)}")
+        if signal.code == 1000 and not signal.initiated_locally:  # a normal closure
+            return Step("stop", status=0, message="closed by the server (1000)")
+        return Step("stop", status=1, message=f"stopped: {describe(signal, url)}")
     if delay is None:
-        given_up = f"gave up after {attempts} retries: {describe(signal)}"
+        retries = "1 retry" if attempts == 1 else f"{attempts} retries"
+        given_up = f"gave up after {retries}: {describe(signal, url)}"
         return Step("stop", status=1, message=given_up)
     if isinstance(signal, ResumeSignal) and attempts <= 1:
-        return Step("resume", message=f"{describe(signal)}; connecting again now")
-    return Step("reconnect", delay, message=f"{describe(signal)}; retrying in {delay:.1f} s")
+        return Step("resume", message=f"{describe(signal, url)}; connecting again now")
+    return Step("reconnect", delay, message=f"{describe(signal, url)}; retrying in {delay:.1f} s")
 
 
-def describe(signal: Signal) -> str:
-    """``close 4014 (reason)`` or the signal's event, for one stderr line."""
+_OPENING = {
+    Event.CONNECT_TIMEOUT: "no answer in time",
+    Event.CONNECT_REFUSED: "connection refused",
+    Event.CONNECT_DNS: "the host name does not resolve",
+    Event.CONNECT_TLS: "TLS failed",
+    Event.CONNECT_TLS_CERTIFICATE: "the certificate did not verify",
+    Event.CONNECT_ERROR: "cannot connect",
+    Event.HANDSHAKE_INVALID: "the websocket upgrade answer was invalid",
+}
+
+
+def describe(signal: Signal, url: str = "") -> str:
+    """One stderr line's worth: ``close 4014 (reason)``, ``URL refused the websocket
+    upgrade: HTTP 400``, ``URL: connection refused``..."""
+    where = f"{url}: " if url else ""
+    if signal.event is Event.HANDSHAKE_STATUS:
+        return f"{where}the server refused the websocket upgrade with HTTP {signal.code}"
     if signal.code is not None:
         reason = f" ({signal.reason})" if signal.reason else ""
         return f"close {signal.code}{reason}"
-    return f"{signal.event.value}: {signal.reason}" if signal.reason else signal.event.value
+    what = _OPENING.get(signal.event) or str(signal.event.value).replace("_", " ")
+    if signal.reason and signal.reason != what:
+        what = f"{what} ({signal.reason})"
+    return where + what
 
 
 def parse_line(line: str, text: bool) -> tuple[str, Any]:
@@ -188,7 +220,7 @@ class Client:
                 schedule.healthy()
                 await self._pump(lines)
             except Signal as signal:
-                step = decide(signal, schedule.next_delay(), schedule.attempts)
+                step = decide(signal, schedule.next_delay(), schedule.attempts, self.url)
                 self.status(step.message)
                 if step.action == "stop":
                     return step.status
@@ -207,6 +239,10 @@ class Client:
             done, _ = await asyncio.wait({reading, sending}, return_when="FIRST_COMPLETED")
             for task in done:
                 task.result()
+            if sending in done and self.args.wait > 0:  # stdin ended: listen a while
+                done, _ = await asyncio.wait({reading}, timeout=self.args.wait)
+                for task in done:
+                    task.result()
         finally:
             for task in (reading, sending):
                 task.cancel()

@@ -209,3 +209,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ControlError as exc:
         return web.json_response({"error": str(exc)}, status=exc.status)
+    except web.HTTPException as exc:  # an unknown route or method: JSON too, as documented
+        if exc.status < 400:
+            raise
+        why = f"{exc.reason}: {request.method} {request.path}"
+        return web.json_response({"error": why}, status=exc.status)

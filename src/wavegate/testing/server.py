@@ -25,6 +25,7 @@ import socket
 import ssl as ssl_module
 import struct
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
@@ -69,6 +70,8 @@ class ServerConnection:
         self.answer_close = True
         self.answer_pings = answer_pings
         self.close_received: tuple[int | None, str] | None = None
+        self.ended_by_server = False
+        """Set once the server closed or dropped this connection (not the client)."""
         self.closed = asyncio.Event()
         self.handled = asyncio.Event()
         """Set when the server's handler for this connection has returned."""
@@ -134,6 +137,7 @@ class ServerConnection:
         if self._close_sent or self._writer.is_closing():
             return
         self._close_sent = True
+        self.ended_by_server = True
         log.info("#%s closed by the server: %s %s", self.id, code, reason)
         with contextlib.suppress(ConnectionError, ConnectionDropped):
             await self.send_frame(frames.CLOSE, frames.close_payload(code, reason))
@@ -156,6 +160,7 @@ class ServerConnection:
         transport = self._writer.transport
         if transport.is_closing():
             return
+        self.ended_by_server = True
         log.info("#%s dropped by the server (TCP reset, no close frame)", self.id)
         sock = self._writer.get_extra_info("socket")
         for _ in range(1000):  # a few loop turns move pending bytes into the reader
@@ -302,8 +307,9 @@ class WebsocketTestServer:
         self.handshakes = 0
         self.connections: set[ServerConnection] = set()
         """Connections whose handshake was accepted and that are still open."""
-        self.refuse_path: Callable[[str], int | None] | None = None
-        """Given a request's path (with its query), an HTTP status to refuse it with."""
+        self.refuse_path: Callable[[str], int | tuple[int, str] | None] | None = None
+        """Given a request's path (with its query), an HTTP status to refuse it with
+        (or the status and why: the reason is logged and sent as the body)."""
         self._handshake_mode = "accept"
         self._reject_status = 503
         self._server: asyncio.Server | None = None
@@ -406,9 +412,11 @@ class WebsocketTestServer:
         path, headers = _parse_request(first + await reader.readuntil(b"\r\n\r\n"))
         self.handshakes += 1
         mode, status = self._handshake_mode, self._reject_status
+        why = "reject_handshakes()"
         refused = self.refuse_path(path) if self.refuse_path is not None else None
         if refused is not None and mode == "accept":
-            mode, status = "reject", refused
+            mode = "reject"
+            status, why = refused if isinstance(refused, tuple) else (refused, "refuse_path")
         if self.handshake_delay:
             await asyncio.sleep(self.handshake_delay)
         if mode == "stall":
@@ -420,10 +428,7 @@ class WebsocketTestServer:
                 self._stalled.discard(writer)
             return
         if mode == "reject":
-            head = f"HTTP/1.1 {status} Rejected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            writer.write(head.encode())
-            await writer.drain()
-            writer.close()
+            await _refuse(writer, status, why)
             return
         await self._accept(writer, headers)
         conn = ServerConnection(
@@ -475,3 +480,19 @@ def _parse_request(request: bytes) -> tuple[str, dict[str, str]]:
             name, value = line.split(":", 1)
             headers[name.strip().lower()] = value.strip()
     return (words[1] if len(words) > 1 else "/"), headers
+
+
+async def _refuse(writer: asyncio.StreamWriter, status: int, why: str) -> None:
+    """Answer an opening handshake with HTTP ``status``; ``why`` is the body and is
+    logged (a client library rarely shows the body)."""
+    log.info("refused a handshake: HTTP %s (%s)", status, why)
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Refused"
+    body = why.encode()
+    head = f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain\r\n"
+    head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    writer.write(head.encode() + body)
+    await writer.drain()
+    writer.close()

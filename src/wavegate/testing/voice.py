@@ -98,6 +98,8 @@ class FakeVoiceSession:
     """It offered DAVE (``max_dave_protocol_version`` >= 1)."""
     joined: bool = False
     """It is in its channel (since its SESSION_DESCRIPTION)."""
+    ssrc: int = 0
+    """The ssrc READY gave it."""
     generation: int = 0
     seq: int = 0
     buffer: deque[tuple[int, int, bytes]] = field(default_factory=deque)
@@ -416,6 +418,7 @@ class FakeVoiceGateway:
         except ConnectionDropped:
             return
         finally:
+            _log_ending(state)
             session = state.session
             if session is not None and session.conn is conn:
                 session.live.clear()
@@ -494,6 +497,23 @@ class FakeVoiceGateway:
             self._record(session, (op, payload))
             if op in (23, 31):
                 self._dave_json(session, op, payload)
+            elif op == 5:
+                await self._relay_speaking(session, payload)
+
+    async def _relay_speaking(self, session: FakeVoiceSession, payload: Any) -> None:
+        """As Discord does: a member's SPEAKING goes to the others in its channel, with
+        its user id and ssrc."""
+        if not session.joined or not isinstance(payload, dict):
+            return
+        speaking = {"user_id": session.user_id, "ssrc": session.ssrc}
+        speaking["speaking"] = payload.get("speaking", 0)
+        others = [
+            member
+            for (server_id, _), member in self._members.items()
+            if server_id == session.server_id and member is not session
+        ]
+        for member in others:
+            await self.send(member.session_id, 5, speaking)
 
     def _record(self, session: FakeVoiceSession, message: tuple[int, Any]) -> None:
         if self.keep_received:
@@ -554,7 +574,8 @@ class FakeVoiceGateway:
         # Quietly: a connection closing under it is still this session's, and what
         # its client sent before the close is still recorded.
         ip, port = self.udp.address
-        ready = {"ssrc": 1000 + len(self.sessions), "ip": ip, "port": port}
+        session.ssrc = 1000 + len(self.sessions)
+        ready = {"ssrc": session.ssrc, "ip": ip, "port": port}
         await _send_quietly(conn, {"op": 2, "d": {**ready, "modes": list(self.modes)}})
         log.info("#%s user %s identified (server %s, DAVE %s)", conn.id, user_id, server_id,
                  "offered" if dave else "not offered")  # fmt: skip
@@ -798,3 +819,15 @@ class FakeVoiceGateway:
 def _dave_offered(identify: dict[str, Any]) -> bool:
     version = identify.get("max_dave_protocol_version", 0)
     return isinstance(version, int) and not isinstance(version, bool) and version >= 1
+
+
+def _log_ending(state: _ConnectionState) -> None:
+    """A log line for an ending the client chose (ours are logged where we close)."""
+    if state.closing or state.conn.ended_by_server:
+        return
+    conn, who = state.conn, "" if state.session is None else f" user {state.session.user_id}"
+    if conn.close_received is not None:
+        code, reason = conn.close_received
+        log.info("#%s%s closed by the client: %s %s", conn.id, who, code, reason)
+    else:
+        log.info("#%s%s lost its connection (no close frame)", conn.id, who)

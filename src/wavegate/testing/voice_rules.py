@@ -21,10 +21,12 @@ LEGACY_MODES = frozenset(
 """Encryption modes Discord stopped accepting (2024-11-18)."""
 
 
-def check_path(path: str) -> int | None:
-    """The HTTP status refusing an opening handshake whose URL lacks ``v=8``."""
+def check_path(path: str) -> tuple[int, str] | None:
+    """The HTTP status (and why) refusing an opening handshake whose URL lacks ``v=8``."""
     versions = parse_qs(urlsplit(path).query).get("v", [])
-    return None if versions == ["8"] else 400
+    if versions == ["8"]:
+        return None
+    return 400, "the voice gateway v8 needs ?v=8 in its URL"
 
 
 def _is_int(value: object) -> bool:
