@@ -72,6 +72,8 @@ class LineClient:
             env=dict(env),
         )
         self.lines: list[Line] = []
+        self.exited = False
+        """Its output ended (the process is gone or going)."""
         self._queue: queue.Queue[Line | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -100,12 +102,15 @@ class LineClient:
                     return line
         deadline = time.monotonic() + patience
         while True:
+            if self.exited:
+                raise AssertionError(f"{self.name} exited before {what}: {self.lines[-5:]}")
             try:
                 got = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"{self.name}: no {what} within {patience}s") from None
             if got is None:
-                raise AssertionError(f"{self.name} exited before {what}: {self.lines[-5:]}")
+                self.exited = True
+                continue
             self.lines.append(got)
             if predicate(got):
                 return got

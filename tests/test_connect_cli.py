@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -276,3 +277,46 @@ async def test_wait_prints_what_arrives_after_stdin_ends(command_cleanup: list[C
         assert await command.finish() == 0  # stdin ends at once
         assert await command.output() == {"op": 0}
         await command.status_line("closed by the server (1000)")
+
+
+async def test_lines_that_cannot_be_encoded_are_reported_and_skipped(
+    command_cleanup: list[Command],
+) -> None:
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async with websockets_server(echo) as url:
+        command = await Command.start(url)
+        command_cleanup.append(command)
+        await command.status_line("connected to")
+        command.send('{"a": NaN}')  # JSON Python reads, but no JSON to send
+        assert command.process.stdin is not None
+        command.process.stdin.write(b'{"bad": "\xff"}\n')  # not UTF-8
+        command.send('{"ok": 1}')
+        assert await command.output() == {"ok": 1}
+        assert await command.finish() == 0
+        await command.status_line("closed (1000)")
+    report = "\n".join(command.status)
+    assert "line 1 not sent: cannot be encoded" in report
+    assert "line 2 not sent: cannot be encoded" in report
+
+
+async def test_a_closed_stdout_ends_it_quietly() -> None:
+    async def flood(ws: ServerConnection) -> None:
+        for number in range(100_000):
+            await ws.send(json.dumps({"n": number}))
+
+    async with websockets_server(flood) as url:
+        script = (
+            f"{sys.executable} -m wavegate connect --wait 60 {url} < /dev/null | head -1;"
+            " exit ${PIPESTATUS[0]}"
+        )
+        process = await asyncio.create_subprocess_exec(
+            "bash", "-c", script, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        out, err = await asyncio.wait_for(process.communicate(), PATIENCE)
+    assert process.returncode == 0, err.decode()
+    assert out.decode() == '{"n": 0}\n'
+    assert "Traceback" not in err.decode()
+    assert "Exception ignored" not in err.decode()

@@ -13,6 +13,7 @@ from websockets.asyncio.server import ServerConnection
 from wavegate import (
     Backoff,
     DisconnectSignal,
+    Event,
     ResumeSignal,
     WaitTimeoutError,
     Websocket,
@@ -58,7 +59,9 @@ async def test_a_bare_host_port_on_a_plain_server_says_to_use_ws(
         await voice.close()
     message = str(caught.value)
     assert f"wss://{host_port(url)}/?v=8" in message
-    assert "without TLS" in message
+    # Our fake answers the TLS hello with HTTP 400 (certainly not TLS); websockets'
+    # server hangs up (perhaps not TLS): the hint says which.
+    assert ("without TLS" if server == "fake gateway" else "hung up during TLS") in message
     assert f"ws://{host_port(url)}" in message
 
 
@@ -170,3 +173,69 @@ async def test_a_failing_async_on_event_is_logged_and_the_session_goes_on(
         async with voice:
             await voice.wait_ready(10)
     assert "on_event callback failed" in caplog.text
+
+
+async def test_an_async_on_event_may_close_the_session_itself() -> None:
+    """close() from inside the callback must not wait on the callback (it would wait
+    out close_timeout, then cancel itself and lose the events after)."""
+    seen: list[object] = []
+    voice: VoiceClient
+
+    async def on_event(event: SessionEvent) -> None:
+        seen.append(event.kind)
+        if event.kind is EventKind.READY:
+            await voice.close()
+
+    async with FakeVoiceGateway() as gateway:
+        voice = VoiceClient(gateway.url, CREDENTIALS, backoff=FAST, on_event=on_event)
+        voice._close_timeout = 30.0  # a self-wait would show as a 30 s stall, then a failure
+        await voice.start()
+        outcome = await asyncio.wait_for(voice.wait_closed(), 20)
+    assert outcome.reason == "closed"
+    assert seen[-1] is EventKind.STOPPED
+
+
+async def test_a_session_that_stops_by_itself_delivers_every_event_to_an_async_callback() -> None:
+    seen: list[object] = []
+
+    async def on_event(event: SessionEvent) -> None:
+        await asyncio.sleep(0)
+        seen.append(event.kind)
+
+    async with FakeVoiceGateway() as gateway:
+        voice = VoiceClient(gateway.url, CREDENTIALS, backoff=FAST, on_event=on_event)
+        await voice.start()
+        await voice.wait_ready(10)
+        await gateway.close_session(CREDENTIALS.session_id, 4014, "kicked")
+        await voice.wait_closed()
+    assert seen[-1] is EventKind.STOPPED
+
+
+@pytest.mark.parametrize(
+    ("url", "event", "reason", "hint"),
+    [
+        (
+            "wss://u:p@h.example/x",
+            Event.CONNECT_TLS,
+            "[SSL] wrong version number",
+            "(did the server answer without TLS? for a plain server use ws://h.example:443)",
+        ),
+        (
+            "wss://[::1]:8443/",
+            Event.CONNECT_ERROR,
+            "ConnectionResetError: ",
+            "(the server hung up during TLS: if it is a plain server, use ws://[::1]:8443)",
+        ),
+        ("wss://h.example/", Event.CONNECT_TLS, "certificate unknown", ""),
+        ("ws://h.example/", Event.CONNECT_TLS, "wrong version number", ""),
+        ("wss://h.example/", Event.CONNECT_REFUSED, "wrong version number", ""),
+    ],
+)
+def test_the_tls_hint_names_the_plain_url_and_never_credentials(
+    url: str, event: Event, reason: str, hint: str
+) -> None:
+    from wavegate.transport import tls_mismatch_hint
+
+    said = tls_mismatch_hint(url, event, reason)
+    assert said == (f"{reason} {hint}" if hint else reason)
+    assert "u:p" not in said

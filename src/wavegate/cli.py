@@ -174,5 +174,7 @@ def _progress_bar() -> Iterator[Callable[[str, int, int], None]]:
 
         def show(what: str, done: int, total: int) -> None:
             bar.update(task, description=what, completed=done, total=total)
+            if what == "done":
+                bar.stop()  # gone before the results table is printed
 
         yield show

@@ -5,9 +5,10 @@ line is sent (as a JSON object, or as text with ``--text``), each received frame
 printed as one JSON line on stdout, and what happens to the connection goes to
 stderr. When the connection ends, the close-code policy decides: a resume reconnects
 at once, a reconnect backs off, a disconnect stops with status 1 and a line naming
-the close code. A line being sent when the connection drops is sent again on the
-next one, never lost. On stdin EOF the client sends what it still has, closes with
-1000 and exits 0.
+the close code. A line whose send failed because the connection ended is sent again
+on the next one (a line already written to a socket that then drops is not: nothing
+acknowledges it). On stdin EOF the client sends what it still has, closes with 1000
+and exits 0; lines it could never send are counted on stderr (status 1).
 
 The decisions are pure functions (:func:`decide`, :func:`parse_line`,
 :func:`format_packet`); :func:`run` only carries them out.
@@ -20,6 +21,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import sys
 import threading
 from collections import deque
@@ -33,6 +35,7 @@ from .policy import DISCORD_GATEWAY, DISCORD_VOICE, GENERIC, ClosePolicy
 from .redact import redact_url
 from .signals import (
     DisconnectSignal,
+    EncodeError,
     Event,
     InvalidURLError,
     PayloadError,
@@ -177,16 +180,34 @@ def format_packet(packet: WebsocketPacket, binary: Binary) -> str:
 
 class Lines:
     """stdin's lines as an asyncio queue (``None`` at EOF), read by a thread so that
-    pipes, files and terminals all work."""
+    pipes, files and terminals all work.
 
-    def __init__(self, source: TextIO) -> None:
+    The thread reads the file descriptor itself: a daemon thread blocked inside
+    ``sys.stdin``'s buffered reader would abort the interpreter at exit. Lines are
+    decoded leniently: one that is not UTF-8 is reported when it cannot be encoded for
+    sending, instead of ending the thread (and with it the EOF the client waits for).
+    """
+
+    def __init__(self, fd: int) -> None:
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
 
+        def put(line: str | None) -> None:
+            loop.call_soon_threadsafe(self.queue.put_nowait, line)
+
         def read() -> None:
-            for line in source:
-                loop.call_soon_threadsafe(self.queue.put_nowait, line)
-            loop.call_soon_threadsafe(self.queue.put_nowait, None)
+            buffered = b""
+            try:
+                while chunk := os.read(fd, 65536):
+                    *complete, buffered = (buffered + chunk).split(b"\n")
+                    for raw in complete:
+                        put(raw.decode("utf-8", "surrogateescape"))
+                if buffered:
+                    put(buffered.decode("utf-8", "surrogateescape"))
+            except OSError:
+                pass  # stdin closed under us: the same as its end
+            finally:
+                put(None)
 
         threading.Thread(target=read, daemon=True, name="wavegate-connect-stdin").start()
 
@@ -204,9 +225,12 @@ class Client:
             open_timeout=args.open_timeout,
             receive_mode="text" if args.text else "json",
         )
-        self.pending: deque[tuple[str, Any]] = deque()
+        self.pending: deque[bytes] = deque()
+        """Encoded lines to send, first in line until written whole."""
         self.line_number = 0
         self.eof = False
+        self.listen_until: float | None = None
+        """With ``--wait``: when to stop listening after stdin ended."""
 
     def status(self, message: str) -> None:
         print(f"wavegate connect: {message}", file=self.err, flush=True)
@@ -223,12 +247,23 @@ class Client:
                 step = decide(signal, schedule.next_delay(), schedule.attempts, self.url)
                 self.status(step.message)
                 if step.action == "stop":
-                    return step.status
+                    return self._unsent(step.status)
                 await asyncio.sleep(step.delay)
                 continue
+            except BrokenPipeError:  # stdout's reader left (`| head`): nothing to show to
+                _silence_stdout()
+                return 0
             await self.ws.disconnect(1000)
             self.status("closed (1000)")
             return 0
+
+    def _unsent(self, status: int) -> int:
+        """``status``, or 1 with a line saying so when lines were never sent."""
+        if not self.pending:
+            return status
+        count = len(self.pending)
+        self.status(f"{count} line{'s' if count > 1 else ''} not sent")
+        return 1
 
     async def _pump(self, lines: Lines) -> None:
         """Print and send until stdin ends and everything is sent (returns) or the
@@ -240,7 +275,11 @@ class Client:
             for task in done:
                 task.result()
             if sending in done and self.args.wait > 0:  # stdin ended: listen a while
-                done, _ = await asyncio.wait({reading}, timeout=self.args.wait)
+                loop = asyncio.get_running_loop()
+                if self.listen_until is None:  # once, from the first EOF, across reconnects
+                    self.listen_until = loop.time() + self.args.wait
+                left = max(0.0, self.listen_until - loop.time())
+                done, _ = await asyncio.wait({reading}, timeout=left)
                 for task in done:
                     task.result()
         finally:
@@ -263,11 +302,7 @@ class Client:
                 if self.eof or not await self._take(lines):
                     return
                 continue
-            kind, value = self.pending[0]
-            if kind == "json":
-                await self.ws.send_json(value)
-            else:
-                await self.ws.send_text(value)
+            await self.ws.send_text(self.pending[0])
             self.pending.popleft()
 
     async def _take(self, lines: Lines) -> bool:
@@ -278,17 +313,24 @@ class Client:
             return False
         self.line_number += 1
         kind, value = parse_line(line, self.args.text)
+        if kind == "skip":
+            return True
+        if kind != "error":
+            try:  # encoded now: a value that cannot be sent is this line's problem only
+                value = self.ws.encode_json(value) if kind == "json" else value.encode()
+            except (EncodeError, UnicodeEncodeError) as exc:
+                kind, value = "error", f"cannot be encoded ({exc})"
         if kind == "error":
             self.status(f"line {self.line_number} not sent: {value}")
-        elif kind != "skip":
-            self.pending.append((kind, value))
+        else:
+            self.pending.append(value)
         return True
 
 
 async def connect(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     """Run ``wavegate connect``; the exit status (2 for a bad URL or option)."""
     client = Client(args, out, sys.stderr)
-    lines = Lines(sys.stdin)
+    lines = Lines(sys.stdin.fileno())
     try:
         return await client.run(lines)
     except InvalidURLError as exc:
@@ -297,3 +339,10 @@ async def connect(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     finally:
         with contextlib.suppress(Exception):
             await client.ws.disconnect()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

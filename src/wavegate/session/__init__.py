@@ -238,6 +238,7 @@ class Session:
         """Wait until the session stops by itself (or by ``close()``) and say why."""
         if self._runner is not None:
             await asyncio.wait({self._runner})
+        await self._hub.drained(self._close_timeout)  # an async on_event has had them all
         assert self.outcome is not None, "session was never started"
         return self.outcome
 

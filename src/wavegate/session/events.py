@@ -101,6 +101,9 @@ class EventHub:
         self._deliverer: asyncio.Task[None] | None = None
 
     def emit(self, kind: Enum, **details: Any) -> None:
+        if self._closed:  # after STOPPED nothing happens to the session
+            log.debug("event %s after the session stopped: not delivered", kind)
+            return
         event = SessionEvent(kind, self._clock(), **details)
         log.debug("session event %s", event)
         for queue in self._subscribers:
@@ -142,8 +145,8 @@ class EventHub:
         """Wait (at most ``timeout`` s) until an async callback has had every event,
         then cancel what is left."""
         deliverer = self._deliverer
-        if deliverer is None or deliverer.done():
-            return
+        if deliverer is None or deliverer.done() or deliverer is asyncio.current_task():
+            return  # (called from the callback itself, e.g. close() in on_event)
         try:
             await asyncio.wait_for(asyncio.shield(deliverer), timeout)
         except asyncio.TimeoutError:

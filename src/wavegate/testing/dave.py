@@ -195,7 +195,7 @@ class DaveChannel:
         out: list[Output] = [
             ToUser(u, OP_CLIENT_DISCONNECT, {"user_id": str(user)}) for u in self._present
         ]
-        out += self._revoke(p for p in self._proposals if p.user == user and p.key_package)
+        out += self._withdraw_add(user)
         for transition in self._transitions.values():
             transition.participants.discard(user)
             transition.waiting.discard(user)
@@ -218,7 +218,7 @@ class DaveChannel:
             return self._reject_key_package(f"user {user}: unreadable key package ({exc})")
         if owner != user:
             return self._reject_key_package(f"user {user}: key package of user {owner}")
-        out = self._revoke(p for p in self._proposals if p.user == user and p.key_package)
+        out = self._withdraw_add(user)
         if user in self.members:
             self._unsound.add(user)  # a new key package: its old state is gone
         self._key_packages[user] = self._last_key_package[user] = body
@@ -335,6 +335,16 @@ class DaveChannel:
             vector = mls.append_vector([p.message for p in missing])
             out.append(ToUser(user, OP_PROPOSALS, bytes((_APPEND,)) + vector))
         return out
+
+    def _withdraw_add(self, user: int) -> list[Output]:
+        """Take back ``user``'s pending Add (it left, or sent a new key package): by
+        revoking every pending proposal, for the callers to propose afresh what is still
+        wanted (``_reconcile``). Revoking only that Add is not enough: davey 0.1.7
+        answers such a revoke, when other Adds stay pending, with a commit that lacks
+        the welcome they need, which no joiner can use."""
+        if not any(p.user == user and p.key_package for p in self._proposals):
+            return []
+        return self._revoke(list(self._proposals))
 
     def _revoke(self, proposals: Iterable[_Proposal]) -> list[Output]:
         revoked = list(proposals)

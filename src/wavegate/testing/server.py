@@ -141,13 +141,18 @@ class ServerConnection:
         log.info("#%s closed by the server: %s %s", self.id, code, reason)
         with contextlib.suppress(ConnectionError, ConnectionDropped):
             await self.send_frame(frames.CLOSE, frames.close_payload(code, reason))
-        asyncio.get_running_loop().call_later(timeout, self.drop)
+        asyncio.get_running_loop().call_later(timeout, self._abort)
 
     def drop(self) -> None:
         """Drop the TCP connection at once, with no close frame."""
         transport = self._writer.transport
         if not transport.is_closing():
-            transport.abort()
+            self.ended_by_server = True
+            self._abort()
+
+    def _abort(self) -> None:
+        """Release the socket (the connection is over, whoever ended it)."""
+        self._writer.transport.abort()
 
     async def reset(self) -> None:
         """Fail the connection as a network fault would, at one instant: every byte the
@@ -252,7 +257,7 @@ class ServerConnection:
                         if not self._close_sent:
                             self._close_sent = True
                             await self.send_frame(frames.CLOSE, payload[:2])
-                        self.drop()
+                        self._abort()
                         return
                 elif opcode == frames.PONG:
                     continue
@@ -266,7 +271,7 @@ class ServerConnection:
                 else:
                     fragment_opcode, fragments = opcode, [payload]
         except (asyncio.IncompleteReadError, ConnectionError, ConnectionDropped, ValueError):
-            self.drop()
+            self._abort()
         finally:
             self._messages.put_nowait(None)
             self.closed.set()
@@ -465,7 +470,7 @@ class WebsocketTestServer:
         try:
             await self.handler(conn)
         finally:
-            conn.drop()
+            conn._abort()
             await reading
             conn.handled.set()
 

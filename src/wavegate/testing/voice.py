@@ -498,9 +498,9 @@ class FakeVoiceGateway:
             if op in (23, 31):
                 self._dave_json(session, op, payload)
             elif op == 5:
-                await self._relay_speaking(session, payload)
+                self._relay_speaking(session, payload)
 
-    async def _relay_speaking(self, session: FakeVoiceSession, payload: Any) -> None:
+    def _relay_speaking(self, session: FakeVoiceSession, payload: Any) -> None:
         """As Discord does: a member's SPEAKING goes to the others in its channel, with
         its user id and ssrc."""
         if not session.joined or not isinstance(payload, dict):
@@ -513,7 +513,11 @@ class FakeVoiceGateway:
             if server_id == session.server_id and member is not session
         ]
         for member in others:
-            await self.send(member.session_id, 5, speaking)
+            # Written without waiting: a member that does not read must not stall the
+            # speaker's handler (and so its heartbeats).
+            seq = self._next_seq(member)
+            message = {"op": 5, "seq": seq, "d": speaking}
+            self._emit_now(member, TEXT, json.dumps(message, separators=(",", ":")).encode())
 
     def _record(self, session: FakeVoiceSession, message: tuple[int, Any]) -> None:
         if self.keep_received:

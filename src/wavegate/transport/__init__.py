@@ -183,21 +183,32 @@ def get_connector(name: str) -> Connector:
 
 _PLAIN_ANSWER = re.compile(
     r"wrong[ _]version[ _]number|record[ _]layer[ _]failure|packet[ _]length[ _]too[ _]long"
-    r"|http[ _]request"
-    r"|unexpected eof|eof occurred|\[None\]|ConnectionResetError|connection reset",
+    r"|http[ _]request",
     re.IGNORECASE,
 )
+"""What OpenSSL says when the answer to its hello was not TLS at all."""
+
+_HUNG_UP = re.compile(
+    r"unexpected eof|eof occurred|\[None\]|ConnectionResetError|connection reset",
+    re.IGNORECASE,
+)
+"""A server that hung up during the TLS handshake: a plain server may do that too."""
 
 
 def tls_mismatch_hint(url: str, event: Event, reason: str) -> str:
     """``reason``, plus a hint when a wss:// opening failed the way a plain server
-    makes it fail (it answers the TLS hello with plain HTTP, or hangs up)."""
+    makes it fail: certainly (it answered the TLS hello with plain HTTP) or perhaps
+    (it hung up during the handshake, as a TLS server refusing us may too)."""
     if not url.lower().startswith("wss://") or event not in (
         Event.CONNECT_TLS,
         Event.CONNECT_ERROR,
     ):
         return reason
-    if not _PLAIN_ANSWER.search(reason):
-        return reason
-    address = urlsplit(url).netloc.rpartition("@")[2]
-    return f"{reason} (did the server answer without TLS? for a plain server use ws://{address})"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    plain = f"ws://{f'[{host}]' if ':' in host else host}:{parts.port or 443}"
+    if _PLAIN_ANSWER.search(reason):
+        return f"{reason} (did the server answer without TLS? for a plain server use {plain})"
+    if _HUNG_UP.search(reason):
+        return f"{reason} (the server hung up during TLS: if it is a plain server, use {plain})"
+    return reason
