@@ -20,10 +20,33 @@ async def server() -> AsyncIterator[WebsocketTestServer]:
 WebsocketFactory = Callable[..., Websocket]
 
 
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> str:
-    """Every test that makes its websockets with ``make_ws`` runs once per transport."""
-    return str(request.param)
+TRANSPORT_VARIANTS = (*TRANSPORTS, "picows-python")
+"""Each transport, and picows with its fallback listener (what an install without a C
+compiler runs): every behaviour is tested on each."""
+
+
+@pytest.fixture(params=TRANSPORT_VARIANTS)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test that makes its websockets with ``make_ws`` (or passes this name to
+    ``Websocket``) runs once per transport variant; the name returned is the transport's."""
+    name = str(request.param)
+    if name == "picows-python":
+        from wavegate.transport import picows_transport
+
+        monkeypatch.setattr(picows_transport, "LISTENER", "python")
+        return "picows"
+    if name == "picows":
+        from wavegate.transport import picows_transport
+
+        assert picows_transport.LISTENER == "compiled", picows_transport.describe()
+    return name
+
+
+def picows_listener() -> str:
+    """The listener picows connections use now (``compiled`` or ``python``)."""
+    from wavegate.transport import picows_transport
+
+    return picows_transport.LISTENER
 
 
 @pytest_asyncio.fixture

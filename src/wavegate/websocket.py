@@ -632,20 +632,26 @@ class Websocket:
         ):
             return await self._receive_slow()
         assert conn is not None
-        self._receiving = True
-        try:
-            # The hot path: the transport's recv may be the library's own coroutine.
-            data = await transport.recv()
-        except BaseException as exc:
-            self._reader_left(conn)
-            if not isinstance(exc, Exception):
-                raise  # cancelled: nothing was taken, nothing ended
-            failure = exc
-        else:
-            # _reader_left() and _packet() inlined: a call is a measurable share here.
-            self._receiving = False
-            if conn.verdict is not None:
-                _resolve(conn, "verdict")
+        # The hot path: a message the transport already holds (no await at all), else
+        # the transport's recv, which may be the library's own coroutine.
+        data = transport.poll()
+        if data is None:
+            self._receiving = True
+            try:
+                data = await transport.recv()
+            except BaseException as exc:
+                self._reader_left(conn)
+                if not isinstance(exc, Exception):
+                    raise  # cancelled: nothing was taken, nothing ended
+                failure = exc
+                data = None
+            else:
+                # _reader_left() inlined: a call is a measurable share here.
+                self._receiving = False
+                if conn.verdict is not None:
+                    _resolve(conn, "verdict")
+        if data is not None:
+            # _packet() inlined, for the same reason.
             self._frames_in += 1
             self._bytes_in += len(data)
             if type(data) is bytes:

@@ -105,6 +105,13 @@ class Transport(Protocol):
         ``bytes`` for a binary one. Raises when the connection ends (see :meth:`ending`)."""
         ...
 
+    @property
+    def poll(self) -> Callable[[], str | bytes | None]:
+        """A message that has already arrived (as ``recv`` would return it), or ``None``:
+        never waits, never raises. A transport without a buffer of its own returns
+        ``None`` and lets ``recv`` do the work."""
+        ...
+
     def ending(self, exc: BaseException) -> TransportClosed:
         """The connection's ending, given what ``recv`` raised (a :class:`TransportClosed`)."""
         ...

@@ -198,6 +198,11 @@ class AiohttpTransport:
 
     # -- receiving -------------------------------------------------------------------
 
+    @staticmethod
+    def poll() -> None:
+        """aiohttp keeps its messages behind ``receive()``: ``recv`` does all the work."""
+        return
+
     async def recv(self) -> str | bytes:
         msg = await self._ws.receive()
         kind = msg.type

@@ -1,15 +1,19 @@
 """The picows transport (``pip install wavegate[fast]``, ``Websocket(transport="picows")``).
 
-Built on picows' compiled ``websockets``-style connection, whose frame handling and
-``recv()`` are Cython: ``Websocket`` awaits ``recv`` directly, with no wrapper, so a
-buffered message costs one await. picows assembles fragments, validates UTF-8,
-enforces ``max_size``, answers pings and echoes the peer's close code.
+picows parses frames in C. wavegate's receive side on it is one of two listeners:
 
-wavegate opens the connection itself (``picows.ws_connect``) with :class:`_Listener`, a
-Python subclass of picows' connection that overrides only rare callbacks: write
-pressure (so that a frame is written whole, at once, and nothing ever waits after a
-write), and the end of the connection. Keepalive is wavegate's own, so that its expiry
-is reported as such. Every picows detail lives in this module.
+- **compiled** (``_picows_listener.pyx``, built by ``pip install`` when a C compiler is
+  at hand): a Cython subclass of picows' ``WSListener`` whose frame callback is C. It
+  validates each frame (RSV bits, fragments, UTF-8, ``max_size``, close codes), keeps
+  the messages in a ring, and ``Websocket.receive()`` takes a waiting one with
+  ``poll()``, without awaiting anything.
+- **python** (the fallback): picows' compiled ``websockets``-style connection, whose
+  ``recv()`` ``Websocket`` awaits directly.
+
+Either way wavegate opens the connection itself (``picows.ws_connect``) and owns the
+rare paths here: write pressure (so that a frame is written whole, at once, and nothing
+ever waits after a write), keepalive (its expiry is reported as such), and the ending.
+Every picows detail lives in this module and the listener.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from importlib import metadata
+from typing import Any, Literal
 
 import picows
 from picows.websockets.asyncio.connection import ClientConnection
@@ -41,6 +47,42 @@ otherwise grow memory without bound."""
 _FLOOD_CHECK = 0.05
 """Seconds between checks of the write buffer while writing is paused."""
 _log = logging.getLogger("wavegate.transport.picows")
+PICOWS_VERSION: str = metadata.version("picows")
+
+ListenerKind = Literal["compiled", "python"]
+
+
+def _compiled_listener() -> tuple[Any, str]:
+    """The compiled listener class, or ``None`` and why it cannot be used."""
+    if os.environ.get("WAVEGATE_PICOWS_LISTENER") == "python":
+        return None, "WAVEGATE_PICOWS_LISTENER=python"
+    try:
+        from . import _picows_listener
+    except (ImportError, ValueError) as exc:  # ValueError: picows' C layout changed
+        return None, f"compiled listener unavailable: {exc}"
+    installed = ".".join(PICOWS_VERSION.split(".")[:2])
+    if installed != _picows_listener.BUILT_AGAINST:
+        return None, (
+            f"compiled listener built against picows {_picows_listener.BUILT_AGAINST}, "
+            f"picows {PICOWS_VERSION} installed: reinstall wavegate"
+        )
+    return _picows_listener.Listener, "compiled listener"
+
+
+_COMPILED, _COMPILED_STATUS = _compiled_listener()
+LISTENER: ListenerKind = "compiled" if _COMPILED is not None else "python"
+"""The listener new connections use (tests may switch it to ``"python"``)."""
+
+
+def describe() -> str:
+    """Which picows and which listener new connections use, in words."""
+    if LISTENER == "compiled":
+        return f"picows {PICOWS_VERSION}, compiled listener"
+    return f"picows {PICOWS_VERSION}, picows' Python-facing connection ({_COMPILED_STATUS})"
+
+
+def _no_message() -> None:
+    return None
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:
@@ -49,7 +91,8 @@ def _retrieve(task: asyncio.Future[None]) -> None:
 
 
 class _Listener(ClientConnection):
-    """picows' compiled connection, with wavegate's hooks on its rare callbacks."""
+    """The fallback listener: picows' compiled connection, with wavegate's hooks on its
+    rare callbacks."""
 
     owner: PicowsTransport
 
@@ -70,6 +113,7 @@ class PicowsTransport:
 
     __slots__ = (
         "_capacity",
+        "_deadline",
         "_ending",
         "_flood_check",
         "_keepalive",
@@ -79,6 +123,7 @@ class PicowsTransport:
         "_paused_at",
         "_sock",
         "_wt",
+        "poll",
         "recv",
     )
 
@@ -93,12 +138,16 @@ class PicowsTransport:
         self._listener: _Listener | None = None
         self._wt: Any = None
         self._sock: socket.socket | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self.poll: Callable[[], str | bytes | None] = _no_message
 
-    def _opened(self, wt: Any, listener: _Listener, sock: socket.socket) -> None:
+    def _opened(self, wt: Any, listener: Any, sock: socket.socket) -> None:
         self._wt = wt
         self._listener = listener
         self._sock = sock
         self.recv = listener.recv
+        if not isinstance(listener, _Listener):
+            self.poll = listener.poll
         if self._options.ping_interval is not None:
             self._keepalive = asyncio.ensure_future(self._keep_alive())
 
@@ -156,6 +205,25 @@ class PicowsTransport:
         self._record(ending)
         self._wt.disconnect(False)
 
+    def _failed(self, code: int, reason: str) -> None:
+        """The compiled listener found a protocol error: close with ``code`` and drop
+        the connection (flushing the close frame, within the close timeout)."""
+        self._record(TransportClosed(Event.PROTOCOL_ERROR, code, reason, local=True))
+        self._wt.send_close(code, reason.encode())
+        self._wt.disconnect(True)
+        self._drop_later()
+
+    def _peer_closed(self) -> None:
+        """The compiled listener received and echoed the peer's close frame: the server
+        closes the TCP connection, or we drop it after the close timeout."""
+        self._drop_later()
+
+    def _drop_later(self) -> None:
+        if self._deadline is None:
+            self._deadline = asyncio.get_running_loop().call_later(
+                self._options.close_timeout, self._wt.disconnect, False
+            )
+
     def _disconnected(self, wt: Any) -> None:
         if self._wt is None:
             self._wt = wt  # it ended before connect() returned it
@@ -166,6 +234,9 @@ class PicowsTransport:
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         self._writing_resumed()
 
     # -- keepalive -------------------------------------------------------------------
@@ -362,7 +433,7 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
     if unoffered is not None:
         wt.disconnect(False)
         raise ConnectFailed(Event.HANDSHAKE_INVALID, None, f"the server answered with {unoffered}")
-    transport._opened(wt, cast(_Listener, made), sockets[-1])
+    transport._opened(wt, made, sockets[-1])
     return transport
 
 
@@ -392,9 +463,11 @@ def _socket_factory(sockets: list[socket.socket]) -> Callable[[Any], Awaitable[s
     return make
 
 
-def _listener_factory(
-    transport: PicowsTransport, options: TransportOptions
-) -> Callable[[Any, Any], _Listener]:
+def _listener_factory(transport: PicowsTransport, options: TransportOptions) -> Callable[..., Any]:
+    if LISTENER == "compiled":
+        compiled, max_size = _COMPILED, options.max_size or 2**31 - 1
+        return lambda request, response: compiled(transport, max_size)
+
     def make(request: Any, response: Any) -> _Listener:
         made = _Listener(
             request=Request.from_picows(request),

@@ -1,0 +1,284 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled picows listener: the receive path of the picows transport, in C.
+
+picows parses frames in C and calls ``on_ws_frame`` for each. Here that callback is a
+C method too (a ``cdef class`` over picows' own ``WSListener``, compiled against its
+``.pxd``), so a frame costs no Python call: it is validated (RSV bits, fragments,
+UTF-8, the message size, the close code) and its message is stored in a ring of slots.
+``poll()`` hands over a stored message without awaiting anything; ``recv()`` awaits
+one. Everything rare (endings, write pressure, timers) is the owner's, in Python
+(``picows_transport.PicowsTransport``).
+"""
+
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+
+from picows.picows cimport WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+
+import asyncio
+
+cdef extern from *:
+    """
+    #ifndef WAVEGATE_PICOWS_MINOR
+    #define WAVEGATE_PICOWS_MINOR "unknown"
+    #endif
+    """
+    const char* WAVEGATE_PICOWS_MINOR
+
+BUILT_AGAINST = WAVEGATE_PICOWS_MINOR.decode()
+"""The picows minor version whose C layouts this module was compiled against."""
+
+cdef Py_ssize_t _FIRST_SLOTS = 64
+cdef Py_ssize_t _PAUSE_AT = 256
+cdef Py_ssize_t _PAUSE_AT_BYTES = 1 << 20
+"""Messages (or bytes) waiting unread before the socket stops being read: the peer then
+meets backpressure, and memory stays bounded."""
+cdef Py_ssize_t _RESUME_AT = 64
+cdef Py_ssize_t _RESUME_AT_BYTES = 256 << 10
+
+
+cdef inline bint _valid_close_code(int code) noexcept:
+    """Whether ``code`` may appear in a close frame (RFC 6455 7.4, IANA registry)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+cdef class Listener(WSListener):
+    """One connection's receive side. ``owner`` gets the rare events by name:
+    ``_failed(code, reason)``, ``_peer_closed()``, ``_disconnected(transport)``,
+    ``_writing_paused()``, ``_writing_resumed()``, ``_known_ending()``."""
+
+    cdef:
+        WSTransport _wt
+        object _owner
+        object _loop
+        list _slots
+        Py_ssize_t* _sizes
+        Py_ssize_t _bytes
+        Py_ssize_t _head
+        Py_ssize_t _count
+        Py_ssize_t _mask
+        object _waiter
+        bytearray _parts
+        WSMsgType _parts_kind
+        Py_ssize_t _max_size
+        bint _ended
+        bint _reading_paused
+        object _pong
+        bytes _ping_payload
+        unsigned long long _pings
+
+    def __init__(self, owner, Py_ssize_t max_size):
+        self._owner = owner
+        self._loop = asyncio.get_running_loop()
+        self._slots = [None] * _FIRST_SLOTS
+        self._sizes = <Py_ssize_t*>PyMem_Malloc(_FIRST_SLOTS * sizeof(Py_ssize_t))
+        if self._sizes == NULL:
+            raise MemoryError()
+        self._mask = _FIRST_SLOTS - 1
+        self._max_size = max_size
+        self._parts_kind = WSMsgType.CONTINUATION
+
+    def __dealloc__(self):
+        PyMem_Free(self._sizes)
+
+    # -- called by picows ----------------------------------------------------------
+
+    cpdef on_ws_connected(self, WSTransport transport):
+        self._wt = transport
+
+    cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
+        cdef WSMsgType kind = frame.msg_type
+        if self._ended:
+            return  # after a close frame or a failure nothing more is read
+        if frame.payload_size > self._max_size:
+            # picows has refused it already (it still delivers it: its parser goes on
+            # after this error); frames it parsed before are still delivered.
+            self._fail(1009, f"message larger than max_size ({self._max_size} bytes)")
+        elif frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self._fail(1002, "reserved bits set, but no extension was negotiated")
+        elif kind == WSMsgType.TEXT or kind == WSMsgType.BINARY:
+            if self._parts is not None:
+                self._fail(1002, "a new message began inside a fragmented one")
+            elif frame.fin:
+                self._message(kind, frame.payload_ptr, frame.payload_size)
+            else:
+                self._parts_kind = kind
+                self._parts = bytearray()
+                self._fragment(frame)
+        elif kind == WSMsgType.CONTINUATION:
+            if self._parts is None:
+                self._fail(1002, "a continuation frame with no message to continue")
+            else:
+                self._fragment(frame)
+        elif kind == WSMsgType.PONG:
+            self._ponged(frame)
+        elif kind == WSMsgType.CLOSE:
+            self._closed_by_peer(frame)
+        # PING: picows answers it (enable_auto_pong).
+
+    cpdef on_ws_disconnected(self, WSTransport transport):
+        self._ended = True
+        self._parts = None
+        self._wake()
+        if self._pong is not None and not self._pong.done():
+            self._pong.cancel()
+        self._owner._disconnected(transport)
+
+    cpdef pause_writing(self):
+        # Not passed on to picows: its own send would then wait after writing.
+        self._owner._writing_paused()
+
+    cpdef resume_writing(self):
+        self._owner._writing_resumed()
+
+    # -- frames --------------------------------------------------------------------
+
+    cdef void _fragment(self, WSFrame frame) except *:
+        cdef Py_ssize_t size = len(self._parts)
+        if size + frame.payload_size > self._max_size:
+            self._fail(1009, f"message larger than max_size ({self._max_size} bytes)")
+            return
+        self._parts.extend(frame.get_payload_as_memoryview())
+        if frame.fin:
+            parts, self._parts = self._parts, None
+            self._message(self._parts_kind, PyByteArray_AS_STRING(parts), len(parts))
+
+    cdef void _message(self, WSMsgType kind, const char* data, Py_ssize_t size) except *:
+        cdef object message
+        if kind == WSMsgType.TEXT:
+            try:
+                message = PyUnicode_DecodeUTF8(data, size, NULL)
+            except UnicodeDecodeError:
+                self._fail(1007, "text message is not valid UTF-8")
+                return
+        else:
+            message = PyBytes_FromStringAndSize(data, size)
+        self._push(message, size)
+
+    cdef void _closed_by_peer(self, WSFrame frame) except *:
+        # picows has checked the reason's UTF-8 and the codes below 3000, and recorded
+        # the frame in transport.close_handshake.
+        cdef int code = frame.get_close_code()
+        if frame.payload_size >= 2 and not _valid_close_code(code):
+            self._fail(1002, f"invalid close code {code}")
+            return
+        self._ended = True
+        self._parts = None
+        if not self._wt.is_close_frame_sent:
+            # Echo the code; a close frame without one is answered with 1000 (picows
+            # cannot send an empty one, and code 0 is invalid on the wire).
+            self._wt.send_close(<WSCloseCode>(code if frame.payload_size >= 2 else 1000))
+        self._owner._peer_closed()
+        self._wake()
+
+    cdef void _fail(self, int code, str reason) except *:
+        self._ended = True
+        self._parts = None
+        self._owner._failed(code, reason)
+        self._wake()
+
+    cdef void _ponged(self, WSFrame frame) except *:
+        pong = self._pong
+        if pong is None or pong.done():
+            return
+        if frame.get_payload_as_bytes() == self._ping_payload:
+            self._pong = None
+            pong.set_result(None)
+
+    # -- the ring of messages ------------------------------------------------------
+
+    cdef inline void _push(self, object message, Py_ssize_t size) except *:
+        cdef Py_ssize_t capacity = self._mask + 1
+        cdef Py_ssize_t slot
+        if self._count == capacity:
+            self._grow(capacity)
+        slot = (self._head + self._count) & self._mask
+        self._slots[slot] = message
+        self._sizes[slot] = size
+        self._count += 1
+        self._bytes += size
+        if self._waiter is not None:
+            self._wake()
+        if (
+            (self._count >= _PAUSE_AT or self._bytes >= _PAUSE_AT_BYTES)
+            and not self._reading_paused
+        ):
+            self._reading_paused = True
+            self._wt.underlying_transport.pause_reading()
+
+    cdef void _grow(self, Py_ssize_t capacity) except *:
+        cdef list slots = [None] * (capacity * 2)
+        cdef Py_ssize_t* sizes = <Py_ssize_t*>PyMem_Malloc(capacity * 2 * sizeof(Py_ssize_t))
+        cdef Py_ssize_t i, old
+        if sizes == NULL:
+            raise MemoryError()
+        for i in range(capacity):
+            old = (self._head + i) & self._mask
+            slots[i] = self._slots[old]
+            sizes[i] = self._sizes[old]
+        PyMem_Free(self._sizes)
+        self._slots = slots
+        self._sizes = sizes
+        self._head = 0
+        self._mask = capacity * 2 - 1
+
+    cdef inline object _pop(self):
+        cdef Py_ssize_t head = self._head
+        message = self._slots[head]
+        self._slots[head] = None
+        self._bytes -= self._sizes[head]
+        self._head = (head + 1) & self._mask
+        self._count -= 1
+        if (
+            self._reading_paused
+            and self._count <= _RESUME_AT
+            and self._bytes <= _RESUME_AT_BYTES
+        ):
+            self._reading_paused = False
+            if not self._wt.is_disconnected:
+                self._wt.underlying_transport.resume_reading()
+        return message
+
+    cdef void _wake(self) except *:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- called by the owner and by Websocket --------------------------------------
+
+    def poll(self):
+        """The next message if one has arrived (``str`` or ``bytes``), else ``None``."""
+        if self._count:
+            return self._pop()
+        return None
+
+    async def recv(self):
+        """Wait for the next message; raise the owner's ending once there is none.
+        Cancel-safe: a cancelled wait takes nothing."""
+        while not self._count:
+            if self._ended:
+                raise self._owner._known_ending()
+            waiter = self._waiter
+            if waiter is None or waiter.done():
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+        return self._pop()
+
+    async def ping(self):
+        """Send a ping; return a future resolved by its pong."""
+        self._pings += 1
+        self._ping_payload = self._pings.to_bytes(8, "big")
+        if self._pong is not None and not self._pong.done():
+            self._pong.cancel()
+        pong = self._pong = self._loop.create_future()
+        self._wt.send_ping(self._ping_payload)
+        return pong
+
+    @property
+    def waiting(self):
+        """Messages received and not yet taken."""
+        return self._count
