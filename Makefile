@@ -9,7 +9,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 
 .PHONY: demo test docs lint typecheck unit stress-test bench bench-dave bench-quick interop conformance conformance-full soak soak-ci test-all clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/wavegate/transport/_picows_listener.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -35,7 +35,7 @@ stress-test: $(STAMP)
 	tools/stress-test.sh 3
 
 # Benchmarks: never part of `make test`. Their own venv holds the peers (hikari-wave...).
-$(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt
+$(BENCH_STAMP): pyproject.toml benchmarks/requirements.txt setup.py src/wavegate/transport/_picows_listener.pyx
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
 	$(BENCH_VENV)/bin/pip install -q -r benchmarks/requirements.txt -e '.[fast,voice]'

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 
 from wavegate import (
@@ -63,6 +64,8 @@ async def run_case(base: str, transport: str, case: int, agent: str) -> None:
 
 async def main(base: str, transport: str) -> None:
     agent = f"wavegate-{transport}"
+    if transport == "picows" and os.environ.get("WAVEGATE_PICOWS_LISTENER") == "python":
+        agent = "wavegate-picows-python"  # picows' own connection (no compiled listener)
     total = await case_count(base, transport)
     print(f"{agent}: {total} cases", flush=True)
     for case in range(1, total + 1):

@@ -30,4 +30,7 @@ for transport in aiohttp picows; do
   .venv/bin/python -m conformance.client ws://127.0.0.1:9001 "$transport" $deflate
   agents+=("wavegate-$transport")
 done
+# picows without the compiled listener (an install without a C compiler).
+WAVEGATE_PICOWS_LISTENER=python .venv/bin/python -m conformance.client ws://127.0.0.1:9001 picows
+agents+=("wavegate-picows-python")
 .venv/bin/python -m conformance.check reports/clients "${agents[@]}"

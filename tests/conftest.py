@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sysconfig
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -38,8 +40,15 @@ def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     if name == "picows":
         from wavegate.transport import picows_transport
 
-        assert picows_transport.LISTENER == "compiled", picows_transport.describe()
+        if picows_transport.LISTENER != "compiled" and _compiler() is not None:
+            pytest.fail(f"a C compiler is here but {picows_transport.describe()}")
     return name
+
+
+def _compiler() -> str | None:
+    """The C compiler Python's build would use, if it is on this machine."""
+    command = str(sysconfig.get_config_var("CC") or "cc").split()
+    return shutil.which(command[0]) if command else None
 
 
 def picows_listener() -> str:

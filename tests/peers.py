@@ -49,8 +49,9 @@ class RawPeer:
         sock: socket.socket = self.writer.get_extra_info("socket")
         return sock
 
-    async def handshake(self, extra_headers: str = "") -> None:
-        """Read the upgrade request and accept it (``extra_headers``: CRLF-ended lines)."""
+    async def handshake(self, extra_headers: str = "", then: bytes = b"") -> None:
+        """Read the upgrade request and accept it (``extra_headers``: CRLF-ended lines),
+        with ``then`` (frames) in the same write as the answer."""
         self.request = await self.reader.readuntil(b"\r\n\r\n")
         key = ""
         for line in self.request.decode("latin-1").split("\r\n"):
@@ -63,6 +64,7 @@ class RawPeer:
                 f"Connection: Upgrade\r\nSec-WebSocket-Accept: {frames.accept_key(key)}\r\n"
                 f"{extra_headers}\r\n"
             ).encode()
+            + then
         )
         await self.writer.drain()
 

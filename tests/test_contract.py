@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 
@@ -712,6 +713,17 @@ async def test_tokens_in_url_and_headers_never_appear_in_logs_or_reprs(
     texts += [record.getMessage() for record in caplog.records]
     assert any("127.0.0.1" in text for text in texts)
     assert not [text for text in texts if secret in text]
+
+
+async def test_credentials_in_the_url_are_sent_as_basic_authorization(
+    server: WebsocketTestServer, make_ws: WebsocketFactory
+) -> None:
+    ws = make_ws()
+    await ws.connect(f"ws://us%40er:pa%3Ass@127.0.0.1:{server.port}/?v=8")
+    conn = await server.accepted()
+    expected = base64.b64encode(b"us@er:pa:ss").decode()
+    assert conn.request_headers["authorization"] == f"Basic {expected}"
+    assert "pa%3Ass" not in repr(ws)
 
 
 # -- Extensions: raw text mode, counters, context manager ----------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
+import struct
 import traceback
 from urllib.parse import urlsplit
 
@@ -86,6 +88,32 @@ async def _race_once(ws: Websocket, url: str, *, with_reader: bool) -> list[Sign
     if with_reader:
         tasks.append(asyncio.ensure_future(reader()))
     return list(await asyncio.gather(*tasks))
+
+
+async def test_frames_and_a_close_in_the_handshakes_own_segment_are_all_delivered(
+    make_ws: WebsocketFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The peer answers the upgrade, sends a message and closes, all in one write: the
+    # close arrives while connect() is still returning (Autobahn's getCaseCount does it).
+    echoed: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+
+    async def eager(conn: RawPeer) -> None:
+        close = struct.pack("!H", 4015) + b"bye"
+        await conn.handshake(
+            then=frames.encode_frame(1, b'{"n":1}') + frames.encode_frame(8, close)
+        )
+        echoed.set_result(await conn.read_frame())
+
+    async with raw_server(eager) as url:
+        ws = make_ws()
+        await ws.connect(url)
+        assert await ws.receive() == WebsocketPacketJSON({"n": 1})
+        with pytest.raises(ResumeSignal) as caught:
+            await ws.receive()
+        assert (caught.value.code, caught.value.reason) == (4015, "bye")
+        opcode, payload = await asyncio.wait_for(echoed, 10)
+        assert (opcode, payload[:2]) == (8, struct.pack("!H", 4015))
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
 
 
 @pytest.mark.parametrize("code", RACE_CODES)
@@ -354,8 +382,6 @@ async def test_no_secret_is_reachable_from_a_handshake_failure_signal(
     )
     async with server as url:
         secret_url = url.replace("ws://", f"ws://user:{PASSWORD}@") + f"?v=8&token={TOKEN}"
-        if transport == "picows":
-            secret_url = url + f"?v=8&token={TOKEN}"  # picows refuses credentials in URLs
         # aiohttp refuses an Authorization header beside credentials in the URL.
         ws = make_ws(headers={"X-Api-Key": BEARER})
         with pytest.raises(Signal) as caught:

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import sysconfig
 import tarfile
 import venv
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ import pytest
 import wavegate
 
 ROOT = Path(__file__).resolve().parent.parent
+PICOWS = metadata.version("picows")
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,22 +33,55 @@ print(wavegate.__file__)
 """
 
 
-def test_the_wheel_installs_and_runs_from_a_fresh_venv(tmp_path: Path) -> None:
-    dist = tmp_path / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(dist), str(ROOT)],
-        check=True, capture_output=True, timeout=150,
-    )  # fmt: skip
-    (wheel,) = dist.glob("wavegate-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "wavegate/py.typed" in names
-    assert any(name.endswith("licenses/LICENSE") for name in names)
+ROUND_TRIP = """
+import asyncio
+from wavegate import Websocket, WebsocketPacketJSON
+from wavegate.testing import WebsocketTestServer
 
+async def main():
+    async with WebsocketTestServer() as server:
+        async with Websocket() as ws:
+            await ws.connect(server.url)
+            conn = await server.accepted()
+            await conn.send_json({"op": 2})
+            assert await ws.receive() == WebsocketPacketJSON({"op": 2})
+    print("round trip ok")
+
+asyncio.run(main())
+"""
+
+
+def _sources(tmp_path: Path) -> Path:
+    """A copy of what the build reads, without anything built in place."""
+    tree = tmp_path / "tree"
+    skip = shutil.ignore_patterns("*.so", "*.c", "__pycache__", "*.egg-info")
+    shutil.copytree(ROOT / "src", tree / "src", ignore=skip)
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in",
+                 "CHANGELOG.md"):  # fmt: skip
+        shutil.copy(ROOT / name, tree / name)
+    return tree
+
+
+def _wheel(tmp_path: Path, env: dict[str, str] | None = None) -> tuple[Path, str]:
+    """Build the wheel from a copy of this tree (no network); the wheel and the build's
+    output."""
+    dist = tmp_path / "dist"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation",
+         "-w", str(dist), str(_sources(tmp_path))],
+        capture_output=True, text=True, timeout=150, env=env,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = dist.glob("wavegate-*.whl")
+    return wheel, built.stdout + built.stderr
+
+
+def _fresh_venv(tmp_path: Path, wheel: Path) -> Path:
+    """A new venv with ``wheel`` installed; the dependencies come from this
+    environment (no network), wavegate from the wheel."""
     fresh = tmp_path / "venv"
     venv.create(fresh, with_pip=False)
     python = fresh / "bin" / "python"
-    # The dependencies come from this environment (no network); wavegate from the wheel.
     purelib = subprocess.check_output(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], text=True
     ).strip()
@@ -54,14 +91,47 @@ def test_the_wheel_installs_and_runs_from_a_fresh_venv(tmp_path: Path) -> None:
          str(wheel)],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
+    return fresh
 
-    version = subprocess.run(
-        [str(fresh / "bin" / "wavegate"), "--version"], capture_output=True, text=True, timeout=60
+
+def _run(fresh: Path, *args: str) -> str:
+    done = subprocess.run(
+        [str(fresh / "bin" / args[0]), *args[1:]], capture_output=True, text=True, timeout=60
     )
-    assert version.stdout == f"wavegate {wavegate.__version__}\n"
-    where = subprocess.run([str(python), "-c", IMPORTS], capture_output=True, text=True, timeout=60)
-    assert where.returncode == 0, where.stderr
-    assert where.stdout.strip().startswith(str(fresh))
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_wheel_installs_and_runs_from_a_fresh_venv(tmp_path: Path) -> None:
+    wheel, _ = _wheel(tmp_path)
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "wavegate/py.typed" in names
+    assert "wavegate/transport/_picows_listener.pyi" in names
+    assert any(name.startswith("wavegate/transport/_picows_listener.") and
+               name.endswith((".so", ".pyd")) for name in names)  # fmt: skip
+    assert not [name for name in names if name.endswith((".c", ".pyx"))]
+    assert any(name.endswith("licenses/LICENSE") for name in names)
+
+    fresh = _fresh_venv(tmp_path, wheel)
+    version = _run(fresh, "wavegate", "--version").splitlines()
+    assert version[0] == f"wavegate {wavegate.__version__}"
+    assert f"  transport picows: picows {PICOWS}, compiled listener (default)" in version
+    assert _run(fresh, "python", "-c", IMPORTS).strip().startswith(str(fresh))
+    assert _run(fresh, "python", "-c", ROUND_TRIP) == "round trip ok\n"
+
+
+def test_without_a_c_compiler_the_wheel_still_builds_and_falls_back(tmp_path: Path) -> None:
+    env = {**os.environ, "CC": "/bin/false", "LDSHARED": "/bin/false"}
+    wheel, output = _wheel(tmp_path, env)
+    assert "the compiled picows listener was not built" in output
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not [name for name in names if name.endswith((".so", ".pyd"))]
+
+    fresh = _fresh_venv(tmp_path, wheel)
+    version = _run(fresh, "wavegate", "--version")
+    assert f"transport picows: picows {PICOWS}, picows' Python-facing connection" in version
+    assert "(default)" in version
+    assert _run(fresh, "python", "-c", ROUND_TRIP) == "round trip ok\n"
 
 
 def test_the_sdist_carries_what_its_tests_read(tmp_path: Path) -> None:

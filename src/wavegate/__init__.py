@@ -51,6 +51,7 @@ from .signals import (
     WaitTimeoutError,
     WavegateError,
 )
+from .transport import TransportInfo, transports
 from .websocket import Websocket, WebsocketState, WebsocketStats
 
 __version__ = "0.1.0"
@@ -92,6 +93,7 @@ __all__ = [
     "SessionState",
     "SessionStats",
     "Signal",
+    "TransportInfo",
     "WaitTimeoutError",
     "WavegateError",
     "Websocket",
@@ -101,4 +103,5 @@ __all__ = [
     "WebsocketPacketText",
     "WebsocketState",
     "WebsocketStats",
+    "transports",
 ]

@@ -24,6 +24,30 @@ EXAMPLES = """examples:
 """
 
 
+class _Version(argparse.Action):
+    """``--version``: wavegate's version and the transports it can use here (looked
+    up only when asked: importing picows is not free)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("help", "show the version and the transports, and exit")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        sys.stdout.write(version_text())
+        parser.exit(0)
+
+
+def version_text() -> str:
+    """What ``wavegate --version`` prints."""
+    from .transport import transports
+
+    lines = [f"wavegate {__version__}"]
+    for info in transports():
+        note = " (default)" if info.default else ""
+        lines.append(f"  transport {info.name}: {info.detail}{note}")
+    return "\n".join(lines) + "\n"
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (and where to look), not a usage dump."""
 
@@ -38,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"wavegate {__version__}")
+    parser.add_argument("--version", action=_Version)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     # --debug also after the command; SUPPRESS keeps `wavegate --debug serve` working
     # (a subparser's default would overwrite the value set before the command).

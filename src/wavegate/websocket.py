@@ -7,7 +7,7 @@ import contextlib
 import logging
 import ssl as ssl_module
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from types import TracebackType
@@ -40,6 +40,7 @@ from .transport import (
     Transport,
     TransportClosed,
     TransportOptions,
+    default_transport,
     get_connector,
     tls_mismatch_hint,
 )
@@ -134,6 +135,8 @@ class _Connection:
     verdict: asyncio.Future[None] | None = None
     """Created by a send waiting for the reader to decide ``ending``."""
     backlog: deque[str | bytes] = field(default_factory=deque)
+    take: Callable[[], WebsocketPacket | None] | None = None
+    """The transport's taker (see ``Transport.taker``), while connected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +241,10 @@ class Websocket:
         ssl: ``True`` (verify, default), ``False`` (no verification) or an SSLContext.
         proxy: an ``http://`` proxy URL.
         compression: negotiate permessage-deflate.
-        transport: the transport library (``"aiohttp"``).
+        transport: the transport library, ``"picows"`` or ``"aiohttp"``; by default
+            picows (with its compiled listener when it was built), or aiohttp when
+            ``compression`` is asked for. :func:`wavegate.transports` says which is
+            which here.
     """
 
     def __init__(
@@ -256,7 +262,7 @@ class Websocket:
         ssl: ssl_module.SSLContext | bool = _DEFAULTS.ssl,
         proxy: str | None = _DEFAULTS.proxy,
         compression: bool = _DEFAULTS.compression,
-        transport: str = "aiohttp",
+        transport: str | None = None,
     ) -> None:
         if not isinstance(policy, ClosePolicy):
             raise TypeError(f"policy must be a ClosePolicy, got {type(policy).__name__}")
@@ -274,7 +280,9 @@ class Websocket:
             proxy=proxy,
             compression=compression,
         )
-        self._connector: Connector = get_connector(transport)
+        self._connector: Connector = get_connector(
+            default_transport(compression=compression) if transport is None else transport
+        )
         self._loads = json_codec.loads
         self._dumps = json_codec.dumps
         self._decode_json = receive_mode == "json"
@@ -341,7 +349,13 @@ class Websocket:
     @property
     def stats(self) -> WebsocketStats:
         """Frame and byte counters (data frames, both directions)."""
-        return WebsocketStats(self._frames_in, self._frames_out, self._bytes_in, self._bytes_out)
+        frames_in, bytes_in = self._frames_in, self._bytes_in
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            frames, nbytes = conn.transport.taken()  # not yet counted: still connected
+            frames_in += frames
+            bytes_in += nbytes
+        return WebsocketStats(frames_in, self._frames_out, bytes_in, self._bytes_out)
 
     def _fire(self, trigger: Trigger) -> None:
         try:
@@ -447,6 +461,14 @@ class Websocket:
             finally:
                 self._finish(conn)
             return conn.ending
+        try:
+            conn.take = transport.taker(self._loads, self._decode_json)
+        except Exception as exc:  # a bug in a transport: shown as it is
+            await transport.abort()
+            reason = f"connect() failed: {exc}"
+            self._record_ending(conn, Event.CONNECT_ERROR, None, reason, False, exc)
+            self._finish(conn)
+            raise
         conn.transport = transport
         self._fire(Trigger.OPENED)
         conn.settled.set_result(None)
@@ -510,7 +532,12 @@ class Websocket:
     def _finish(self, conn: _Connection) -> Signal:
         """The connection is over: DISCONNECTED, every waiter woken; its signal."""
         assert conn.ending is not None
+        if conn.transport is not None:
+            frames, nbytes = conn.transport.taken()
+            self._frames_in += frames
+            self._bytes_in += nbytes
         conn.transport = None
+        conn.take = None
         if self._state is not _DISCONNECTED and conn is self._conn:
             self._fire(_FINISHED[self._state])
         for name in ("settled", "finished", "verdict"):
@@ -632,26 +659,26 @@ class Websocket:
         ):
             return await self._receive_slow()
         assert conn is not None
-        # The hot path: a message the transport already holds (no await at all), else
-        # the transport's recv, which may be the library's own coroutine.
-        data = transport.poll()
-        if data is None:
-            self._receiving = True
-            try:
-                data = await transport.recv()
-            except BaseException as exc:
-                self._reader_left(conn)
-                if not isinstance(exc, Exception):
-                    raise  # cancelled: nothing was taken, nothing ended
-                failure = exc
-                data = None
-            else:
-                # _reader_left() inlined: a call is a measurable share here.
-                self._receiving = False
-                if conn.verdict is not None:
-                    _resolve(conn, "verdict")
-        if data is not None:
-            # _packet() inlined, for the same reason.
+        take = conn.take
+        if take is not None:
+            # The hot path: a packet the transport already holds, made in C, no await.
+            packet = take()
+            if packet is not None:
+                return packet
+        self._receiving = True
+        try:
+            # The transport's recv may be the library's own coroutine.
+            data = await transport.recv()
+        except BaseException as exc:
+            self._reader_left(conn)
+            if not isinstance(exc, Exception):
+                raise  # cancelled: nothing was taken, nothing ended
+            failure = exc
+        else:
+            # _reader_left() and _packet() inlined: a call is a measurable share here.
+            self._receiving = False
+            if conn.verdict is not None:
+                _resolve(conn, "verdict")
             self._frames_in += 1
             self._bytes_in += len(data)
             if type(data) is bytes:

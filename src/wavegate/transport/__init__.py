@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from ..packets import WebsocketPacket
 from ..signals import Event
 
 _TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux
@@ -105,11 +106,18 @@ class Transport(Protocol):
         ``bytes`` for a binary one. Raises when the connection ends (see :meth:`ending`)."""
         ...
 
-    @property
-    def poll(self) -> Callable[[], str | bytes | None]:
-        """A message that has already arrived (as ``recv`` would return it), or ``None``:
-        never waits, never raises. A transport without a buffer of its own returns
-        ``None`` and lets ``recv`` do the work."""
+    def taker(
+        self, loads: Callable[[bytes | str], Any], decode_json: bool
+    ) -> Callable[[], WebsocketPacket | None] | None:
+        """A function that returns a message the transport already holds, as the packet
+        ``Websocket.receive()`` would make of it (``loads`` and ``decode_json`` say how),
+        or ``None`` when none has arrived; it never waits and raises only
+        :class:`~wavegate.signals.PayloadError`. ``None`` for a transport without a
+        buffer of its own: ``recv`` then does all the work."""
+        ...
+
+    def taken(self) -> tuple[int, int]:
+        """Messages and bytes handed out by the taker so far."""
         ...
 
     def ending(self, exc: BaseException) -> TransportClosed:
@@ -171,7 +179,7 @@ def get_connector(name: str) -> Connector:
     """The connector of the transport called ``name`` (one of :data:`TRANSPORTS`).
 
     Raises:
-        ValueError: an unknown name, or picows without ``pip install wavegate[fast]``.
+        ValueError: an unknown name, or a transport whose library cannot be imported.
     """
     if name == "aiohttp":
         from .aiohttp_transport import connect
@@ -181,11 +189,58 @@ def get_connector(name: str) -> Connector:
         try:
             from .picows_transport import connect as connect_picows
         except ImportError as exc:
-            raise ValueError(
-                "transport='picows' needs picows: pip install 'wavegate[fast]'"
-            ) from exc
+            raise ValueError(f"transport='picows' cannot be used: {exc}") from exc
         return connect_picows
     raise ValueError(f"unknown transport {name!r}; available: {', '.join(TRANSPORTS)}")
+
+
+def default_transport(*, compression: bool = False) -> str:
+    """The transport ``Websocket`` uses when none is named: picows (the fastest
+    measured), or aiohttp when permessage-deflate is asked for (picows has none) or
+    picows cannot be imported."""
+    if compression:
+        return "aiohttp"
+    try:
+        from . import picows_transport  # noqa: F401
+    except ImportError:
+        return "aiohttp"
+    return "picows"
+
+
+@dataclass(frozen=True, slots=True)
+class TransportInfo:
+    """What :func:`transports` reports about one transport."""
+
+    name: str
+    """The name ``Websocket(transport=...)`` takes."""
+    available: bool
+    """Whether its library can be imported."""
+    detail: str
+    """The library's version and, for picows, which listener runs (``compiled
+    listener``, or picows' own connection and why); or why it is unavailable."""
+    default: bool
+    """Whether ``Websocket()`` uses it when no transport is named (no compression)."""
+
+
+def transports() -> tuple[TransportInfo, ...]:
+    """Every transport, whether it can be used here, and which one is the default."""
+    from importlib import metadata
+
+    default = default_transport()
+    found = []
+    for name in TRANSPORTS:
+        try:
+            if name == "picows":
+                from .picows_transport import describe
+
+                detail = describe()
+            else:
+                detail = f"aiohttp {metadata.version('aiohttp')}"
+        except ImportError as exc:
+            found.append(TransportInfo(name, False, f"cannot be imported: {exc}", False))
+            continue
+        found.append(TransportInfo(name, True, detail, name == default))
+    return tuple(found)
 
 
 _PLAIN_ANSWER = re.compile(

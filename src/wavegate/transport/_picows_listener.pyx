@@ -5,14 +5,17 @@ picows parses frames in C and calls ``on_ws_frame`` for each. Here that callback
 C method too (a ``cdef class`` over picows' own ``WSListener``, compiled against its
 ``.pxd``), so a frame costs no Python call: it is validated (RSV bits, fragments,
 UTF-8, the message size, the close code) and its message is stored in a ring of slots.
-``poll()`` hands over a stored message without awaiting anything; ``recv()`` awaits
-one. Everything rare (endings, write pressure, timers) is the owner's, in Python
+``take()`` hands over a stored message as a packet without awaiting anything (JSON is
+decoded then, not on arrival, and the packet is made without running ``__init__``);
+``recv()`` awaits one. Everything rare (endings, write pressure, timers) is the owner's, in Python
 (``picows_transport.PicowsTransport``).
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyTypeObject
+from cpython.unicode cimport PyUnicode_DecodeASCII
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 from picows.picows cimport WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
@@ -24,8 +27,44 @@ cdef extern from *:
     #ifndef WAVEGATE_PICOWS_MINOR
     #define WAVEGATE_PICOWS_MINOR "unknown"
     #endif
+    #include "structmember.h"
+    #define WAVEGATE_SLOT_OBJECT 16  /* T_OBJECT_EX, Py_T_OBJECT_EX: a __slots__ member */
+
+    /* Where a __slots__ member lives in its objects, or -1 if descr is not one. */
+    static Py_ssize_t wavegate_slot_offset(PyObject *descr) {
+        if (Py_TYPE(descr) != &PyMemberDescr_Type) return -1;
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type != WAVEGATE_SLOT_OBJECT || member->flags != 0) return -1;
+        return member->offset;
+    }
+
+    /* A new instance of a slotted class with one member set, without running
+       __init__ (what a dataclass's __init__ would do, at a fraction of the cost). */
+    static PyObject *wavegate_new_packet(PyTypeObject *type, Py_ssize_t offset,
+                                         PyObject *value) {
+        PyObject *made = type->tp_alloc(type, 0);
+        if (made == NULL) return NULL;
+        Py_INCREF(value);
+        *(PyObject **)((char *)made + offset) = value;
+        return made;
+    }
+
+    /* Whether size bytes at data are all ASCII, eight at a time. */
+    static int wavegate_is_ascii(const char *data, Py_ssize_t size) {
+        Py_ssize_t i = 0;
+        uint64_t word, seen = 0;
+        for (; i + 8 <= size; i += 8) {
+            memcpy(&word, data + i, 8);
+            seen |= word;
+        }
+        for (; i < size; i++) seen |= (unsigned char)data[i];
+        return (seen & 0x8080808080808080ULL) == 0;
+    }
     """
     const char* WAVEGATE_PICOWS_MINOR
+    Py_ssize_t wavegate_slot_offset(object descr)
+    object wavegate_new_packet(PyTypeObject* type, Py_ssize_t offset, object value)
+    bint wavegate_is_ascii(const char* data, Py_ssize_t size) noexcept
 
 BUILT_AGAINST = WAVEGATE_PICOWS_MINOR.decode()
 """The picows minor version whose C layouts this module was compiled against."""
@@ -39,6 +78,11 @@ cdef Py_ssize_t _RESUME_AT = 64
 cdef Py_ssize_t _RESUME_AT_BYTES = 256 << 10
 
 
+cdef struct _Meta:
+    Py_ssize_t size  # bytes on the wire
+    bint text        # a text message (stored as bytes when it is ASCII)
+
+
 cdef inline bint _valid_close_code(int code) noexcept:
     """Whether ``code`` may appear in a close frame (RFC 6455 7.4, IANA registry)."""
     return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
@@ -46,7 +90,8 @@ cdef inline bint _valid_close_code(int code) noexcept:
 
 cdef class Listener(WSListener):
     """One connection's receive side. ``owner`` gets the rare events by name:
-    ``_failed(code, reason)``, ``_peer_closed()``, ``_disconnected(transport)``,
+    ``_connected(transport)``, ``_failed(code, reason)``, ``_peer_closed()``,
+    ``_disconnected(transport)``,
     ``_writing_paused()``, ``_writing_resumed()``, ``_known_ending()``."""
 
     cdef:
@@ -54,7 +99,7 @@ cdef class Listener(WSListener):
         object _owner
         object _loop
         list _slots
-        Py_ssize_t* _sizes
+        _Meta* _meta
         Py_ssize_t _bytes
         Py_ssize_t _head
         Py_ssize_t _count
@@ -68,25 +113,37 @@ cdef class Listener(WSListener):
         object _pong
         bytes _ping_payload
         unsigned long long _pings
+        object _loads
+        bint _decode_json
+        object _payload_error
+        object _json_type
+        object _text_type
+        object _bytes_type
+        Py_ssize_t _json_offset
+        Py_ssize_t _text_offset
+        Py_ssize_t _bytes_offset
+        public unsigned long long taken_frames
+        public unsigned long long taken_bytes
 
     def __init__(self, owner, Py_ssize_t max_size):
         self._owner = owner
         self._loop = asyncio.get_running_loop()
         self._slots = [None] * _FIRST_SLOTS
-        self._sizes = <Py_ssize_t*>PyMem_Malloc(_FIRST_SLOTS * sizeof(Py_ssize_t))
-        if self._sizes == NULL:
+        self._meta = <_Meta*>PyMem_Malloc(_FIRST_SLOTS * sizeof(_Meta))
+        if self._meta == NULL:
             raise MemoryError()
         self._mask = _FIRST_SLOTS - 1
         self._max_size = max_size
         self._parts_kind = WSMsgType.CONTINUATION
 
     def __dealloc__(self):
-        PyMem_Free(self._sizes)
+        PyMem_Free(self._meta)
 
     # -- called by picows ----------------------------------------------------------
 
     cpdef on_ws_connected(self, WSTransport transport):
         self._wt = transport
+        self._owner._connected(transport)
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef WSMsgType kind = frame.msg_type
@@ -147,15 +204,18 @@ cdef class Listener(WSListener):
 
     cdef void _message(self, WSMsgType kind, const char* data, Py_ssize_t size) except *:
         cdef object message
-        if kind == WSMsgType.TEXT:
+        if kind == WSMsgType.BINARY:
+            message = PyBytes_FromStringAndSize(data, size)
+        elif wavegate_is_ascii(data, size):
+            # Valid UTF-8 already; kept as bytes, which the JSON codec reads directly.
+            message = PyBytes_FromStringAndSize(data, size)
+        else:
             try:
                 message = PyUnicode_DecodeUTF8(data, size, NULL)
             except UnicodeDecodeError:
                 self._fail(1007, "text message is not valid UTF-8")
                 return
-        else:
-            message = PyBytes_FromStringAndSize(data, size)
-        self._push(message, size)
+        self._push(message, size, kind == WSMsgType.TEXT)
 
     cdef void _closed_by_peer(self, WSFrame frame) except *:
         # picows has checked the reason's UTF-8 and the codes below 3000, and recorded
@@ -189,14 +249,15 @@ cdef class Listener(WSListener):
 
     # -- the ring of messages ------------------------------------------------------
 
-    cdef inline void _push(self, object message, Py_ssize_t size) except *:
+    cdef inline void _push(self, object message, Py_ssize_t size, bint text) except *:
         cdef Py_ssize_t capacity = self._mask + 1
         cdef Py_ssize_t slot
         if self._count == capacity:
             self._grow(capacity)
         slot = (self._head + self._count) & self._mask
         self._slots[slot] = message
-        self._sizes[slot] = size
+        self._meta[slot].size = size
+        self._meta[slot].text = text
         self._count += 1
         self._bytes += size
         if self._waiter is not None:
@@ -210,25 +271,27 @@ cdef class Listener(WSListener):
 
     cdef void _grow(self, Py_ssize_t capacity) except *:
         cdef list slots = [None] * (capacity * 2)
-        cdef Py_ssize_t* sizes = <Py_ssize_t*>PyMem_Malloc(capacity * 2 * sizeof(Py_ssize_t))
+        cdef _Meta* meta = <_Meta*>PyMem_Malloc(capacity * 2 * sizeof(_Meta))
         cdef Py_ssize_t i, old
-        if sizes == NULL:
+        if meta == NULL:
             raise MemoryError()
         for i in range(capacity):
             old = (self._head + i) & self._mask
             slots[i] = self._slots[old]
-            sizes[i] = self._sizes[old]
-        PyMem_Free(self._sizes)
+            meta[i] = self._meta[old]
+        PyMem_Free(self._meta)
         self._slots = slots
-        self._sizes = sizes
+        self._meta = meta
         self._head = 0
         self._mask = capacity * 2 - 1
 
-    cdef inline object _pop(self):
+    cdef inline object _pop(self, _Meta* meta):
+        """The oldest message (its size and kind into ``meta``)."""
         cdef Py_ssize_t head = self._head
         message = self._slots[head]
         self._slots[head] = None
-        self._bytes -= self._sizes[head]
+        meta[0] = self._meta[head]
+        self._bytes -= meta.size
         self._head = (head + 1) & self._mask
         self._count -= 1
         if (
@@ -241,6 +304,14 @@ cdef class Listener(WSListener):
                 self._wt.underlying_transport.resume_reading()
         return message
 
+    cdef inline object _pop_message(self):
+        """The oldest message as ``recv`` returns it: text as ``str``."""
+        cdef _Meta meta
+        message = self._pop(&meta)
+        if meta.text and type(message) is bytes:
+            return PyUnicode_DecodeASCII(<bytes>message, meta.size, NULL)
+        return message
+
     cdef void _wake(self) except *:
         waiter = self._waiter
         if waiter is not None:
@@ -250,11 +321,57 @@ cdef class Listener(WSListener):
 
     # -- called by the owner and by Websocket --------------------------------------
 
-    def poll(self):
-        """The next message if one has arrived (``str`` or ``bytes``), else ``None``."""
-        if self._count:
-            return self._pop()
-        return None
+    def configure(self, loads, bint decode_json, json_packet, text_packet, bytes_packet,
+                  payload_error):
+        """How ``take()`` makes packets: the JSON codec's ``loads``, the receive mode,
+        the three packet classes (slotted, one member, ``payload``) and the error."""
+        self._loads = loads
+        self._decode_json = decode_json
+        self._payload_error = payload_error
+        for packet in (json_packet, text_packet, bytes_packet):
+            if wavegate_slot_offset(packet.__dict__.get("payload")) < 0:
+                raise TypeError(f"{packet.__name__}.payload is not a __slots__ member")
+        self._json_type = json_packet
+        self._text_type = text_packet
+        self._bytes_type = bytes_packet
+        self._json_offset = wavegate_slot_offset(json_packet.__dict__["payload"])
+        self._text_offset = wavegate_slot_offset(text_packet.__dict__["payload"])
+        self._bytes_offset = wavegate_slot_offset(bytes_packet.__dict__["payload"])
+
+    def take(self):
+        """The next message as a packet if one has arrived, else ``None``; raises the
+        configured payload error for a text frame that is not a JSON object."""
+        cdef _Meta meta
+        if not self._count:
+            return None
+        if self._json_type is None:
+            raise RuntimeError("take() before configure()")
+        message = self._pop(&meta)
+        self.taken_frames += 1
+        # As Websocket.stats counts: bytes of a binary message, characters of a text one.
+        self.taken_bytes += len(message) if meta.text else meta.size
+        if not meta.text:
+            return wavegate_new_packet(
+                <PyTypeObject*>self._bytes_type, self._bytes_offset, message
+            )
+        if not self._decode_json:
+            if type(message) is bytes:
+                message = PyUnicode_DecodeASCII(<bytes>message, meta.size, NULL)
+            return wavegate_new_packet(<PyTypeObject*>self._text_type, self._text_offset, message)
+        try:
+            value = self._loads(message)
+        except ValueError:
+            value = None
+            detail = "text frame is not valid JSON"
+        else:
+            if type(value) is dict:
+                return wavegate_new_packet(
+                    <PyTypeObject*>self._json_type, self._json_offset, value
+                )
+            detail = "JSON text frame is not an object"
+        if type(message) is bytes:
+            message = PyUnicode_DecodeASCII(<bytes>message, meta.size, NULL)
+        raise self._payload_error(detail, message)
 
     async def recv(self):
         """Wait for the next message; raise the owner's ending once there is none.
@@ -266,7 +383,7 @@ cdef class Listener(WSListener):
             if waiter is None or waiter.done():
                 waiter = self._waiter = self._loop.create_future()
             await waiter
-        return self._pop()
+        return self._pop_message()
 
     async def ping(self):
         """Send a ping; return a future resolved by its pong."""

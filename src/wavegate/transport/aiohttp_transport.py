@@ -199,9 +199,12 @@ class AiohttpTransport:
     # -- receiving -------------------------------------------------------------------
 
     @staticmethod
-    def poll() -> None:
+    def taker(loads: Callable[[bytes | str], Any], decode_json: bool) -> None:
         """aiohttp keeps its messages behind ``receive()``: ``recv`` does all the work."""
-        return
+
+    @staticmethod
+    def taken() -> tuple[int, int]:
+        return (0, 0)
 
     async def recv(self) -> str | bytes:
         msg = await self._ws.receive()

@@ -19,22 +19,30 @@ Every picows detail lives in this module and the listener.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import logging
 import os
 import socket
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import picows
 from picows.websockets.asyncio.connection import ClientConnection
 from picows.websockets.compat import Request, Response
 from picows.websockets.exceptions import ConnectionClosed
 
-from ..signals import Event, InvalidURLError
+from ..packets import (
+    WebsocketPacket,
+    WebsocketPacketBytes,
+    WebsocketPacketJSON,
+    WebsocketPacketText,
+)
+from ..signals import Event, InvalidURLError, PayloadError
 from . import TEXT, ConnectFailed, TransportClosed, TransportOptions, socket_established
 
 _ABNORMAL = 1006
@@ -81,10 +89,6 @@ def describe() -> str:
     return f"picows {PICOWS_VERSION}, picows' Python-facing connection ({_COMPILED_STATUS})"
 
 
-def _no_message() -> None:
-    return None
-
-
 def _retrieve(task: asyncio.Future[None]) -> None:
     if not task.cancelled():
         task.exception()
@@ -123,7 +127,6 @@ class PicowsTransport:
         "_paused_at",
         "_sock",
         "_wt",
-        "poll",
         "recv",
     )
 
@@ -139,17 +142,37 @@ class PicowsTransport:
         self._wt: Any = None
         self._sock: socket.socket | None = None
         self._deadline: asyncio.TimerHandle | None = None
-        self.poll: Callable[[], str | bytes | None] = _no_message
 
     def _opened(self, wt: Any, listener: Any, sock: socket.socket) -> None:
         self._wt = wt
         self._listener = listener
         self._sock = sock
         self.recv = listener.recv
-        if not isinstance(listener, _Listener):
-            self.poll = listener.poll
         if self._options.ping_interval is not None:
             self._keepalive = asyncio.ensure_future(self._keep_alive())
+
+    def taker(
+        self, loads: Callable[[bytes | str], Any], decode_json: bool
+    ) -> Callable[[], WebsocketPacket | None] | None:
+        listener = self._listener
+        if isinstance(listener, _Listener) or listener is None:
+            return None  # picows' own connection: its recv() does the work
+        listener.configure(
+            loads,
+            decode_json,
+            WebsocketPacketJSON,
+            WebsocketPacketText,
+            WebsocketPacketBytes,
+            PayloadError,
+        )
+        take: Callable[[], WebsocketPacket | None] = listener.take
+        return take
+
+    def taken(self) -> tuple[int, int]:
+        listener = self._listener
+        if isinstance(listener, _Listener) or listener is None:
+            return (0, 0)
+        return (int(listener.taken_frames), int(listener.taken_bytes))
 
     def _record(self, ending: TransportClosed) -> TransportClosed:
         if self._ending is None:
@@ -204,6 +227,12 @@ class PicowsTransport:
         """End the connection now with ``ending`` (no close handshake)."""
         self._record(ending)
         self._wt.disconnect(False)
+
+    def _connected(self, wt: Any) -> None:
+        """The compiled listener's connection is open. Frames, a close, even the end
+        may follow before connect() returns ``wt`` (they can share the handshake's
+        TCP segment): every callback below may need it."""
+        self._wt = wt
 
     def _failed(self, code: int, reason: str) -> None:
         """The compiled listener found a protocol error: close with ``code`` and drop
@@ -400,6 +429,7 @@ def _ssl_context(url: str, option: ssl_module.SSLContext | bool) -> ssl_module.S
 async def connect(url: str, options: TransportOptions) -> PicowsTransport:
     """Open a websocket to ``url`` with picows; raise :class:`ConnectFailed` on failure."""
     _check_supported(url, options)
+    url, headers = _with_credentials(url, options.headers)
     transport = PicowsTransport(options)
     sockets: list[socket.socket] = []
     opening = picows.ws_connect(
@@ -410,7 +440,7 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
         enable_auto_ping=False,
         enable_auto_pong=True,
         max_frame_size=options.max_size or 2**31 - 1,
-        extra_headers=dict(options.headers) or None,
+        extra_headers=headers or None,
         proxy=options.proxy,
         socket_factory=_socket_factory(sockets),
         logger_name=_log,
@@ -442,11 +472,25 @@ def _check_supported(url: str, options: TransportOptions) -> None:
         raise InvalidURLError(
             "the picows transport does not support compression; use transport='aiohttp'"
         )
-    if "@" in url.split("://", 1)[-1].split("/", 1)[0]:
-        # picows would ignore them with a warning: refuse rather than drop them quietly.
+
+
+def _with_credentials(url: str, headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """``url`` without its ``user:password@`` part, and ``headers`` with the HTTP Basic
+    ``Authorization`` it stands for (picows would drop the credentials with a warning)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, dict(headers)
+    if any(name.lower() == "authorization" for name in headers):
         raise InvalidURLError(
-            "the picows transport does not take credentials in the URL; send a header"
+            "credentials in the URL and an Authorization header: give one of them"
         )
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=hostport)), {
+        **headers,
+        "Authorization": f"Basic {token}",
+    }
 
 
 def _socket_factory(sockets: list[socket.socket]) -> Callable[[Any], Awaitable[socket.socket]]:
