@@ -290,6 +290,8 @@ class Websocket:
         self._conn: _Connection | None = None
         """The current connection, or the last one."""
         self._receiving = False
+        self._take: Callable[[], WebsocketPacket | None] | None = None
+        """``conn.take`` while receive() may use it without looking further."""
         self._draining: asyncio.Future[None] | None = None
         """Set while a failed send reads ahead for the peer's close frame."""
         self._frames_in = 0
@@ -363,6 +365,23 @@ class Websocket:
         except KeyError:
             message = f"no transition from {self._state.name} on {trigger.value}"
             raise AssertionError(message) from None
+        self._refresh_take()
+
+    def _refresh_take(self) -> None:
+        """Let ``receive()`` take packets straight from the transport (``_take``) only
+        while nothing else has to be looked at: connected, no other reader, no send
+        reading ahead, nothing read ahead. Called whenever one of those changes."""
+        conn = self._conn
+        self._take = (
+            conn.take
+            if conn is not None
+            and conn.transport is not None
+            and self._state is _CONNECTED
+            and not self._receiving
+            and self._draining is None
+            and not conn.backlog
+            else None
+        )
 
     def __repr__(self) -> str:
         url = "-" if self._conn is None else redact_url(self._conn.url)
@@ -538,6 +557,7 @@ class Websocket:
             self._bytes_in += nbytes
         conn.transport = None
         conn.take = None
+        self._refresh_take()
         if self._state is not _DISCONNECTED and conn is self._conn:
             self._fire(_FINISHED[self._state])
         for name in ("settled", "finished", "verdict"):
@@ -645,6 +665,13 @@ class Websocket:
                 and the connection stays usable.
             RuntimeError: another task is already in ``receive()``.
         """
+        take = self._take
+        if take is not None:
+            # The hot path (see _refresh_take): a packet the transport already holds,
+            # made in C, without awaiting anything.
+            packet = take()
+            if packet is not None:
+                return packet
         if self._receiving:
             raise RuntimeError(
                 "receive() is already waiting in another task; only one reader is allowed"
@@ -659,13 +686,8 @@ class Websocket:
         ):
             return await self._receive_slow()
         assert conn is not None
-        take = conn.take
-        if take is not None:
-            # The hot path: a packet the transport already holds, made in C, no await.
-            packet = take()
-            if packet is not None:
-                return packet
         self._receiving = True
+        self._take = None
         try:
             # The transport's recv may be the library's own coroutine.
             data = await transport.recv()
@@ -677,6 +699,8 @@ class Websocket:
         else:
             # _reader_left() and _packet() inlined: a call is a measurable share here.
             self._receiving = False
+            if conn.take is not None:
+                self._refresh_take()
             if conn.verdict is not None:
                 _resolve(conn, "verdict")
             self._frames_in += 1
@@ -698,12 +722,14 @@ class Websocket:
 
     def _reader_left(self, conn: _Connection) -> None:
         self._receiving = False
+        self._refresh_take()
         if conn.verdict is not None:
             _resolve(conn, "verdict")  # a send waits for the reader that just left
 
     async def _receive_slow(self) -> WebsocketPacket:
         """``receive()`` while connecting, while a send reads ahead, or after the end."""
         self._receiving = True
+        self._take = None
         try:
             if self._draining is not None:
                 await asyncio.shield(self._draining)
@@ -719,6 +745,7 @@ class Websocket:
                 return self._packet(data)
         finally:
             self._receiving = False
+            self._refresh_take()
             if conn is not None and conn.verdict is not None:
                 _resolve(conn, "verdict")
         raise await self._ending_reported(conn, transport.ending(failure))
@@ -818,6 +845,7 @@ class Websocket:
 
     async def _read_ahead(self, conn: _Connection, transport: Transport) -> None:
         draining = self._draining = asyncio.get_running_loop().create_future()
+        self._take = None
         try:
             while conn.ending is None and len(conn.backlog) < _MAX_BACKLOG:
                 try:
@@ -826,6 +854,7 @@ class Websocket:
                     await self._ending_reported(conn, transport.ending(exc))
         finally:
             self._draining = None
+            self._refresh_take()
             draining.set_result(None)
 
     def encode_json(self, data: dict[str, Any]) -> bytes:

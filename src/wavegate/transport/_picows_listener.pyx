@@ -6,7 +6,8 @@ C method too (a ``cdef class`` over picows' own ``WSListener``, compiled against
 ``.pxd``), so a frame costs no Python call: it is validated (RSV bits, fragments,
 UTF-8, the message size, the close code) and its message is stored in a ring of slots.
 ``take()`` hands over a stored message as a packet without awaiting anything (JSON is
-decoded then, not on arrival, and the packet is made without running ``__init__``);
+decoded then, not on arrival: thousands of decoded dicts waiting would cost the garbage
+collector; and the packet is made without running ``__init__``);
 ``recv()`` awaits one. Everything rare (endings, write pressure, timers) is the owner's, in Python
 (``picows_transport.PicowsTransport``).
 """
@@ -15,7 +16,6 @@ from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyTypeObject
-from cpython.unicode cimport PyUnicode_DecodeASCII
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 from picows.picows cimport WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
@@ -49,22 +49,10 @@ cdef extern from *:
         return made;
     }
 
-    /* Whether size bytes at data are all ASCII, eight at a time. */
-    static int wavegate_is_ascii(const char *data, Py_ssize_t size) {
-        Py_ssize_t i = 0;
-        uint64_t word, seen = 0;
-        for (; i + 8 <= size; i += 8) {
-            memcpy(&word, data + i, 8);
-            seen |= word;
-        }
-        for (; i < size; i++) seen |= (unsigned char)data[i];
-        return (seen & 0x8080808080808080ULL) == 0;
-    }
     """
     const char* WAVEGATE_PICOWS_MINOR
     Py_ssize_t wavegate_slot_offset(object descr)
     object wavegate_new_packet(PyTypeObject* type, Py_ssize_t offset, object value)
-    bint wavegate_is_ascii(const char* data, Py_ssize_t size) noexcept
 
 BUILT_AGAINST = WAVEGATE_PICOWS_MINOR.decode()
 """The picows minor version whose C layouts this module was compiled against."""
@@ -80,7 +68,7 @@ cdef Py_ssize_t _RESUME_AT_BYTES = 256 << 10
 
 cdef struct _Meta:
     Py_ssize_t size  # bytes on the wire
-    bint text        # a text message (stored as bytes when it is ASCII)
+    bint text        # a text message (a str)
 
 
 cdef inline bint _valid_close_code(int code) noexcept:
@@ -206,10 +194,9 @@ cdef class Listener(WSListener):
         cdef object message
         if kind == WSMsgType.BINARY:
             message = PyBytes_FromStringAndSize(data, size)
-        elif wavegate_is_ascii(data, size):
-            # Valid UTF-8 already; kept as bytes, which the JSON codec reads directly.
-            message = PyBytes_FromStringAndSize(data, size)
         else:
+            # Decoded now: that checks the UTF-8 (1007 now, not later), costs what a
+            # bytes copy costs, and orjson reads a str faster than bytes (no second check).
             try:
                 message = PyUnicode_DecodeUTF8(data, size, NULL)
             except UnicodeDecodeError:
@@ -305,12 +292,9 @@ cdef class Listener(WSListener):
         return message
 
     cdef inline object _pop_message(self):
-        """The oldest message as ``recv`` returns it: text as ``str``."""
+        """The oldest message as ``recv`` returns it."""
         cdef _Meta meta
-        message = self._pop(&meta)
-        if meta.text and type(message) is bytes:
-            return PyUnicode_DecodeASCII(<bytes>message, meta.size, NULL)
-        return message
+        return self._pop(&meta)
 
     cdef void _wake(self) except *:
         waiter = self._waiter
@@ -355,8 +339,6 @@ cdef class Listener(WSListener):
                 <PyTypeObject*>self._bytes_type, self._bytes_offset, message
             )
         if not self._decode_json:
-            if type(message) is bytes:
-                message = PyUnicode_DecodeASCII(<bytes>message, meta.size, NULL)
             return wavegate_new_packet(<PyTypeObject*>self._text_type, self._text_offset, message)
         try:
             value = self._loads(message)
@@ -369,8 +351,6 @@ cdef class Listener(WSListener):
                     <PyTypeObject*>self._json_type, self._json_offset, value
                 )
             detail = "JSON text frame is not an object"
-        if type(message) is bytes:
-            message = PyUnicode_DecodeASCII(<bytes>message, meta.size, NULL)
         raise self._payload_error(detail, message)
 
     async def recv(self):

@@ -1,0 +1,224 @@
+"""The receive path of each transport variant (aiohttp, picows with the compiled
+listener, picows with its fallback) where the compiled listener does its own work:
+its ring of messages, fragments, read backpressure, and which transport is chosen."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+import wavegate
+from wavegate import Event, Signal, Websocket, WebsocketPacketBytes, WebsocketPacketText
+from wavegate.packets import WebsocketPacketJSON
+from wavegate.signals import PayloadError
+from wavegate.testing import WebsocketTestServer, frames
+from wavegate.transport import default_transport, picows_transport
+
+from .conftest import WebsocketFactory, eventually
+
+
+async def test_thousands_of_unread_messages_arrive_whole_and_in_order(
+    server: WebsocketTestServer, make_ws: WebsocketFactory
+) -> None:
+    # More than the ring's first slots and its pause mark: it grows, the socket stops
+    # being read and is read again, and nothing is lost or reordered.
+    ws = make_ws()
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    sent = 3000
+    blob = b"".join(
+        frames.encode_frame(1, b'{"n":%d}' % n) if n % 3 else frames.encode_frame(2, b"%d" % n)
+        for n in range(sent)
+    )
+    await conn.send_raw(blob)
+    for n in range(sent):
+        packet = await ws.receive()
+        if n % 3:
+            assert packet == WebsocketPacketJSON({"n": n})
+        else:
+            assert packet == WebsocketPacketBytes(b"%d" % n)
+    assert ws.stats.frames_in == sent
+
+
+async def test_unread_large_messages_stop_the_socket_being_read(
+    server: WebsocketTestServer, make_ws: WebsocketFactory
+) -> None:
+    ws = make_ws(max_size=1 << 20)
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    big = b"x" * (256 << 10)
+    # 64 MiB offered: the client stops reading long before, so the server's writes
+    # block; then every message is still delivered.
+    count = 256
+    sending = [conn.send_bytes(big) for _ in range(count)]
+    writer = asyncio.ensure_future(asyncio.gather(*sending))
+    await eventually(lambda: conn.write_blocked(), 20)
+    assert not writer.done()
+    for _ in range(count):
+        assert await ws.receive() == WebsocketPacketBytes(big)
+    await writer
+
+
+async def test_fragments_are_joined_across_multibyte_characters(
+    server: WebsocketTestServer, make_ws: WebsocketFactory
+) -> None:
+    ws = make_ws(receive_mode="text")
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    text = "héllo wörld ✓".encode()
+    pieces = [text[:2], text[2:9], text[9:]]  # splits inside é and inside ✓
+    raw = frames.encode_frame(1, pieces[0], fin=False)
+    raw += frames.encode_frame(9, b"ping between fragments")
+    raw += frames.encode_frame(0, pieces[1], fin=False) + frames.encode_frame(0, pieces[2])
+    await conn.send_raw(raw)
+    assert await ws.receive() == WebsocketPacketText("héllo wörld ✓")
+    assert ws.stats.bytes_in == len("héllo wörld ✓")  # characters of a text frame
+
+
+async def test_a_fragmented_message_over_max_size_fails_with_1009(
+    server: WebsocketTestServer, make_ws: WebsocketFactory
+) -> None:
+    ws = make_ws(max_size=1000)
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    raw = frames.encode_frame(2, b"a" * 600, fin=False) + frames.encode_frame(0, b"b" * 600)
+    await conn.send_raw(frames.encode_frame(2, b"first") + raw)
+    assert await ws.receive() == WebsocketPacketBytes(b"first")
+    with pytest.raises(Signal) as caught:
+        await ws.receive()
+    assert (caught.value.code, caught.value.event) == (1009, Event.PROTOCOL_ERROR)
+    await conn.wait_closed()
+    assert conn.close_received is not None
+    assert conn.close_received[0] == 1009
+
+
+async def test_invalid_utf8_split_across_fragments_fails_with_1007(
+    server: WebsocketTestServer, make_ws: WebsocketFactory
+) -> None:
+    ws = make_ws()
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    raw = frames.encode_frame(1, b'{"a":"\xe2\x82', fin=False) + frames.encode_frame(0, b'("}')
+    await conn.send_raw(raw)
+    with pytest.raises(Signal) as caught:
+        await ws.receive()
+    assert (caught.value.code, caught.value.event) == (1007, Event.PROTOCOL_ERROR)
+
+
+@pytest.mark.parametrize("rsv", [1, 2, 4])
+async def test_a_reserved_bit_fails_the_connection_after_what_came_before(
+    server: WebsocketTestServer, make_ws: WebsocketFactory, transport: str, rsv: int
+) -> None:
+    ws = make_ws()
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    await conn.send_json({"before": rsv})
+    await conn.send_raw(frames.encode_frame(1, b"{}", rsv=rsv))
+    assert await ws.receive() == WebsocketPacketJSON({"before": rsv})
+    if transport == "picows" and rsv != 4 and picows_transport.LISTENER == "python":
+        # picows' own connection checks RSV1 only (conformance/allowlist.txt).
+        assert await ws.receive() == WebsocketPacketJSON({})
+        return
+    with pytest.raises(Signal) as caught:
+        await ws.receive()
+    assert (caught.value.code, caught.value.event) == (1002, Event.PROTOCOL_ERROR)
+
+
+async def test_a_payload_error_from_the_fast_path_leaves_the_connection_usable(
+    server: WebsocketTestServer, make_ws: WebsocketFactory
+) -> None:
+    ws = make_ws()
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    await conn.send_raw(frames.encode_frame(1, b"[1, 2]") + frames.encode_frame(1, b"{bad"))
+    await conn.send_json({"after": True})
+    with pytest.raises(PayloadError, match="not an object") as first:
+        await ws.receive()
+    assert first.value.raw == "[1, 2]"
+    with pytest.raises(PayloadError, match="not valid JSON") as second:
+        await ws.receive()
+    assert second.value.raw == "{bad"
+    assert await ws.receive() == WebsocketPacketJSON({"after": True})
+    assert ws.stats.frames_in == 3
+
+
+async def test_a_transport_that_fails_while_connect_returns_leaves_nothing_open(
+    server: WebsocketTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("taker broke")
+
+    monkeypatch.setattr(picows_transport.PicowsTransport, "taker", broken)
+    ws = Websocket(transport="picows")
+    with pytest.raises(RuntimeError, match="taker broke"):
+        await ws.connect(server.url)
+    assert ws.disconnected
+    conn = await server.accepted()
+    await conn.wait_closed()
+
+
+def test_transports_names_each_transport_and_the_default() -> None:
+    found = {info.name: info for info in wavegate.transports()}
+    assert set(found) == {"aiohttp", "picows"}
+    assert [info.name for info in found.values() if info.default] == ["picows"]
+    assert found["aiohttp"].detail.startswith("aiohttp ")
+    if picows_transport.LISTENER == "compiled":
+        assert found["picows"].detail.endswith("compiled listener")
+    else:
+        assert "Python-facing connection" in found["picows"].detail
+    assert default_transport() == "picows"
+    assert default_transport(compression=True) == "aiohttp"
+
+
+async def test_compression_without_a_named_transport_uses_aiohttp(
+    server: WebsocketTestServer,
+) -> None:
+    ws = Websocket(compression=True)
+    try:
+        await ws.connect(server.url)  # picows would refuse compression=True
+        conn = await server.accepted()
+        await conn.send_json({"ok": 1})
+        assert await ws.receive() == WebsocketPacketJSON({"ok": 1})
+    finally:
+        await ws.disconnect()
+
+
+def test_the_fallback_listener_can_be_chosen_and_says_so() -> None:
+    env = {"WAVEGATE_PICOWS_LISTENER": "python", "PATH": ""}
+    shown = subprocess.run(
+        [sys.executable, "-m", "wavegate", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "Python-facing connection (WAVEGATE_PICOWS_LISTENER=python) (default)" in shown.stdout
+
+
+async def test_the_compiled_listener_refuses_packet_classes_it_cannot_build() -> None:
+    try:
+        from wavegate.transport._picows_listener import Listener
+    except ImportError:
+        # No compiler when this was installed: the fallback is what runs, and says so.
+        assert picows_transport.LISTENER == "python"
+        assert "compiled listener unavailable" in picows_transport.describe()
+        return
+
+    class Unslotted:
+        payload: object = None
+
+    listener = Listener(object(), 1024)
+    assert listener.take() is None  # nothing has arrived
+    with pytest.raises(TypeError, match="not a __slots__ member"):
+        listener.configure(
+            len,
+            True,
+            Unslotted,  # type: ignore[arg-type]
+            WebsocketPacketText,
+            WebsocketPacketBytes,
+            PayloadError,
+        )
