@@ -11,6 +11,7 @@ connection). Connecting is not timed. Output: one JSON line.
 from __future__ import annotations
 
 import asyncio
+import os
 import gc
 import json
 import sys
@@ -322,6 +323,7 @@ async def raw_socket_stream(url: str, count: int) -> float:
 STREAM: dict[str, Callable[[str, int], Coroutine[Any, Any, float]]] = {
     "wavegate-aiohttp": lambda url, n: wavegate_stream(url, n, "aiohttp"),
     "wavegate-picows": lambda url, n: wavegate_stream(url, n, "picows"),
+    "wavegate-picows-python": lambda url, n: wavegate_stream(url, n, "picows"),
     "hikari-wave": hikari_stream,
     "websockets": websockets_stream,
     "aiohttp": aiohttp_stream,
@@ -332,6 +334,7 @@ STREAM: dict[str, Callable[[str, int], Coroutine[Any, Any, float]]] = {
 ECHO: dict[str, Callable[[str, int], Coroutine[Any, Any, list[float]]]] = {
     "wavegate-aiohttp": lambda url, n: wavegate_echo(url, n, "aiohttp"),
     "wavegate-picows": lambda url, n: wavegate_echo(url, n, "picows"),
+    "wavegate-picows-python": lambda url, n: wavegate_echo(url, n, "picows"),
     "hikari-wave": hikari_echo,
     "websockets": websockets_echo,
     "aiohttp": aiohttp_echo,
@@ -364,9 +367,17 @@ async def idle_memory(client: str, url: str, count: int) -> float:
 
 def main() -> None:
     client, mode, url, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    if client == "wavegate-picows-python":
+        # picows without the compiled listener: what an install without a C compiler runs.
+        os.environ["WAVEGATE_PICOWS_LISTENER"] = "python"
     if mode == "stream":
         elapsed: float = asyncio.run(STREAM[client](url, count))
         result: dict[str, Any] = {"rate": count / elapsed}
+    elif mode == "stream-warm":
+        # Once untimed, then timed, in one process: large buffers are then allocated
+        # already (a first, cold run of 64 KiB frames measures the allocator).
+        asyncio.run(STREAM[client](url, count))
+        result = {"rate": count / asyncio.run(STREAM[client](url, count))}
     elif mode == "echo":
         result = {"latencies": asyncio.run(ECHO[client](url, count))}
     else:

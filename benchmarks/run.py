@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STREAM_CLIENTS = [
     "wavegate-aiohttp",
     "wavegate-picows",
+    "wavegate-picows-python",
     "hikari-wave",
     "websockets",
     "aiohttp",
@@ -40,8 +41,10 @@ RAW = ("websockets", "aiohttp", "picows-recv", "picows-callback")
 WORKLOADS = {
     "A": ("200 B JSON text frames", "text", 200, 200_000),
     "B": ("1 KiB binary frames", "binary", 1024, 200_000),
-    "C": ("64 KiB binary frames", "binary", 65536, 4_000),
+    "C": ("64 KiB binary frames, warm", "binary", 65536, 4_000),
 }
+WARM = {"C"}
+"""Workloads each client runs twice per process, timing the second run."""
 
 
 @dataclass
@@ -94,13 +97,28 @@ def throughput(port: int, rounds: int, scale: float) -> dict[str, dict[str, Seri
         url = f"ws://127.0.0.1:{port}/stream?kind={kind}&size={size}&count={count}"
         run_client("raw-socket", "stream", url, count)  # warm-up: the server builds its frames
         series = results[name] = {client: Series() for client in STREAM_CLIENTS}
+        mode = "stream-warm" if name in WARM else "stream"
         for round_number in range(rounds):
             for client in rotate(STREAM_CLIENTS, round_number):
-                series[client].values.append(run_client(client, "stream", url, count)["rate"])
+                series[client].values.append(run_client(client, mode, url, count)["rate"])
         print(
             f"  {name}: " + ", ".join(f"{c} {s.median:,.0f}" for c, s in series.items()), flush=True
         )
+        print(f"     {versus_raw(series)}", flush=True)
     return results
+
+
+def versus_raw(series: dict[str, Series], higher_is_better: bool = True) -> str:
+    """Each wavegate client's ratio to the best raw client and to raw picows recv()."""
+    pick = max if higher_is_better else min
+    best = pick(RAW, key=lambda client: series[client].median)
+    reference, picows = series[best].median, series["picows-recv"].median
+    return "; ".join(
+        f"{client}: {ratio(series[client].median, reference, higher_is_better)} best raw "
+        f"({best}), {ratio(series[client].median, picows, higher_is_better)} picows-recv"
+        for client in series
+        if client.startswith("wavegate")
+    )
 
 
 def latency(port: int, rounds: int, scale: float) -> dict[str, dict[str, Series]]:
@@ -116,6 +134,7 @@ def latency(port: int, rounds: int, scale: float) -> dict[str, dict[str, Series]
             p50[client].values.append(samples[len(samples) // 2] * 1e6)
             p99[client].values.append(samples[int(len(samples) * 0.99)] * 1e6)
     print("  D p50 µs: " + ", ".join(f"{c} {s.median:.1f}" for c, s in p50.items()), flush=True)
+    print(f"     {versus_raw(p50, higher_is_better=False)}", flush=True)
     return {"p50": p50, "p99": p99}
 
 
@@ -231,29 +250,37 @@ def report(data: dict[str, Any], out: Path, command: str) -> None:
         title = WORKLOADS[name][0]
         hikari = series["hikari-wave"].median
         best = max(series[client].median for client in RAW)
+        picows = series["picows-recv"].median
         lines += [
             f"## {name}: {title} (messages/s)",
             "",
-            "| client | msg/s | vs hikari | vs best raw |",
-            "|---|---|---|---|",
+            "| client | msg/s | vs hikari | vs best raw | vs picows recv |",
+            "|---|---|---|---|---|",
         ]
         for client, values in series.items():
-            versus = f"{ratio(values.median, hikari)} | {ratio(values.median, best)}"
+            versus = (
+                f"{ratio(values.median, hikari)} | {ratio(values.median, best)} | "
+                f"{ratio(values.median, picows)}"
+            )
             lines.append(f"| {client} | {values.describe()} | {versus} |")
         lines.append("")
     p50, p99 = data["latency"]["p50"], data["latency"]["p99"]
     hikari, best = p50["hikari-wave"].median, min(p50[client].median for client in RAW)
+    picows = p50["picows-recv"].median
     lines += [
         "## D: round trip of a small JSON message (µs, lower is better)",
         "",
-        "| client | p50 | p99 | p50 vs hikari | p50 vs best raw |",
-        "|---|---|---|---|---|",
+        "Ratios here are speed ratios: above 1.00x is faster than the reference.",
+        "",
+        "| client | p50 (min-max) | p99 | p50 vs hikari | p50 vs best raw | p50 vs picows recv |",
+        "|---|---|---|---|---|---|",
     ]
     for client in p50:
         lines.append(
-            f"| {client} | {p50[client].median:.1f} | {p99[client].median:.1f} | "
+            f"| {client} | {p50[client].describe()} | {p99[client].median:.1f} | "
             f"{ratio(p50[client].median, hikari, False)} | "
-            f"{ratio(p50[client].median, best, False)} |"
+            f"{ratio(p50[client].median, best, False)} | "
+            f"{ratio(p50[client].median, picows, False)} |"
         )
     lines += ["", f"## E: idle memory per connection ({data['connections']} connections, KiB)", ""]
     lines += ["| client | KiB per connection |", "|---|---|"]

@@ -52,6 +52,8 @@ _UNANSWERED_LIMIT = 1 << 20
 """Bytes picows may queue on its own (pongs) while the peer reads nothing, before the
 connection is failed: a peer that floods pings and never reads the pongs would
 otherwise grow memory without bound."""
+_READ_BUFFER = 4096
+"""picows' first read buffer, in bytes (it grows under load)."""
 _FLOOD_CHECK = 0.05
 """Seconds between checks of the write buffer while writing is paused."""
 _log = logging.getLogger("wavegate.transport.picows")
@@ -443,6 +445,9 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
         extra_headers=headers or None,
         proxy=options.proxy,
         socket_factory=_socket_factory(sockets),
+        # picows grows its read buffer under load; starting at 4 KiB instead of 16 keeps
+        # an idle connection 12 KiB smaller (workload E; the 10k-session workload G).
+        read_buffer_init_size=_READ_BUFFER,
         logger_name=_log,
     )
     try:

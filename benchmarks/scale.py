@@ -1,0 +1,186 @@
+"""Workload G: many concurrent ``VoiceClient`` sessions in one process, against
+``wavegate serve`` in another (``make bench-scale``).
+
+For each session count: start ``wavegate serve --heartbeat 5``, start a client process
+that opens that many sessions (each in its own voice server and channel, with UDP IP
+discovery and DAVE negotiated as usual), wait until every one is READY, read the
+client's RSS from outside (``/proc``), then keep them all for ``--seconds`` and count
+heartbeat round trips, zombies and reconnects. Memory per session is the RSS growth
+from the moment the client had imported everything to the moment all were READY,
+divided by the count.
+
+    python -m benchmarks.scale [--sessions 1000 2000 5000] [--seconds 60] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OPENING = 100
+"""Sessions opened at once while ramping up."""
+
+
+def rss_of(pid: int) -> int:
+    """A process's resident memory in bytes, read from outside."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def _raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+# -- the client process ------------------------------------------------------------------
+
+
+async def _clients(url: str, count: int, seconds: float) -> None:
+    from wavegate.discord import VoiceClient, VoiceCredentials
+    from wavegate.session import EventKind, SessionEvent
+
+    latencies: list[float] = []
+
+    def on_event(event: SessionEvent) -> None:
+        if event.kind is EventKind.HEARTBEAT and event.latency is not None:
+            latencies.append(event.latency)
+
+    gc.collect()
+    print("baseline", flush=True)
+    sys.stdin.readline()  # the parent has read the baseline RSS
+    clients = []
+    opening = asyncio.Semaphore(OPENING)
+
+    async def open_one(n: int) -> None:
+        server = str(10_000_000 + n)
+        credentials = VoiceCredentials(server, str(n + 1), f"s{n}", f"t{n}", server)
+        client = VoiceClient(url, credentials, on_event=on_event)
+        clients.append(client)
+        async with opening:
+            await client.start()
+            await client.wait_ready(120)
+
+    started = time.monotonic()
+    await asyncio.gather(*(open_one(n) for n in range(count)))
+    ramp = time.monotonic() - started
+    latencies.clear()
+    gc.collect()
+    print("ready", flush=True)
+    sys.stdin.readline()  # the parent has read the RSS with every session READY
+    await asyncio.sleep(seconds)  # the measurement: sessions living on their own
+    ready = sum(1 for client in clients if client.ready)
+    stats = [client.stats for client in clients]
+    result = {
+        "ramp_seconds": ramp,
+        "ready": ready,
+        "zombies": sum(s.zombies for s in stats),
+        "reconnects": sum(s.connects - 1 for s in stats),
+        "heartbeats": len(latencies),
+        "p50_ms": statistics.median(latencies) * 1000 if latencies else None,
+        "p99_ms": sorted(latencies)[int(len(latencies) * 0.99)] * 1000 if latencies else None,
+    }
+    print(json.dumps(result), flush=True)
+    await asyncio.gather(*(client.close() for client in clients))
+
+
+def client_main(url: str, count: int, seconds: float) -> None:
+    _raise_fd_limit()
+    asyncio.run(_clients(url, count, seconds))
+
+
+# -- the parent ---------------------------------------------------------------------------
+
+
+def _serve() -> tuple[subprocess.Popen[str], str]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.scale", "serve"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    return server, line.rsplit(" ", 1)[-1].strip()
+
+
+def serve_main() -> None:
+    """``wavegate serve --heartbeat 5`` on any free port, with the fd limit raised."""
+    _raise_fd_limit()
+    from wavegate.cli import main
+
+    sys.argv = ["wavegate", "serve", "--port", "0", "--heartbeat", "5"]
+    main()
+
+
+def measure(count: int, seconds: float) -> dict[str, Any]:
+    server, url = _serve()
+    client = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.scale", "client", url, str(count), str(seconds)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert client.stdin is not None
+    assert client.stdout is not None
+    try:
+        assert client.stdout.readline().strip() == "baseline"
+        baseline = rss_of(client.pid)
+        client.stdin.write("\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "ready", "the sessions did not all start"
+        loaded = rss_of(client.pid)
+        client.stdin.write("\n")
+        client.stdin.flush()
+        result: dict[str, Any] = json.loads(client.stdout.readline())
+        client.wait(120)
+    finally:
+        client.kill()
+        server.terminate()
+        server.wait(30)
+    result.update(sessions=count, kib_per_session=(loaded - baseline) / count / 1024)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="workload G: many VoiceClient sessions")
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1000, 2000, 5000])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--out", type=Path, default=None, help="write scale.json here")
+    args = parser.parse_args()
+    results = []
+    for count in args.sessions:
+        result = measure(count, args.seconds)
+        print(
+            f"  G {count} sessions: {result['ready']} READY, {result['zombies']} zombies, "
+            f"{result['reconnects']} reconnects, heartbeat p50 {result['p50_ms']:.1f} ms "
+            f"p99 {result['p99_ms']:.1f} ms ({result['heartbeats']} beats), "
+            f"{result['kib_per_session']:.1f} KiB/session, ramp {result['ramp_seconds']:.1f} s",
+            flush=True,
+        )
+        results.append(result)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "scale.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["client"]:
+        client_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+    elif sys.argv[1:2] == ["serve"]:
+        serve_main()
+    else:
+        main()
