@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: demo test docs lint typecheck unit stress-test bench bench-dave bench-quick interop conformance conformance-full soak soak-ci test-all clean
+.PHONY: demo test docs lint typecheck unit stress-test bench bench-dave bench-scale bench-quick interop conformance conformance-full soak soak-ci test-all clean
 
 $(STAMP): pyproject.toml setup.py src/wavegate/transport/_picows_listener.pyx
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench: $(BENCH_STAMP)
 # DAVE: READY -> MLS group active for 2/3/5 members, and a join's rekey (loopback).
 bench-dave: $(STAMP)
 	$(BIN)/python -m benchmarks.dave
+
+# Workload G: thousands of VoiceClient sessions in one process against `wavegate serve`
+# in another (memory per session, heartbeat round trips, zombies); about 6 minutes.
+bench-scale: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m benchmarks.scale --sessions 1000 2000 5000 9000 --seconds 60 --out docs/benchmarks
 
 bench-quick: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.run --quick --out /tmp/wavegate-bench-quick

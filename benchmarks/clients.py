@@ -11,9 +11,9 @@ connection). Connecting is not timed. Output: one JSON line.
 from __future__ import annotations
 
 import asyncio
-import os
 import gc
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine

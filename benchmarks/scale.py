@@ -40,7 +40,7 @@ def rss_of(pid: int) -> int:
 
 
 def _raise_fd_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
 
@@ -48,9 +48,10 @@ def _raise_fd_limit() -> int:
 # -- the client process ------------------------------------------------------------------
 
 
-async def _clients(url: str, count: int, seconds: float) -> None:
+async def _clients(url: str, count: int, seconds: float, variant: str) -> None:
+    from wavegate import Websocket
     from wavegate.discord import VoiceClient, VoiceCredentials
-    from wavegate.session import EventKind, SessionEvent
+    from wavegate.session import EventKind, SessionEvent, SessionState
 
     latencies: list[float] = []
 
@@ -67,7 +68,13 @@ async def _clients(url: str, count: int, seconds: float) -> None:
     async def open_one(n: int) -> None:
         server = str(10_000_000 + n)
         credentials = VoiceCredentials(server, str(n + 1), f"s{n}", f"t{n}", server)
-        client = VoiceClient(url, credentials, on_event=on_event)
+        client = VoiceClient(
+            url,
+            credentials,
+            on_event=on_event,
+            max_dave_protocol_version=0 if variant == "no-dave" else 1,
+            websocket=Websocket(transport="aiohttp") if variant == "aiohttp" else None,
+        )
         clients.append(client)
         async with opening:
             await client.start()
@@ -81,7 +88,7 @@ async def _clients(url: str, count: int, seconds: float) -> None:
     print("ready", flush=True)
     sys.stdin.readline()  # the parent has read the RSS with every session READY
     await asyncio.sleep(seconds)  # the measurement: sessions living on their own
-    ready = sum(1 for client in clients if client.ready)
+    ready = sum(1 for client in clients if client.state is SessionState.READY)
     stats = [client.stats for client in clients]
     result = {
         "ramp_seconds": ramp,
@@ -96,9 +103,9 @@ async def _clients(url: str, count: int, seconds: float) -> None:
     await asyncio.gather(*(client.close() for client in clients))
 
 
-def client_main(url: str, count: int, seconds: float) -> None:
+def client_main(url: str, count: int, seconds: float, variant: str) -> None:
     _raise_fd_limit()
-    asyncio.run(_clients(url, count, seconds))
+    asyncio.run(_clients(url, count, seconds, variant))
 
 
 # -- the parent ---------------------------------------------------------------------------
@@ -108,6 +115,7 @@ def _serve() -> tuple[subprocess.Popen[str], str]:
     server = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.scale", "serve"],
         stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # one log line per connection
         text=True,
         cwd=ROOT,
     )
@@ -121,21 +129,32 @@ def serve_main() -> None:
     _raise_fd_limit()
     from wavegate.cli import main
 
-    sys.argv = ["wavegate", "serve", "--port", "0", "--heartbeat", "5"]
+    sys.argv = ["wavegate", "serve", "--port", "0", "--heartbeat", "5", "--dave-optional"]
     main()
 
 
-def measure(count: int, seconds: float) -> dict[str, Any]:
+def measure(count: int, seconds: float, variant: str = "default") -> dict[str, Any]:
     server, url = _serve()
     client = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.scale", "client", url, str(count), str(seconds)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.scale",
+            "client",
+            url,
+            str(count),
+            str(seconds),
+            variant,
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
     )
     assert client.stdin is not None
     assert client.stdout is not None
+    assert client.stderr is not None
     try:
         assert client.stdout.readline().strip() == "baseline"
         baseline = rss_of(client.pid)
@@ -145,25 +164,67 @@ def measure(count: int, seconds: float) -> dict[str, Any]:
         loaded = rss_of(client.pid)
         client.stdin.write("\n")
         client.stdin.flush()
-        result: dict[str, Any] = json.loads(client.stdout.readline())
+        line = client.stdout.readline()
+        if not line:
+            client.wait(30)
+            raise RuntimeError(f"the client failed:\n{client.stderr.read()[-3000:]}")
+        result: dict[str, Any] = json.loads(line)
         client.wait(120)
     finally:
         client.kill()
         server.terminate()
         server.wait(30)
-    result.update(sessions=count, kib_per_session=(loaded - baseline) / count / 1024)
+    result.update(
+        sessions=count, variant=variant, kib_per_session=(loaded - baseline) / count / 1024
+    )
     return result
+
+
+def plot(results: list[dict[str, Any]], out: Path) -> None:
+    """Memory per session and heartbeat p99 against the session count (scale.png)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = [result["sessions"] for result in results]
+    figure, (memory, latency) = plt.subplots(1, 2, figsize=(10, 3.6))
+    memory.plot(counts, [r["kib_per_session"] for r in results], marker="o")
+    memory.axhline(24, color="grey", linestyle="--", label="aim: 24 KiB")
+    memory.set(xlabel="sessions", ylabel="KiB per session", title="client memory per session")
+    latency.plot(counts, [r["p99_ms"] for r in results], marker="o", label="p99")
+    latency.plot(counts, [r["p50_ms"] for r in results], marker="o", label="p50")
+    latency.axhline(50, color="grey", linestyle="--", label="aim: p99 50 ms")
+    latency.set(xlabel="sessions", ylabel="ms", title="heartbeat round trip")
+    for axis in (memory, latency):
+        axis.set_ylim(bottom=0)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(out / "scale.png", dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="workload G: many VoiceClient sessions")
     parser.add_argument("--sessions", type=int, nargs="+", default=[1000, 2000, 5000])
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--out", type=Path, default=None, help="write scale.json here")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write scale.json (and scale.png) here"
+    )
+    parser.add_argument("--replot", action="store_true", help="redraw scale.png from scale.json")
+    parser.add_argument(
+        "--variant",
+        choices=["default", "no-dave", "aiohttp"],
+        default="default",
+        help="default: picows, DAVE offered; no-dave: DAVE not offered; aiohttp: that transport",
+    )
     args = parser.parse_args()
+    if args.replot:
+        assert args.out is not None, "--replot needs --out"
+        plot(json.loads((args.out / "scale.json").read_text()), args.out)
+        return
     results = []
     for count in args.sessions:
-        result = measure(count, args.seconds)
+        result = measure(count, args.seconds, args.variant)
         print(
             f"  G {count} sessions: {result['ready']} READY, {result['zombies']} zombies, "
             f"{result['reconnects']} reconnects, heartbeat p50 {result['p50_ms']:.1f} ms "
@@ -175,11 +236,15 @@ def main() -> None:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "scale.json").write_text(json.dumps(results, indent=1))
+        try:
+            plot(results, args.out)
+        except ImportError:  # matplotlib is in the benchmark venv only
+            print("  (no matplotlib: scale.png not drawn; see --replot)", flush=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["client"]:
-        client_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        client_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
     elif sys.argv[1:2] == ["serve"]:
         serve_main()
     else:

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import logging
 
+from .._flag import Flag
 from . import ip_discovery
 from .payloads import Ready
 
@@ -26,10 +27,10 @@ class _Datagrams(asyncio.DatagramProtocol):
 
     def __init__(self, queue_size: int) -> None:
         self.queue: collections.deque[bytes] = collections.deque(maxlen=queue_size)
-        self.arrived = asyncio.Event()
+        self.arrived = Flag()
         self.dropped = 0
         self.error: OSError | None = None
-        self.lost = asyncio.Event()
+        self.lost = Flag()
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         if len(self.queue) == self.queue.maxlen:

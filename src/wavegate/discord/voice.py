@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .._flag import Flag
 from ..redact import REDACTED
 from ..session import Session, SessionEvent
 from ..session.events import OnEvent
@@ -126,7 +127,7 @@ class VoiceClient(Session):
             max_dave_protocol_version=max_dave_protocol_version,
             discover=discover or self._udp,
         )
-        self._dave_changed = asyncio.Event()
+        self._dave_changed = Flag()
         self._user_on_event: OnEvent | None = options.pop("on_event", None)
         super().__init__(
             voice_url(endpoint), protocol, websocket=websocket, on_event=self._seen, **options

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .._flag import Flag
 from ..backoff import Backoff, RetrySchedule
 from ..protocol import GatewayProtocol, HandshakeDone
 from ..redact import redact_url
@@ -131,10 +132,10 @@ class Session:
         )
         self._parts = self._connection_parts(timing)
         self._runner: asyncio.Task[None] | None = None
-        self._closing = asyncio.Event()
+        self._closing = Flag()
         """Set by ``close()``, and when the session stops by itself."""
-        self._moved = asyncio.Event()
-        self._ready = asyncio.Event()
+        self._moved = Flag()
+        self._ready = Flag()
         self._sessions_started = 0
         self._last_ending: Signal | None = None
         """How the last connection ended (kept across the next attempt, for messages)."""
@@ -442,7 +443,7 @@ class Session:
         self._hub.close()
 
 
-async def _set_within(event: asyncio.Event, delay: float) -> bool:
+async def _set_within(event: Flag, delay: float) -> bool:
     """Wait up to ``delay`` seconds for ``event``; whether it is set (also when it was
     set in the very turn the delay ran out)."""
     with contextlib.suppress(asyncio.TimeoutError):

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._flag import Flag
 from ..heartbeat import HeartbeatTracker
 from ..protocol import (
     Deliver,
@@ -79,7 +80,7 @@ class Link:
         self.ending: asyncio.Future[Signal] = loop.create_future()
         self.handshake: asyncio.Future[HandshakeDone] = loop.create_future()
         self.tracker: HeartbeatTracker | None = None
-        self.beat_now = asyncio.Event()
+        self.beat_now = Flag()
         self.close_reason = ""
         """Why we end it ourselves, for the close frame ("zombie connection"...)."""
 

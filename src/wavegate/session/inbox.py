@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+from .._flag import Flag
 
 
 class Inbox:
@@ -20,8 +21,8 @@ class Inbox:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._items: deque[Any] = deque()
-        self._readable = asyncio.Event()
-        self._room = asyncio.Event()
+        self._readable = Flag()
+        self._room = Flag()
         self._room.set()
         self._closed: Callable[[], Exception] | None = None
 

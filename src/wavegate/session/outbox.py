@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .._flag import Flag
 from ..signals import SendQueueFullError, SendTimeoutError
 
 
@@ -34,7 +35,7 @@ class Outbox:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._items: deque[Outgoing] = deque()
-        self._filled = asyncio.Event()
+        self._filled = Flag()
 
     def __len__(self) -> int:
         return len(self._items)
