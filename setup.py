@@ -23,13 +23,13 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - any build failure means "no extension"
+        except Exception as exc:  # any build failure means "no extension"
             _skipped(exc)
 
     def build_extension(self, ext: object) -> None:
         try:
             super().build_extension(ext)  # type: ignore[arg-type]
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             _skipped(exc)
 
 
@@ -50,15 +50,18 @@ def _extensions() -> list[object]:
     except ImportError as exc:
         _skipped(exc)
         return []
-    minor = ".".join(picows.__version__.split(".")[:2])
     from setuptools import Extension
 
     extension = Extension(
         "wavegate.transport._picows_listener",
         [SOURCE],
-        define_macros=[("WAVEGATE_PICOWS_MINOR", f'"{minor}"')],
+        define_macros=[("WAVEGATE_PICOWS_VERSION", f'"{picows.__version__}"')],
     )
-    return list(cythonize([extension], quiet=True, language_level=3))
+    try:
+        return list(cythonize([extension], quiet=True, language_level=3))
+    except Exception as exc:  # e.g. a picows without its .pxd files
+        _skipped(exc)
+        return []
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -5,6 +5,8 @@ its ring of messages, fragments, read backpressure, and which transport is chose
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import struct
 import subprocess
 import sys
 
@@ -18,6 +20,7 @@ from wavegate.testing import WebsocketTestServer, frames
 from wavegate.transport import default_transport, picows_transport
 
 from .conftest import WebsocketFactory, eventually
+from .peers import RawPeer, raw_server
 
 
 async def test_thousands_of_unread_messages_arrive_whole_and_in_order(
@@ -222,3 +225,59 @@ async def test_the_compiled_listener_refuses_packet_classes_it_cannot_build() ->
             WebsocketPacketBytes,
             PayloadError,
         )
+
+
+async def test_a_keepalive_expiring_after_the_peers_close_does_not_replace_it(
+    make_ws: WebsocketFactory, transport: str
+) -> None:
+    # The peer sends a message and close 4014, then neither answers pings nor closes
+    # TCP. The close is the ending, whatever the keepalive sees while nobody reads.
+    loop = asyncio.get_running_loop()
+    pinged: asyncio.Future[None] = loop.create_future()
+    hung_up: asyncio.Future[None] = loop.create_future()
+
+    async def close_and_linger(conn: RawPeer) -> None:
+        close = struct.pack("!H", 4014) + b"kicked"
+        first = frames.encode_frame(1, b'{"n":1}')
+        await conn.handshake(then=first + frames.encode_frame(8, close))
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                opcode, _ = await conn.read_frame()  # our echo, perhaps pings: unanswered
+                if opcode == 9 and not pinged.done():
+                    pinged.set_result(None)
+        hung_up.set_result(None)
+
+    async with raw_server(close_and_linger) as url:
+        ws = make_ws(ping_interval=0.05, ping_timeout=0.05, close_timeout=1)
+        await ws.connect(url)
+        if transport == "aiohttp":
+            # aiohttp reads the close frame only when asked: it pings meanwhile, gets no
+            # pong, and must not call the peer dead for it.
+            await asyncio.wait_for(pinged, 20)
+        else:
+            # picows reads it at once, echoes it, and drops the connection after the
+            # close timeout (the keepalive expired long before).
+            await asyncio.wait_for(hung_up, 20)
+        assert await ws.receive() == WebsocketPacketJSON({"n": 1})
+        with pytest.raises(Signal) as caught:
+            await ws.receive()
+        assert (caught.value.code, caught.value.event) == (4014, Event.PEER_CLOSE)
+
+
+async def test_disconnect_with_unread_messages_waiting_still_reads_the_peers_close(
+    server: WebsocketTestServer, make_ws: WebsocketFactory, transport: str
+) -> None:
+    # Past its buffer the client stops reading the socket; disconnect() must read again,
+    # or the server's answering close (and its hang-up) wait for the close timeout.
+    fallback = transport == "picows" and picows_transport.LISTENER == "python"
+    # picows' own connection does not get there (known: the close timeout ends it).
+    ws = make_ws(close_timeout=1 if fallback else 60)
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    await conn.send_raw(b"".join(frames.encode_frame(2, b"x" * 4096) for _ in range(1024)))
+    await eventually(conn.write_blocked, 10)  # the client stopped reading its socket
+    await asyncio.wait_for(ws.disconnect(), 20)
+    assert ws.disconnected
+    await conn.wait_closed()
+    assert conn.close_received is not None
+    assert conn.close_received[0] == 1000

@@ -12,7 +12,7 @@ from ..packets import (
 from ..signals import PayloadError
 
 BUILT_AGAINST: str
-"""The picows minor version whose C layouts the module was compiled against."""
+"""The picows version whose C layouts the module was compiled against."""
 
 class Listener:
     """One connection's receive side, a ``picows.WSListener`` written in Cython."""
@@ -36,6 +36,9 @@ class Listener:
 
     async def recv(self) -> str | bytes:
         """Wait for the next message; raise the owner's ending once there is none."""
+
+    def unpause(self) -> None:
+        """Read the socket again even if messages wait unread."""
 
     async def ping(self) -> Any:
         """Send a ping; return a future resolved by its pong."""

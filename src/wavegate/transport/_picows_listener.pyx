@@ -24,8 +24,8 @@ import asyncio
 
 cdef extern from *:
     """
-    #ifndef WAVEGATE_PICOWS_MINOR
-    #define WAVEGATE_PICOWS_MINOR "unknown"
+    #ifndef WAVEGATE_PICOWS_VERSION
+    #define WAVEGATE_PICOWS_VERSION "unknown"
     #endif
     #include "structmember.h"
     #define WAVEGATE_SLOT_OBJECT 16  /* T_OBJECT_EX, Py_T_OBJECT_EX: a __slots__ member */
@@ -50,12 +50,12 @@ cdef extern from *:
     }
 
     """
-    const char* WAVEGATE_PICOWS_MINOR
+    const char* WAVEGATE_PICOWS_VERSION
     Py_ssize_t wavegate_slot_offset(object descr)
     object wavegate_new_packet(PyTypeObject* type, Py_ssize_t offset, object value)
 
-BUILT_AGAINST = WAVEGATE_PICOWS_MINOR.decode()
-"""The picows minor version whose C layouts this module was compiled against."""
+BUILT_AGAINST = WAVEGATE_PICOWS_VERSION.decode()
+"""The picows version whose C layouts this module was compiled against."""
 
 cdef Py_ssize_t _FIRST_SLOTS = 64
 cdef Py_ssize_t _PAUSE_AT = 256
@@ -98,6 +98,7 @@ cdef class Listener(WSListener):
         Py_ssize_t _max_size
         bint _ended
         bint _reading_paused
+        bint _closing
         object _pong
         bytes _ping_payload
         unsigned long long _pings
@@ -114,6 +115,8 @@ cdef class Listener(WSListener):
         public unsigned long long taken_bytes
 
     def __init__(self, owner, Py_ssize_t max_size):
+        if self._meta != NULL:
+            raise RuntimeError("a Listener is initialised once")
         self._owner = owner
         self._loop = asyncio.get_running_loop()
         self._slots = [None] * _FIRST_SLOTS
@@ -252,6 +255,7 @@ cdef class Listener(WSListener):
         if (
             (self._count >= _PAUSE_AT or self._bytes >= _PAUSE_AT_BYTES)
             and not self._reading_paused
+            and not self._closing
         ):
             self._reading_paused = True
             self._wt.underlying_transport.pause_reading()
@@ -364,6 +368,15 @@ cdef class Listener(WSListener):
                 waiter = self._waiter = self._loop.create_future()
             await waiter
         return self._pop_message()
+
+    def unpause(self):
+        """Read the socket again even if messages wait unread, and from now on (closing:
+        the peer's close frame and its end of the connection must be read)."""
+        self._closing = True
+        if self._reading_paused:
+            self._reading_paused = False
+            if self._wt is not None and not self._wt.is_disconnected:
+                self._wt.underlying_transport.resume_reading()
 
     async def ping(self):
         """Send a ping; return a future resolved by its pong."""

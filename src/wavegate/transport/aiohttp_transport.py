@@ -82,7 +82,9 @@ class _WebSocketResponse(aiohttp.ClientWebSocketResponse):
         super()._send_heartbeat()
 
     def _pong_not_received(self) -> None:
-        if not self.keepalive_held:
+        # A close frame waiting unread is the ending (recv reports it): a peer that
+        # closed answers no more pings, and that must not be taken for a dead one.
+        if not self.keepalive_held and not self.close_frame_waiting():
             super()._pong_not_received()
 
     def _handle_ping_pong_exception(self, exc: BaseException) -> None:

@@ -70,8 +70,8 @@ def _compiled_listener() -> tuple[Any, str]:
         from . import _picows_listener
     except (ImportError, ValueError) as exc:  # ValueError: picows' C layout changed
         return None, f"compiled listener unavailable: {exc}"
-    installed = ".".join(PICOWS_VERSION.split(".")[:2])
-    if installed != _picows_listener.BUILT_AGAINST:
+    if _picows_listener.BUILT_AGAINST != PICOWS_VERSION:
+        # Compiled against another picows' C layouts: reading them would be unsafe.
         return None, (
             f"compiled listener built against picows {_picows_listener.BUILT_AGAINST}, "
             f"picows {PICOWS_VERSION} installed: reinstall wavegate"
@@ -245,8 +245,13 @@ class PicowsTransport:
         self._drop_later()
 
     def _peer_closed(self) -> None:
-        """The compiled listener received and echoed the peer's close frame: the server
+        """The compiled listener received and echoed the peer's close frame: that is
+        the ending (a keepalive expiring meanwhile must not replace it); the server
         closes the TCP connection, or we drop it after the close timeout."""
+        self._known_ending()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
         self._drop_later()
 
     def _drop_later(self) -> None:
@@ -279,12 +284,16 @@ class PicowsTransport:
         with contextlib.suppress(ConnectionClosed):
             while True:
                 await asyncio.sleep(interval)
+                if self._ending is not None or self._closing():
+                    return  # ending already: a ping now could only misreport it
                 if self._keepalive_held:
                     continue
                 pong = await listener.ping()
                 try:
                     await asyncio.wait_for(pong, self._options.ping_timeout)
                 except asyncio.TimeoutError:
+                    if self._ending is not None or self._closing():
+                        return
                     if self._keepalive_held:
                         continue  # held meanwhile: the pong may be waiting unread
                     self._fail(
@@ -367,6 +376,15 @@ class PicowsTransport:
     async def close(self, code: int, reason: str) -> None:
         self._record(TransportClosed(Event.LOCAL_CLOSE, code, local=True))
         self._wake_writers()
+        # Messages may wait unread with the socket paused: the peer's close frame and
+        # its end of the connection must still be read.
+        if isinstance(self._listener, _Listener):
+            # picows keeps thinking it paused reading, so it does not pause it again.
+            underlying = self._wt.underlying_transport
+            if not underlying.is_closing():
+                underlying.resume_reading()
+        elif self._listener is not None:
+            self._listener.unpause()
         try:
             if not self._closing():
                 self._wt.send_close(code, reason.encode())
