@@ -274,10 +274,15 @@ async def test_disconnect_with_unread_messages_waiting_still_reads_the_peers_clo
     ws = make_ws(close_timeout=1 if fallback else 60)
     await ws.connect(server.url)
     conn = await server.accepted()
-    await conn.send_raw(b"".join(frames.encode_frame(2, b"x" * 4096) for _ in range(1024)))
-    await eventually(conn.write_blocked, 10)  # the client stopped reading its socket
+    # 16 MiB: more than the kernel's socket buffers on loopback may grow to.
+    blob = b"".join(frames.encode_frame(2, b"x" * 4096) for _ in range(4096))
+    sending: asyncio.Future[None] = asyncio.ensure_future(conn.send_raw(blob))
+    await eventually(conn.write_blocked, 20)  # the client stopped reading its socket
     await asyncio.wait_for(ws.disconnect(), 20)
     assert ws.disconnected
     await conn.wait_closed()
+    sending.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+        await sending
     assert conn.close_received is not None
     assert conn.close_received[0] == 1000
