@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -29,6 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 OPENING = 100
 """Sessions opened at once while ramping up."""
+HEARTBEAT = 5.0
+"""The fake gateway's heartbeat interval, in seconds."""
 
 
 def rss_of(pid: int) -> int:
@@ -83,11 +86,15 @@ async def _clients(url: str, count: int, seconds: float, variant: str) -> None:
     started = time.monotonic()
     await asyncio.gather(*(open_one(n) for n in range(count)))
     ramp = time.monotonic() - started
-    latencies.clear()
     gc.collect()
     print("ready", flush=True)
-    sys.stdin.readline()  # the parent has read the RSS with every session READY
-    await asyncio.sleep(seconds)  # the measurement: sessions living on their own
+    # The parent reads the RSS with every session READY; the loop keeps serving meanwhile.
+    await asyncio.to_thread(sys.stdin.readline)
+    # Beats in flight during the collection above waited for it: one interval to settle,
+    # then the measurement, sessions living on their own.
+    await asyncio.sleep(HEARTBEAT)
+    latencies.clear()
+    await asyncio.sleep(seconds)
     ready = sum(1 for client in clients if client.state is SessionState.READY)
     stats = [client.stats for client in clients]
     result = {
@@ -127,9 +134,19 @@ def _serve() -> tuple[subprocess.Popen[str], str]:
 def serve_main() -> None:
     """``wavegate serve --heartbeat 5`` on any free port, with the fd limit raised."""
     _raise_fd_limit()
+    if os.environ.get("SERVER_GC") == "off":
+        gc.disable()
     from wavegate.cli import main
 
-    sys.argv = ["wavegate", "serve", "--port", "0", "--heartbeat", "5", "--dave-optional"]
+    sys.argv = [
+        "wavegate",
+        "serve",
+        "--port",
+        "0",
+        "--heartbeat",
+        str(int(HEARTBEAT)),
+        "--dave-optional",
+    ]
     main()
 
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wavegate import Backoff, RetrySchedule
-from wavegate.heartbeat import HeartbeatTracker
+from wavegate.heartbeat import HeartbeatTracker, first_beat_delay, next_beat_due
 
 
 class FakeClock:
@@ -162,3 +162,30 @@ def test_nonces_are_json_safe(start: int) -> None:
     nonce = tracker.beat()
     assert nonce is not None
     assert 0 <= nonce < 2**53
+
+
+@pytest.mark.parametrize("interval", [0.05, 5.0, 41.25])
+def test_the_first_beat_comes_at_a_random_point_of_the_first_interval(interval: float) -> None:
+    rng = random.Random(13)
+    delays = [first_beat_delay(interval, rng) for _ in range(2000)]
+    assert all(0 <= delay < interval for delay in delays)
+    # Spread over the whole interval: sessions that connect together do not beat in step.
+    quarters = [
+        sum(1 for d in delays if q * interval / 4 <= d < (q + 1) * interval / 4) for q in range(4)
+    ]
+    assert all(400 <= count <= 600 for count in quarters), quarters
+
+
+@pytest.mark.parametrize(
+    ("due", "now", "expected"),
+    [
+        (10.0, 10.0, 15.0),  # on time
+        (10.0, 10.3, 15.0),  # late: still an interval after it was due, not after it went
+        (10.0, 14.9, 15.0),  # very late
+        (10.0, 15.0, 20.0),  # a whole beat missed: not made up, the next on the same phase
+        (10.0, 23.5, 25.0),  # a stall of several intervals
+        (10.0, 9.0, 15.0),  # early (a clock that is not quite the loop's)
+    ],
+)
+def test_beats_keep_their_phase_through_a_stall(due: float, now: float, expected: float) -> None:
+    assert next_beat_due(due, now, 5.0) == pytest.approx(expected)

@@ -2,8 +2,31 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
+
+_JITTER = random.Random()
+
+
+def first_beat_delay(interval: float, rng: random.Random = _JITTER) -> float:
+    """When the first heartbeat goes after the handshake: at a random point of the first
+    interval, as Discord asks of its main gateway (its voice docs say nothing; early is
+    always safe). Sessions that connect together, as after an outage, then do not beat
+    in step for ever: beats in step queue behind each other in both processes."""
+    return interval * rng.random()
+
+
+def next_beat_due(due: float, now: float, interval: float) -> float:
+    """When the beat after the one due at ``due`` goes, it being ``now``: one interval
+    after it was *due*, not after it went. A stall of the loop (a long garbage
+    collection, a slow callback) delays every beat due during it; counted from when
+    they went, they would all stay in step for ever after. A beat missed entirely is
+    not made up: the next goes on the same phase."""
+    following = due + interval
+    if following <= now:
+        following += ((now - following) // interval + 1) * interval
+    return following
 
 
 class HeartbeatTracker:

@@ -1,11 +1,12 @@
 """One connection's life: open, handshake, serve, end (the session's I/O side).
 
 :func:`run` opens the connection, lets the protocol run its handshake, serves the
-connection with three small tasks and returns how it ended:
+connection with two small tasks and the loop's timers, and returns how it ended:
 
 - **read**: every received packet goes to the protocol; its outputs are carried out
   (the handshake is just the protocol's first states);
-- **beat**: a heartbeat every interval; a zombie ends the connection;
+- **beat** (timer callbacks, :class:`Beats`): a heartbeat every interval, the first at a
+  random point of the first; a zombie ends the connection;
 - **write**: the outbox's head, once the socket has room.
 
 The first of them to see the connection end decides its ending (:meth:`Link.end`);
@@ -15,14 +16,12 @@ the others are cancelled. Decisions about what to do next are the machine's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._flag import Flag
-from ..heartbeat import HeartbeatTracker
+from ..heartbeat import HeartbeatTracker, first_beat_delay, next_beat_due
 from ..protocol import (
     Deliver,
     Fail,
@@ -80,7 +79,11 @@ class Link:
         self.ending: asyncio.Future[Signal] = loop.create_future()
         self.handshake: asyncio.Future[HandshakeDone] = loop.create_future()
         self.tracker: HeartbeatTracker | None = None
-        self.beat_now = Flag()
+        self.beats: Beats | None = None
+        self.beat_requested = False
+        """The gateway asked for a heartbeat before the beats started."""
+        self.bugs: list[BaseException] = []
+        """Exceptions (not signals) raised by the connection's callbacks."""
         self.close_reason = ""
         """Why we end it ourselves, for the close frame ("zombie connection"...)."""
 
@@ -104,6 +107,19 @@ class Link:
         self.handshake.set_result(done)
         # Told at once, in order with the deliveries around it.
         self.parts.on_ready(done)
+
+    def failed(self, bug: BaseException) -> None:
+        """A bug (not a signal) in one of the connection's callbacks: it ends the
+        connection, and :func:`run` raises it."""
+        self.bugs.append(bug)
+        self.end(DisconnectSignal("a connection task failed", event=Event.LOCAL_CLOSE))
+
+    def beat_now(self) -> None:
+        """The gateway asked for a heartbeat: send one at once."""
+        if self.beats is not None:
+            self.beats.now()
+        else:
+            self.beat_requested = True
 
     def heard(self) -> None:
         if self.tracker is not None:
@@ -145,7 +161,7 @@ async def _carry_out_one(link: Link, output: Output) -> None:
     elif isinstance(output, HeartbeatAck):
         link.acked(output.nonce)
     elif isinstance(output, HeartbeatRequest):
-        link.beat_now.set()
+        link.beat_now()
     elif isinstance(output, HandshakeDone):
         link.handshake_done(output)
     elif isinstance(output, Perform):
@@ -219,56 +235,94 @@ async def _hold_reading(link: Link) -> None:
             link.tracker.release()
 
 
-async def within(awaitable: Awaitable[object], timeout: float) -> bool:
-    """Await ``awaitable`` for at most ``timeout`` seconds: ``True`` if it finished
-    (its exception is raised), ``False`` if it was cancelled at the deadline.
+class Beats:
+    """A connection's heartbeats, on the loop's timers: no task of their own, and one
+    short task per beat for its send. Each beat is due an interval after the last was
+    due (:func:`~wavegate.heartbeat.next_beat_due`). (A task waiting out each interval, per
+    connection, held ~2 KiB and, at thousands of sessions, left the garbage collector
+    thousands of interval-long objects to promote and sweep.)"""
 
-    Not ``asyncio.wait_for``: on Python 3.10/3.11, when the caller is cancelled, it
-    cancels the inner task and never retrieves the exception that task may end with
-    instead (a send whose own wait swallowed the cancellation ends with its signal)."""
-    task = asyncio.ensure_future(awaitable)
-    task.add_done_callback(_retrieve)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-    except BaseException:
-        task.cancel()
-        raise
-    if not done:
-        task.cancel()
-        await asyncio.wait({task})
-        return False
-    task.result()
-    return True
+    def __init__(self, link: Link, tracker: HeartbeatTracker, first: float) -> None:
+        self._link = link
+        self._tracker = tracker
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._sending: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._due = self._loop.time() + first
+        self._timer = self._loop.call_at(self._due, self._tick)
 
+    def now(self) -> None:
+        """Beat at once (the gateway asked), then an interval after that."""
+        if self._stopped:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._due = self._loop.time()
+        self._timer = self._loop.call_soon(self._tick)
 
-def _retrieve(task: asyncio.Future[object]) -> None:
-    """Mark a task's outcome as seen: whoever awaited it may have been cancelled."""
-    if not task.cancelled():
-        task.exception()
+    def stop(self) -> asyncio.Task[None] | None:
+        """No more beats. Returns the send in flight (now cancelled), for the caller
+        to await: its outcome is handled already."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        sending = self._sending
+        if sending is not None and not sending.done():
+            sending.cancel()
+        return sending
 
+    def _tick(self) -> None:
+        self._timer = None
+        if self._stopped or self._link.ending.done():
+            return
+        sending = self._sending
+        if sending is not None and not sending.done():
+            # The last beat still waits for room (a gateway that stopped reading): give
+            # up on it (nothing was written), then beat: it counts as missed.
+            sending.cancel()
+            sending.add_done_callback(self._gave_up)
+            return
+        try:
+            self._beat()
+        except Exception as bug:  # a protocol bug: the connection ends, run() raises it
+            self._link.failed(bug)
 
-async def beat(link: Link, tracker: HeartbeatTracker) -> None:
-    """A heartbeat every interval (or at once when asked), until a zombie is found."""
-    parts = link.parts
-    loop = asyncio.get_running_loop()
-    next_beat = loop.time() + tracker.interval
-    while True:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(link.beat_now.wait(), max(next_beat - loop.time(), 0))
-        link.beat_now.clear()
-        next_beat = loop.time() + tracker.interval
+    def _gave_up(self, _: object) -> None:
+        self._tick()
+
+    def _beat(self) -> None:
+        link, tracker = self._link, self._tracker
+        parts = link.parts
         nonce = tracker.beat()
         if nonce is None:
+            self._stopped = True
             reason = tracker.zombie_reason() or "zombie"
             parts.stats.zombies += 1
             parts.hub.emit(EventKind.ZOMBIE, detail=reason)
             _timed_out(link, reason, "zombie connection")
             return
-        # A gateway that stopped reading leaves no room for the beat: give up on it
-        # at the next tick (nothing written), which then counts it as missed.
+        self._due = next_beat_due(self._due, self._loop.time(), tracker.interval)
+        self._timer = self._loop.call_at(self._due, self._tick)
         heartbeat = parts.protocol.heartbeat(nonce)
-        sending = parts.ws.send_bytes if isinstance(heartbeat, bytes) else parts.ws.send_json
-        await within(sending(heartbeat), max(next_beat - loop.time(), 0))  # type: ignore[arg-type]
+        ws = parts.ws
+        sending = (
+            ws.send_bytes(heartbeat) if isinstance(heartbeat, bytes) else ws.send_json(heartbeat)
+        )
+        self._sending = self._loop.create_task(sending)
+        self._sending.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        # Retrieved even when cancelled: a send whose own wait swallowed the
+        # cancellation ends with the connection's signal instead.
+        if task.cancelled():
+            return
+        error = task.exception()
+        if isinstance(error, Signal):
+            self._link.end(error)
+        elif error is not None:
+            self._link.failed(error)
 
 
 def _timed_out(link: Link, reason: str, close_reason: str) -> None:
@@ -334,13 +388,16 @@ async def run(parts: Parts, url: str, *, resume: bool) -> Ending:
         if await _handshake(link, tasks):
             tasks.add(asyncio.ensure_future(_until_ended(link, write(link))))
             if link.tracker is not None:
-                tasks.add(asyncio.ensure_future(_until_ended(link, beat(link, link.tracker))))
+                first = 0.0 if link.beat_requested else first_beat_delay(link.tracker.interval)
+                link.beats = Beats(link, link.tracker, first)
         ended_alone = await _first_ending(link, tasks)
     finally:
+        sending = link.beats.stop() if link.beats is not None else None
         for task in tasks:
             task.cancel()
-        await asyncio.wait(tasks)
+        await asyncio.wait(tasks if sending is None else {*tasks, sending})
     bugs = [task.exception() for task in tasks if not task.cancelled() and task.exception()]
+    bugs += link.bugs
     if not bugs and any(task.cancelled() for task in ended_alone):
         bugs.append(RuntimeError("a connection task was cancelled from inside (a protocol bug?)"))
     ending = link.ending.result()
