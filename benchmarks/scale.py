@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -134,8 +133,6 @@ def _serve() -> tuple[subprocess.Popen[str], str]:
 def serve_main() -> None:
     """``wavegate serve --heartbeat 5`` on any free port, with the fd limit raised."""
     _raise_fd_limit()
-    if os.environ.get("SERVER_GC") == "off":
-        gc.disable()
     from wavegate.cli import main
 
     sys.argv = [

@@ -181,9 +181,12 @@ def test_the_first_beat_comes_at_a_random_point_of_the_first_interval(interval: 
     [
         (10.0, 10.0, 15.0),  # on time
         (10.0, 10.3, 15.0),  # late: still an interval after it was due, not after it went
-        (10.0, 14.9, 15.0),  # very late
-        (10.0, 15.0, 20.0),  # a whole beat missed: not made up, the next on the same phase
-        (10.0, 23.5, 25.0),  # a stall of several intervals
+        (10.0, 12.4, 15.0),  # late by almost half an interval
+        (10.0, 12.6, 20.0),  # later: the next on the phase would come too soon after it
+        (10.0, 14.9, 20.0),  # very late
+        (10.0, 15.0, 20.0),  # a whole beat missed: not made up
+        (10.0, 21.0, 25.0),  # a stall of over two intervals: the next on the phase
+        (10.0, 23.5, 30.0),  # ... at least half an interval away
         (10.0, 9.0, 15.0),  # early (a clock that is not quite the loop's)
     ],
 )

@@ -468,7 +468,7 @@ async def test_a_protocol_whose_heartbeat_raises_stops_the_session_with_that_err
         def heartbeat(self, nonce: int) -> dict[str, object]:
             raise RuntimeError("no heartbeat for you")
 
-    closes: list[tuple[int, str] | None] = []
+    closes: list[tuple[int | None, str] | None] = []
 
     async def answer_then_record(conn: ServerConnection) -> None:
         with contextlib.suppress(ConnectionDropped):
@@ -487,3 +487,52 @@ async def test_a_protocol_whose_heartbeat_raises_stops_the_session_with_that_err
     # A bug is not the end of the session on the server's side: resumable, never 1000.
     assert closes[0] is not None
     assert closes[0][0] == 4000
+
+
+def _beats_left(loop: asyncio.AbstractEventLoop) -> list[object]:
+    """Timers of a ``Beats`` still scheduled, and heartbeat sends still running."""
+    from wavegate.session.connection import Beats
+
+    state = vars(loop)  # asyncio keeps its timers and ready callbacks there
+    handles = [*state["_scheduled"], *state["_ready"]]
+    scheduled = [
+        handle
+        for handle in handles
+        if not handle.cancelled() and isinstance(getattr(handle._callback, "__self__", None), Beats)
+    ]
+    sends = [task for task in asyncio.all_tasks(loop) if "send_json" in repr(task.get_coro())]
+    return [*scheduled, *sends]
+
+
+@pytest.mark.timeout(60)
+async def test_beats_asked_for_while_their_sends_are_stuck_leave_nothing_behind() -> None:
+    """A gateway that stopped reading and keeps asking for heartbeats: the beats' sends
+    wait for room, are given up on, and the connection ends as a zombie; no timer or
+    send of the beats outlives the session."""
+    from wavegate import HeartbeatRequest, Output, WebsocketPacket
+
+    from .test_session_protocols import Feed
+
+    class AskingFeed(Feed):
+        def receive(self, packet: WebsocketPacket) -> list[Output]:
+            if getattr(packet, "payload", {}).get("op") == "beat":
+                return [HeartbeatRequest()]
+            return super().receive(packet)
+
+    async def stop_reading_and_ask(conn: ServerConnection) -> None:
+        conn.stop_reading()
+        while True:
+            await conn.send_json({"op": "beat"})
+            await asyncio.sleep(0.01)  # a request every 10 ms: pacing, not waiting
+
+    loop = asyncio.get_running_loop()
+    async with _feed_server(stop_reading_and_ask) as server:
+        session = Session(server.url, AskingFeed(heartbeat=0.05), backoff=FAST)
+        async with session:
+            await session.wait_ready(10)
+            big = {"op": "data", "pad": "x" * (256 << 10)}
+            for _ in range(40):  # more than the socket buffers hold: the beats get stuck
+                with contextlib.suppress(SendTimeoutError):
+                    await session.send_json(big, timeout=0.05)
+            await eventually(lambda: session.stats.zombies >= 2, 30)
+    await eventually(lambda: not _beats_left(loop))

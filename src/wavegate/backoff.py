@@ -6,6 +6,7 @@ seeded generator and never sleep.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
@@ -55,6 +56,7 @@ class Backoff:
 
 
 _JITTER = random.Random()
+os.register_at_fork(after_in_child=_JITTER.seed)  # forked workers must not back off alike
 """The jitter of every schedule without its own generator: a Random holds 2.5 KiB of
 state, a real share of a session's memory when a process runs thousands of them."""
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import os
 import random
 import time
 from collections.abc import Callable
 
 _JITTER = random.Random()
+os.register_at_fork(after_in_child=_JITTER.seed)  # forked workers must not jitter alike
 
 
 def first_beat_delay(interval: float, rng: random.Random = _JITTER) -> float:
@@ -18,14 +21,15 @@ def first_beat_delay(interval: float, rng: random.Random = _JITTER) -> float:
 
 
 def next_beat_due(due: float, now: float, interval: float) -> float:
-    """When the beat after the one due at ``due`` goes, it being ``now``: one interval
-    after it was *due*, not after it went. A stall of the loop (a long garbage
-    collection, a slow callback) delays every beat due during it; counted from when
-    they went, they would all stay in step for ever after. A beat missed entirely is
-    not made up: the next goes on the same phase."""
+    """When the beat after the one due at ``due`` goes, it being ``now``: on the same
+    phase, an interval after it was *due*, not after it went. A stall of the loop (a
+    long garbage collection, a slow callback) delays every beat due during it; counted
+    from when they went, they would all stay in step for ever after. Beats missed
+    entirely are not made up, and the next beat is at least half an interval away (the
+    late one's ACK has time to come back before it is judged)."""
     following = due + interval
-    if following <= now:
-        following += ((now - following) // interval + 1) * interval
+    if following - now < interval / 2:
+        following += (math.floor((now + interval / 2 - following) / interval) + 1) * interval
     return following
 
 

@@ -238,30 +238,39 @@ async def _hold_reading(link: Link) -> None:
 class Beats:
     """A connection's heartbeats, on the loop's timers: no task of their own, and one
     short task per beat for its send. Each beat is due an interval after the last was
-    due (:func:`~wavegate.heartbeat.next_beat_due`). (A task waiting out each interval, per
-    connection, held ~2 KiB and, at thousands of sessions, left the garbage collector
-    thousands of interval-long objects to promote and sweep.)"""
+    due (:func:`~wavegate.heartbeat.next_beat_due`). (A task waiting out each
+    interval, per connection, held ~2 KiB and, at thousands of sessions, left the
+    garbage collector thousands of interval-long objects to promote and sweep.)
+
+    At most one timer or callback is pending (``_timer``), and at most one send is in
+    flight (``_sending``): a send still waiting for room when the next beat is due is
+    given up on first (nothing was written; the beat counts as missed)."""
 
     def __init__(self, link: Link, tracker: HeartbeatTracker, first: float) -> None:
         self._link = link
         self._tracker = tracker
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
-        self._sending: asyncio.Task[None] | None = None
+        self._sending: asyncio.Future[None] | None = None
+        self._giving_up = False
+        self._asked = False
+        """The gateway asked for a beat while one was being sent: beat once it is."""
         self._stopped = False
         self._due = self._loop.time() + first
-        self._timer = self._loop.call_at(self._due, self._tick)
+        self._timer: asyncio.Handle | None = self._loop.call_at(self._due, self._due_now)
 
     def now(self) -> None:
         """Beat at once (the gateway asked), then an interval after that."""
-        if self._stopped:
+        if self._stopped or self._giving_up:
+            return  # giving up on a send: the beat comes as soon as it let go
+        if self._sending is not None and not self._sending.done():
+            self._asked = True
             return
         if self._timer is not None:
             self._timer.cancel()
         self._due = self._loop.time()
         self._timer = self._loop.call_soon(self._tick)
 
-    def stop(self) -> asyncio.Task[None] | None:
+    def stop(self) -> asyncio.Future[None] | None:
         """No more beats. Returns the send in flight (now cancelled), for the caller
         to await: its outcome is handled already."""
         self._stopped = True
@@ -273,14 +282,18 @@ class Beats:
             sending.cancel()
         return sending
 
+    def _due_now(self) -> None:
+        # One loop turn later: frames that arrived in this turn (an ACK, after a
+        # stall) reach the read task first, and count before the beat judges them.
+        self._timer = self._loop.call_soon(self._tick)
+
     def _tick(self) -> None:
         self._timer = None
         if self._stopped or self._link.ending.done():
             return
         sending = self._sending
         if sending is not None and not sending.done():
-            # The last beat still waits for room (a gateway that stopped reading): give
-            # up on it (nothing was written), then beat: it counts as missed.
+            self._giving_up = True
             sending.cancel()
             sending.add_done_callback(self._gave_up)
             return
@@ -290,11 +303,13 @@ class Beats:
             self._link.failed(bug)
 
     def _gave_up(self, _: object) -> None:
+        self._giving_up = False
         self._tick()
 
     def _beat(self) -> None:
         link, tracker = self._link, self._tracker
         parts = link.parts
+        self._asked = False
         nonce = tracker.beat()
         if nonce is None:
             self._stopped = True
@@ -304,16 +319,16 @@ class Beats:
             _timed_out(link, reason, "zombie connection")
             return
         self._due = next_beat_due(self._due, self._loop.time(), tracker.interval)
-        self._timer = self._loop.call_at(self._due, self._tick)
+        self._timer = self._loop.call_at(self._due, self._due_now)
         heartbeat = parts.protocol.heartbeat(nonce)
         ws = parts.ws
         sending = (
             ws.send_bytes(heartbeat) if isinstance(heartbeat, bytes) else ws.send_json(heartbeat)
         )
-        self._sending = self._loop.create_task(sending)
+        self._sending = asyncio.ensure_future(sending)
         self._sending.add_done_callback(self._sent)
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
+    def _sent(self, task: asyncio.Future[None]) -> None:
         # Retrieved even when cancelled: a send whose own wait swallowed the
         # cancellation ends with the connection's signal instead.
         if task.cancelled():
@@ -323,6 +338,8 @@ class Beats:
             self._link.end(error)
         elif error is not None:
             self._link.failed(error)
+        elif self._asked:
+            self.now()
 
 
 def _timed_out(link: Link, reason: str, close_reason: str) -> None:

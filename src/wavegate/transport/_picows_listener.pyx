@@ -57,7 +57,7 @@ cdef extern from *:
 BUILT_AGAINST = WAVEGATE_PICOWS_VERSION.decode()
 """The picows version whose C layouts this module was compiled against."""
 
-cdef Py_ssize_t _FIRST_SLOTS = 64
+cdef Py_ssize_t _FIRST_SLOTS = 8  # grows by doubling: an idle connection stays small
 cdef Py_ssize_t _PAUSE_AT = 256
 cdef Py_ssize_t _PAUSE_AT_BYTES = 1 << 20
 """Messages (or bytes) waiting unread before the socket stops being read: the peer then
