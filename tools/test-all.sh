@@ -18,7 +18,11 @@ for minor in 3.10 3.11 3.12 3.13; do
     continue
   fi
   venv=".venv-py$minor"
-  if [ ! -f "$venv/.installed" ] || [ pyproject.toml -nt "$venv/.installed" ]; then
+  stale=0
+  for source in pyproject.toml setup.py src/wavegate/transport/_picows_listener.pyx; do
+    [ "$source" -nt "$venv/.installed" ] && stale=1  # the compiled listener is rebuilt too
+  done
+  if [ ! -f "$venv/.installed" ] || [ $stale = 1 ]; then
     "$python" -m venv "$venv" && "$venv/bin/pip" install -q --upgrade pip \
       && "$venv/bin/pip" install -q -e '.[dev]' && touch "$venv/.installed"
   fi
