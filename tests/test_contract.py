@@ -399,6 +399,27 @@ async def test_keepalive_keeps_a_healthy_idle_connection(
     assert await receiving == WebsocketPacketJSON({"still": "here"})
 
 
+async def test_an_idle_connection_with_keepalive_runs_no_task_of_its_own(
+    server: WebsocketTestServer, make_ws: WebsocketFactory
+) -> None:
+    """Keepalive pings are timers: between pings a connection holds no task (at
+    thousands of connections, a task waiting out each interval held ~1.5 KiB apiece,
+    and the garbage collector swept them all). A ping waiting for its pong is the one
+    short task."""
+
+    def transport_tasks() -> list[str]:
+        names = [getattr(task.get_coro(), "__qualname__", "") for task in asyncio.all_tasks()]
+        return [name for name in names if "Transport." in name]
+
+    ws = make_ws(ping_interval=0.05, ping_timeout=5)
+    await ws.connect(server.url)
+    conn = await server.accepted()
+    await eventually(lambda: conn.pings_received >= 3)
+    await eventually(lambda: transport_tasks() == [])
+    await eventually(lambda: conn.pings_received >= 6)  # and the pings go on
+    assert ws.connected
+
+
 # -- 4. Concurrency and cancellation -------------------------------------------------
 
 

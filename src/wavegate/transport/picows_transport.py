@@ -127,6 +127,7 @@ class PicowsTransport:
         "_listener",
         "_options",
         "_paused_at",
+        "_pinging",
         "_sock",
         "_wt",
         "recv",
@@ -138,7 +139,10 @@ class PicowsTransport:
         self._capacity: asyncio.Future[None] | None = None
         self._paused_at: int | None = None
         self._flood_check: asyncio.TimerHandle | None = None
-        self._keepalive: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+        """The next keepalive ping (a timer: no task waits out the interval)."""
+        self._pinging: asyncio.Task[None] | None = None
+        """A ping waiting for its pong."""
         self._keepalive_held = False
         self._listener: _Listener | None = None
         self._wt: Any = None
@@ -150,8 +154,7 @@ class PicowsTransport:
         self._listener = listener
         self._sock = sock
         self.recv = listener.recv
-        if self._options.ping_interval is not None:
-            self._keepalive = asyncio.ensure_future(self._keep_alive())
+        self._ping_later()
 
     def taker(
         self, loads: Callable[[bytes | str], Any], decode_json: bool
@@ -249,9 +252,7 @@ class PicowsTransport:
         the ending (a keepalive expiring meanwhile must not replace it); the server
         closes the TCP connection, or we drop it after the close timeout."""
         self._known_ending()
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            self._keepalive = None
+        self._stop_keepalive()
         self._drop_later()
 
     def _drop_later(self) -> None:
@@ -267,9 +268,7 @@ class PicowsTransport:
         # picows keeps the protocol error it failed the connection with for whoever
         # awaits wait_disconnected(); retrieve it (the ending already says what it was).
         asyncio.ensure_future(wt.wait_disconnected()).add_done_callback(_retrieve)
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            self._keepalive = None
+        self._stop_keepalive()
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -277,31 +276,47 @@ class PicowsTransport:
 
     # -- keepalive -------------------------------------------------------------------
 
-    async def _keep_alive(self) -> None:
-        interval, listener = self._options.ping_interval, self._listener
-        assert interval is not None
+    def _ping_later(self) -> None:
+        interval = self._options.ping_interval
+        if interval is not None and self._ending is None and not self._closing():
+            self._keepalive = asyncio.get_running_loop().call_later(interval, self._ping)
+
+    def _ping(self) -> None:
+        self._keepalive = None
+        if self._ending is not None or self._closing():
+            return  # ending already: a ping now could only misreport it
+        if self._keepalive_held:
+            self._ping_later()
+            return
+        self._pinging = asyncio.ensure_future(self._ping_and_wait())
+
+    async def _ping_and_wait(self) -> None:
+        listener = self._listener
         assert listener is not None
         with contextlib.suppress(ConnectionClosed):
-            while True:
-                await asyncio.sleep(interval)
+            pong = await listener.ping()
+            try:
+                await asyncio.wait_for(pong, self._options.ping_timeout)
+            except asyncio.TimeoutError:
                 if self._ending is not None or self._closing():
-                    return  # ending already: a ping now could only misreport it
-                if self._keepalive_held:
-                    continue
-                pong = await listener.ping()
-                try:
-                    await asyncio.wait_for(pong, self._options.ping_timeout)
-                except asyncio.TimeoutError:
-                    if self._ending is not None or self._closing():
-                        return
-                    if self._keepalive_held:
-                        continue  # held meanwhile: the pong may be waiting unread
+                    return
+                if not self._keepalive_held:  # held meanwhile: the pong may wait unread
                     self._fail(
                         TransportClosed(
                             Event.KEEPALIVE_TIMEOUT, _ABNORMAL, "no pong from the peer", local=True
                         )
                     )
                     return
+            self._pinging = None
+            self._ping_later()
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+        if self._pinging is not None:
+            self._pinging.cancel()
+            self._pinging = None
 
     def hold_keepalive(self, held: bool) -> None:
         self._keepalive_held = held
@@ -402,9 +417,7 @@ class PicowsTransport:
 
     def _drop(self) -> None:
         self._wt.disconnect(False)
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            self._keepalive = None
+        self._stop_keepalive()
 
 
 def _connect_failure(exc: BaseException) -> ConnectFailed:
