@@ -86,6 +86,8 @@ async def _clients(url: str, count: int, seconds: float, variant: str) -> None:
     await asyncio.gather(*(open_one(n) for n in range(count)))
     ramp = time.monotonic() - started
     gc.collect()
+    if variant == "freeze":
+        gc.freeze()  # the sessions' objects out of the collector's reach (the app's call)
     print("ready", flush=True)
     # The parent reads the RSS with every session READY; the loop keeps serving meanwhile.
     await asyncio.to_thread(sys.stdin.readline)
@@ -227,9 +229,10 @@ def main() -> None:
     parser.add_argument("--replot", action="store_true", help="redraw scale.png from scale.json")
     parser.add_argument(
         "--variant",
-        choices=["default", "no-dave", "aiohttp"],
+        choices=["default", "no-dave", "aiohttp", "freeze"],
         default="default",
-        help="default: picows, DAVE offered; no-dave: DAVE not offered; aiohttp: that transport",
+        help="default: picows, DAVE offered; no-dave: DAVE not offered; aiohttp: that "
+        "transport; freeze: gc.freeze() once all sessions are READY",
     )
     args = parser.parse_args()
     if args.replot:
