@@ -418,6 +418,10 @@ async def test_an_idle_connection_with_keepalive_runs_no_task_of_its_own(
     await eventually(lambda: transport_tasks() == [])
     await eventually(lambda: conn.pings_received >= 6)  # and the pings go on
     assert ws.connected
+    await ws.disconnect()
+    await eventually(lambda: transport_tasks() == [])
+    timers = vars(asyncio.get_running_loop())["_scheduled"]
+    assert [h for h in timers if not h.cancelled() and "_ping" in repr(h)] == []
 
 
 # -- 4. Concurrency and cancellation -------------------------------------------------

@@ -277,6 +277,8 @@ class PicowsTransport:
     # -- keepalive -------------------------------------------------------------------
 
     def _ping_later(self) -> None:
+        # Refuses once the connection is ending: on 3.10/3.11 a ping task cancelled
+        # just after its pong came finishes normally and gets here.
         interval = self._options.ping_interval
         if interval is not None and self._ending is None and not self._closing():
             self._keepalive = asyncio.get_running_loop().call_later(interval, self._ping)
@@ -293,22 +295,42 @@ class PicowsTransport:
     async def _ping_and_wait(self) -> None:
         listener = self._listener
         assert listener is not None
-        with contextlib.suppress(ConnectionClosed):
-            pong = await listener.ping()
-            try:
-                await asyncio.wait_for(pong, self._options.ping_timeout)
-            except asyncio.TimeoutError:
-                if self._ending is not None or self._closing():
+        if self._ending is not None or self._closing():
+            return  # closed in the loop turn since the timer: no ping after our close
+        try:
+            with contextlib.suppress(ConnectionClosed):
+                pong = await listener.ping()
+                try:
+                    await asyncio.wait_for(pong, self._options.ping_timeout)
+                except asyncio.TimeoutError:
+                    self._no_pong(pong)
                     return
-                if not self._keepalive_held:  # held meanwhile: the pong may wait unread
-                    self._fail(
-                        TransportClosed(
-                            Event.KEEPALIVE_TIMEOUT, _ABNORMAL, "no pong from the peer", local=True
-                        )
-                    )
-                    return
-            self._pinging = None
+                self._ping_later()
+        finally:
+            if self._pinging is asyncio.current_task():
+                self._pinging = None
+
+    def _no_pong(self, pong: Awaitable[Any]) -> None:
+        answered = (
+            isinstance(pong, asyncio.Future)
+            and pong.done()
+            and not pong.cancelled()
+            and pong.exception() is None
+        )
+        if answered:
+            # The pong and the deadline came in the same loop turn (after a stall):
+            # 3.12+ report the timeout. It is a pong.
             self._ping_later()
+        elif self._ending is not None or self._closing():
+            return
+        elif self._keepalive_held:  # held meanwhile: the pong may wait unread
+            self._ping_later()
+        else:
+            self._fail(
+                TransportClosed(
+                    Event.KEEPALIVE_TIMEOUT, _ABNORMAL, "no pong from the peer", local=True
+                )
+            )
 
     def _stop_keepalive(self) -> None:
         if self._keepalive is not None:
@@ -554,7 +576,7 @@ def _listener_factory(transport: PicowsTransport, options: TransportOptions) -> 
             response=Response.from_picows(response),
             subprotocol=None,
             permessage_deflate=None,
-            ping_interval=None,  # wavegate's own keepalive (PicowsTransport._keep_alive)
+            ping_interval=None,  # wavegate's own keepalive (PicowsTransport._ping)
             ping_timeout=None,
             close_timeout=options.close_timeout,
             max_queue=16,
