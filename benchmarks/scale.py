@@ -62,6 +62,7 @@ async def _clients(url: str, count: int, seconds: float, variant: str) -> None:
             latencies.append(event.latency)
 
     gc.collect()
+    tracked_before = len(gc.get_objects())
     print("baseline", flush=True)
     sys.stdin.readline()  # the parent has read the baseline RSS
     clients = []
@@ -86,6 +87,11 @@ async def _clients(url: str, count: int, seconds: float, variant: str) -> None:
     await asyncio.gather(*(open_one(n) for n in range(count)))
     ramp = time.monotonic() - started
     gc.collect()
+    # What a full collection costs with every session up: the loop stands still for it.
+    collecting = time.perf_counter()
+    gc.collect()
+    full_collect = time.perf_counter() - collecting
+    tracked = (len(gc.get_objects()) - tracked_before) / count
     if variant == "freeze":
         gc.freeze()  # the sessions' objects out of the collector's reach (the app's call)
     print("ready", flush=True)
@@ -100,6 +106,8 @@ async def _clients(url: str, count: int, seconds: float, variant: str) -> None:
     stats = [client.stats for client in clients]
     result = {
         "ramp_seconds": ramp,
+        "tracked_per_session": tracked,
+        "full_collect_ms": full_collect * 1000,
         "ready": ready,
         "zombies": sum(s.zombies for s in stats),
         "reconnects": sum(s.connects - 1 for s in stats),
@@ -246,7 +254,10 @@ def main() -> None:
             f"  G {count} sessions: {result['ready']} READY, {result['zombies']} zombies, "
             f"{result['reconnects']} reconnects, heartbeat p50 {result['p50_ms']:.1f} ms "
             f"p99 {result['p99_ms']:.1f} ms ({result['heartbeats']} beats), "
-            f"{result['kib_per_session']:.1f} KiB/session, ramp {result['ramp_seconds']:.1f} s",
+            f"{result['kib_per_session']:.1f} KiB/session, "
+            f"{result['tracked_per_session']:.0f} GC-tracked objects/session, "
+            f"a full collection {result['full_collect_ms']:.0f} ms, "
+            f"ramp {result['ramp_seconds']:.1f} s",
             flush=True,
         )
         results.append(result)

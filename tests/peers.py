@@ -204,8 +204,16 @@ class ForeignVoiceGateway:
     Counts IDENTIFYs and RESUMEs so tests can tell a new session from a resume.
     """
 
-    def __init__(self, code: int, *, after: int = 20, close_timeout: float = 0.001) -> None:
+    def __init__(
+        self,
+        code: int,
+        *,
+        after: int = 20,
+        close_timeout: float = 0.001,
+        heartbeat_interval: int = 5000,
+    ) -> None:
         self.code = code
+        self.heartbeat_interval = heartbeat_interval
         self.after = after
         self.close_timeout = close_timeout
         self.identifies = 0
@@ -213,7 +221,8 @@ class ForeignVoiceGateway:
         self.udp_port = 0
 
     async def handle(self, conn: ServerConnection) -> None:
-        await conn.send(json.dumps({"op": 8, "d": {"heartbeat_interval": 5000, "v": 8}}))
+        hello = {"heartbeat_interval": self.heartbeat_interval, "v": 8}
+        await conn.send(json.dumps({"op": 8, "d": hello}))
         spoken = 0
         async for raw in conn:
             message = json.loads(raw)

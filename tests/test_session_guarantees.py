@@ -489,6 +489,39 @@ async def test_a_protocol_whose_heartbeat_raises_stops_the_session_with_that_err
     assert closes[0][0] == 4000
 
 
+@pytest.mark.timeout(30)
+async def test_a_protocol_whose_receive_raises_stops_the_session_with_that_error() -> None:
+    # The read task ends with an exception, not a signal: it ends the connection itself.
+    from wavegate import Output, WebsocketPacket
+
+    from .test_session_protocols import Feed, answer_pings
+
+    class BrokenReader(Feed):
+        def receive(self, packet: WebsocketPacket) -> list[Output]:
+            outputs = super().receive(packet)
+            if self.welcomed:
+                raise RuntimeError("cannot read this")
+            return outputs
+
+    closes: list[tuple[int | None, str] | None] = []
+
+    async def answer_then_record(conn: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionDropped):
+            await answer_pings(conn)
+        closes.append(conn.close_received)
+
+    async with _feed_server(answer_then_record) as server:
+        session = Session(server.url, BrokenReader(heartbeat=None), backoff=FAST)
+        async with session:
+            outcome = await asyncio.wait_for(session.wait_closed(), 20)
+        await eventually(lambda: bool(closes))
+    assert outcome.reason == "error"
+    assert isinstance(outcome.error, RuntimeError)
+    assert str(outcome.error) == "cannot read this"
+    assert closes[0] is not None
+    assert closes[0][0] == 4000
+
+
 def _beats_left(loop: asyncio.AbstractEventLoop) -> list[object]:
     """Timers of a ``Beats`` still scheduled, and heartbeat sends still running."""
     from wavegate.session.connection import Beats

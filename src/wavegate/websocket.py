@@ -489,6 +489,9 @@ class Websocket:
             self._finish(conn)
             raise
         conn.transport = transport
+        # The finished opening is not kept: with thousands of connections each held
+        # task (and its context) is one more object for the garbage collector to sweep.
+        conn.opener = None
         self._fire(Trigger.OPENED)
         conn.settled.set_result(None)
         log.debug("connected to %s", redact_url(conn.url))

@@ -16,6 +16,7 @@ the others are cancelled. Decisions about what to do next are the machine's.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,10 @@ class Link:
         """Exceptions (not signals) raised by the connection's callbacks."""
         self.close_reason = ""
         """Why we end it ourselves, for the close frame ("zombie connection"...)."""
+        self.stopping = False
+        """:func:`run` is cancelling the tasks: a cancellation is not theirs."""
+        self.cancelled_inside = False
+        """A task was cancelled by something other than :func:`run` (a bug)."""
 
     def end(self, signal: Signal) -> None:
         """The connection ended with ``signal``, unless it had already ended."""
@@ -112,7 +117,12 @@ class Link:
         """A bug (not a signal) in one of the connection's callbacks: it ends the
         connection, and :func:`run` raises it."""
         self.bugs.append(bug)
-        self.end(DisconnectSignal("a connection task failed", event=Event.LOCAL_CLOSE))
+        self.task_failed()
+
+    def task_failed(self) -> None:
+        """A task or callback ended without a signal: that ends the connection."""
+        if not self.ending.done():
+            self.end(DisconnectSignal("a connection task failed", event=Event.LOCAL_CLOSE))
 
     def beat_now(self) -> None:
         """The gateway asked for a heartbeat: send one at once."""
@@ -255,8 +265,11 @@ class Beats:
         self._asked = False
         """The gateway asked for a beat while one was being sent: beat once it is."""
         self._stopped = False
+        # One context for all of this connection's beat callbacks: left to the loop,
+        # every call_at and call_soon would copy the current one (two copies a beat).
+        self._context = contextvars.copy_context()
         self._due = self._loop.time() + first
-        self._timer: asyncio.Handle | None = self._loop.call_at(self._due, self._due_now)
+        self._timer: asyncio.Handle | None = self._at(self._due)
 
     def now(self) -> None:
         """Beat at once (the gateway asked), then an interval after that."""
@@ -268,7 +281,7 @@ class Beats:
         if self._timer is not None:
             self._timer.cancel()
         self._due = self._loop.time()
-        self._timer = self._loop.call_soon(self._tick)
+        self._timer = self._loop.call_soon(self._tick, context=self._context)
 
     def stop(self) -> asyncio.Future[None] | None:
         """No more beats. Returns the send in flight (now cancelled), for the caller
@@ -285,7 +298,10 @@ class Beats:
     def _due_now(self) -> None:
         # One loop turn later: frames that arrived in this turn (an ACK, after a
         # stall) reach the read task first, and count before the beat judges them.
-        self._timer = self._loop.call_soon(self._tick)
+        self._timer = self._loop.call_soon(self._tick, context=self._context)
+
+    def _at(self, due: float) -> asyncio.TimerHandle:
+        return self._loop.call_at(due, self._due_now, context=self._context)
 
     def _tick(self) -> None:
         self._timer = None
@@ -319,7 +335,7 @@ class Beats:
             _timed_out(link, reason, "zombie connection")
             return
         self._due = next_beat_due(self._due, self._loop.time(), tracker.interval)
-        self._timer = self._loop.call_at(self._due, self._due_now)
+        self._timer = self._at(self._due)
         heartbeat = parts.protocol.heartbeat(nonce)
         ws = parts.ws
         sending = (
@@ -329,6 +345,11 @@ class Beats:
         self._sending.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Future[None]) -> None:
+        # Let go of the finished send at once: held until the next beat, every beat's
+        # task would live long enough for the garbage collector to promote it to its
+        # oldest generation, and those promotions are what trigger full collections.
+        if self._sending is task:
+            self._sending = None
         # Retrieved even when cancelled: a send whose own wait swallowed the
         # cancellation ends with the connection's signal instead.
         if task.cancelled():
@@ -381,11 +402,26 @@ Tasks = set["asyncio.Task[None]"]
 
 async def _until_ended(link: Link, work: Awaitable[None]) -> None:
     """Run one of the connection's tasks; a signal it raises is the connection's
-    ending, unless another task saw the end first."""
+    ending, unless another task saw the end first. One that ends without a signal (an
+    exception, a return, or cancelled from inside: a bug) ends the connection too.
+
+    The task reports its own ending, so :func:`run` awaits ``link.ending`` alone: an
+    ``asyncio.wait`` over the tasks held a waiter, three sets and a callback (with its
+    context) per task for as long as the connection lived."""
     try:
         await work
     except Signal as signal:
         link.end(signal)
+        return
+    except asyncio.CancelledError:
+        if not link.stopping and not link.ending.done():
+            link.cancelled_inside = True
+            link.task_failed()
+        raise
+    except BaseException:
+        link.task_failed()
+        raise
+    link.task_failed()
 
 
 async def run(parts: Parts, url: str, *, resume: bool) -> Ending:
@@ -402,20 +438,21 @@ async def run(parts: Parts, url: str, *, resume: bool) -> Ending:
     link = Link(parts)
     tasks: Tasks = {asyncio.ensure_future(_until_ended(link, read(link, resume=resume)))}
     try:
-        if await _handshake(link, tasks):
+        if await _handshake(link):
             tasks.add(asyncio.ensure_future(_until_ended(link, write(link))))
             if link.tracker is not None:
                 first = 0.0 if link.beat_requested else first_beat_delay(link.tracker.interval)
                 link.beats = Beats(link, link.tracker, first)
-        ended_alone = await _first_ending(link, tasks)
+        await link.ending
     finally:
+        link.stopping = True
         sending = link.beats.stop() if link.beats is not None else None
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks if sending is None else {*tasks, sending})
     bugs = [task.exception() for task in tasks if not task.cancelled() and task.exception()]
     bugs += link.bugs
-    if not bugs and any(task.cancelled() for task in ended_alone):
+    if not bugs and link.cancelled_inside:
         bugs.append(RuntimeError("a connection task was cancelled from inside (a protocol bug?)"))
     ending = link.ending.result()
     await _close(link, ending, bug=bool(bugs))
@@ -426,30 +463,16 @@ async def run(parts: Parts, url: str, *, resume: bool) -> Ending:
     return Ending(ending, reached_ready=link.handshake.done())
 
 
-async def _handshake(link: Link, tasks: Tasks) -> bool:
+async def _handshake(link: Link) -> bool:
     """Wait for the protocol's handshake; ``False`` if the connection ended first, or
     if the handshake took longer than ``handshake_timeout`` (which then ends it)."""
     parts = link.parts
-    waiting: set[asyncio.Future[Any]] = {link.handshake, link.ending, *tasks}
+    waiting: set[asyncio.Future[Any]] = {link.handshake, link.ending}
     timeout = parts.timing.handshake_timeout
     done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     if not done:
         _timed_out(link, f"handshake not done within {timeout}s", "handshake timeout")
     return link.handshake.done() and not link.ending.done()
-
-
-async def _first_ending(link: Link, tasks: Tasks) -> set[asyncio.Future[Any]]:
-    """Wait until a task reports the connection's ending; the tasks that ended by
-    themselves. One that ends without a signal (an exception, or cancelled from inside:
-    a bug) ends the connection too."""
-    pending: set[asyncio.Future[Any]] = {link.ending, *tasks}
-    ended_alone: set[asyncio.Future[Any]] = set()
-    while not link.ending.done():
-        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        ended_alone |= done - {link.ending}
-        if ended_alone and not link.ending.done():
-            link.end(DisconnectSignal("a connection task failed", event=Event.LOCAL_CLOSE))
-    return ended_alone
 
 
 async def _close(link: Link, ending: Signal, *, bug: bool = False) -> None:

@@ -57,6 +57,10 @@ _READ_BUFFER = 4096
 _FLOOD_CHECK = 0.05
 """Seconds between checks of the write buffer while writing is paused."""
 _log = logging.getLogger("wavegate.transport.picows")
+_CONNECTION_LOG = logging.LoggerAdapter(_log, {})
+"""What picows logs through: given a ``Logger``, picows makes a child ``Logger`` for
+every connection (five objects, ~1 KiB, for the garbage collector to walk); given an
+adapter, it uses it as it is. The records are the same, under this module's name."""
 PICOWS_VERSION: str = metadata.version("picows")
 
 ListenerKind = Literal["compiled", "python"]
@@ -501,7 +505,7 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
         # picows grows its read buffer under load; starting at 4 KiB instead of 16 keeps
         # an idle connection 12 KiB smaller (workload E; the 10k-session workload G).
         read_buffer_init_size=_READ_BUFFER,
-        logger_name=_log,
+        logger_name=_CONNECTION_LOG,
     )
     try:
         wt, made = await asyncio.wait_for(opening, options.open_timeout)

@@ -1,0 +1,99 @@
+"""What a connection and a session keep alive between messages. With thousands of
+sessions in one process (workload G), every object held per connection is memory, and
+one more object for each full garbage collection to walk while the loop stands still;
+one created per heartbeat and held until the next is promoted to the collector's oldest
+generation, and those promotions are what trigger full collections.
+
+Each test runs against a server wavegate did not write (``websockets``' server)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+
+import pytest
+
+from wavegate import Websocket
+from wavegate.discord.voice import VoiceClient
+from wavegate.session import EventKind, SessionEvent
+
+from .conftest import WebsocketFactory, eventually
+from .peers import ForeignVoiceGateway, websockets_server
+from .voice_harness import CREDENTIALS
+
+
+async def _echo(conn: object) -> None:
+    async for message in conn:  # type: ignore[attr-defined]
+        await conn.send(message)  # type: ignore[attr-defined]
+
+
+def _loggers() -> int:
+    # type(), not isinstance(): a dead weakref proxy raises on isinstance().
+    return sum(issubclass(type(o), logging.Logger) for o in gc.get_objects())
+
+
+def _finished_tasks(running: str = "") -> int:
+    """Finished tasks still alive (those running ``running``, if given)."""
+    gc.collect()
+    tasks = [o for o in gc.get_objects() if issubclass(type(o), asyncio.Task)]
+    finished = [t for t in tasks if t.done()]
+    return sum(not running or t.get_coro().__qualname__ == running for t in finished)
+
+
+@pytest.mark.timeout(30)
+async def test_connections_make_no_logger_of_their_own_and_still_log(
+    transport: str, make_ws: WebsocketFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # picows, given a Logger, made a child Logger for every connection it opened.
+    caplog.set_level(logging.DEBUG, logger="wavegate")
+    async with websockets_server(_echo) as url:
+        first = make_ws()
+        await first.connect(url)  # the transport's modules, and their loggers, loaded
+        before = _loggers()
+        sockets = [make_ws() for _ in range(5)]
+        for ws in sockets:
+            await ws.connect(url)
+        for ws in sockets:
+            await ws.send_json({"n": 1})
+            assert (await ws.receive()).payload == {"n": 1}  # type: ignore[attr-defined]
+        assert _loggers() == before
+        for ws in [first, *sockets]:
+            await ws.disconnect()
+    if transport == "picows":  # picows' own records still come, under our name
+        picows = [r for r in caplog.records if r.name == "wavegate.transport.picows"]
+        assert any("WS connection established" in r.getMessage() for r in picows)
+
+
+@pytest.mark.timeout(30)
+async def test_a_connected_websocket_keeps_no_finished_task(make_ws: WebsocketFactory) -> None:
+    async with websockets_server(_echo) as url:
+        before = _finished_tasks()
+        sockets = [make_ws() for _ in range(5)]
+        for ws in sockets:
+            await ws.connect(url)  # the opening ran as a task of its own
+        # A loop turn or two: the wakeup that resumed this test holds the last opening.
+        await eventually(lambda: _finished_tasks() <= before)
+        for ws in sockets:
+            await ws.disconnect()
+
+
+@pytest.mark.timeout(60)
+async def test_a_heartbeat_task_is_let_go_once_its_beat_is_sent(transport: str) -> None:
+    held: list[int] = []  # finished send tasks still alive, counted at each ACK
+
+    def on_event(event: SessionEvent) -> None:
+        if event.kind is EventKind.HEARTBEAT and event.latency is not None:
+            # The beat's send finished before the gateway could answer it.
+            held.append(_finished_tasks("Websocket.send_json"))
+
+    foreign = ForeignVoiceGateway(4006, heartbeat_interval=200)
+    async with foreign.running() as url:
+        voice = VoiceClient(
+            url, CREDENTIALS, websocket=Websocket(transport=transport), on_event=on_event
+        )
+        async with voice:
+            await voice.wait_ready(10)
+            await eventually(lambda: len(held) >= 5, 20)
+            assert voice.stats.zombies == 0
+    assert held[:5] == [0] * 5
