@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections import deque
 
 import pytest
 
@@ -97,3 +98,30 @@ async def test_a_heartbeat_task_is_let_go_once_its_beat_is_sent(transport: str) 
             await eventually(lambda: len(held) >= 5, 20)
             assert voice.stats.zombies == 0
     assert held[:5] == [0] * 5
+
+
+def _deques_held_by_wavegate() -> int:
+    """Deques held in the attributes of wavegate's own objects (those still alive)."""
+    gc.collect()
+    count = 0
+    for obj in gc.get_objects():
+        module = vars(type(obj)).get("__module__")
+        if isinstance(module, str) and module.startswith("wavegate.") and hasattr(obj, "__dict__"):
+            count += sum(isinstance(value, deque) for value in vars(obj).values())
+    return count
+
+
+@pytest.mark.timeout(60)
+async def test_a_quiet_session_holds_no_empty_queue_blocks(transport: str) -> None:
+    # An empty deque is a 600-byte block: the inbox (nothing delivered yet), the outbox
+    # (nothing sent yet) and the read-ahead backlog (never needed) are made when used.
+    foreign = ForeignVoiceGateway(4006)
+    async with foreign.running() as url:
+        before = _deques_held_by_wavegate()
+        voice = VoiceClient(url, CREDENTIALS, websocket=Websocket(transport=transport))
+        async with voice:
+            await voice.wait_ready(10)
+            # Its UDP socket keeps the datagrams it receives (discovery's answer came).
+            assert _deques_held_by_wavegate() - before == 1
+            await voice.send_speaking(1)
+            assert _deques_held_by_wavegate() - before == 2  # the outbox, once used

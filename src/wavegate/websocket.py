@@ -8,7 +8,7 @@ import logging
 import ssl as ssl_module
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum, IntEnum
 from types import TracebackType
 from typing import Any, Literal
@@ -134,7 +134,9 @@ class _Connection:
     ending: Signal | None = None
     verdict: asyncio.Future[None] | None = None
     """Created by a send waiting for the reader to decide ``ending``."""
-    backlog: deque[str | bytes] = field(default_factory=deque)
+    backlog: deque[str | bytes] | None = None
+    """Made when first read into: most connections never read ahead, and an empty
+    deque is a 600-byte block."""
     take: Callable[[], WebsocketPacket | None] | None = None
     """The transport's taker (see ``Transport.taker``), while connected."""
 
@@ -850,9 +852,12 @@ class Websocket:
         draining = self._draining = asyncio.get_running_loop().create_future()
         self._take = None
         try:
-            while conn.ending is None and len(conn.backlog) < _MAX_BACKLOG:
+            backlog = conn.backlog
+            if backlog is None:
+                backlog = conn.backlog = deque()
+            while conn.ending is None and len(backlog) < _MAX_BACKLOG:
                 try:
-                    conn.backlog.append(await transport.recv())
+                    backlog.append(await transport.recv())
                 except Exception as exc:
                     await self._ending_reported(conn, transport.ending(exc))
         finally:

@@ -20,19 +20,24 @@ class Inbox:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._items: deque[Any] = deque()
+        self._items: deque[Any] | None = None
+        """Made at the first put: many sessions never deliver a message, and an empty
+        deque is a 600-byte block."""
         self._readable = Flag()
         self._room = Flag()
         self._room.set()
         self._closed: Callable[[], Exception] | None = None
 
     def __len__(self) -> int:
-        return len(self._items)
+        return 0 if self._items is None else len(self._items)
 
     def put(self, item: Any) -> None:
-        self._items.append(item)
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        items.append(item)
         self._readable.set()
-        if len(self._items) >= self.limit:
+        if len(items) >= self.limit:
             self._room.clear()
 
     def full(self) -> bool:
@@ -48,12 +53,15 @@ class Inbox:
 
     async def get(self) -> Any:
         """The next message (waits for one)."""
-        while not self._items:
+        while True:
+            items = self._items
+            if items:
+                break
             if self._closed is not None:
                 raise self._closed()
             self._readable.clear()
             await self._readable.wait()
-        item = self._items.popleft()
-        if len(self._items) < self.limit:
+        item = items.popleft()
+        if len(items) < self.limit:
             self._room.set()
         return item

@@ -34,11 +34,13 @@ class Outbox:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._items: deque[Outgoing] = deque()
+        self._items: deque[Outgoing] | None = None
+        """Made at the first send: many sessions never send one, and an empty deque is
+        a 600-byte block."""
         self._filled = Flag()
 
     def __len__(self) -> int:
-        return len(self._items)
+        return 0 if self._items is None else len(self._items)
 
     async def send(self, frame: bytes, *, binary: bool, timeout: float | None) -> None:
         """Queue a message and wait until it is written (or withdrawn).
@@ -48,11 +50,14 @@ class Outbox:
             SendTimeoutError: not written within ``timeout`` seconds (withdrawn).
             Whatever :meth:`fail_all` fails it with.
         """
-        if len(self._items) >= self.limit:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        if len(items) >= self.limit:
             raise SendQueueFullError(f"{self.limit} messages already waiting to be sent")
         loop = asyncio.get_running_loop()
         item = Outgoing(frame, binary, loop.create_future())
-        self._items.append(item)
+        items.append(item)
         self._filled.set()
         deadline = None
         if timeout is not None:
@@ -80,20 +85,24 @@ class Outbox:
 
     def written(self, item: Outgoing) -> None:
         """``item`` (the head) was written: its sender returns."""
-        assert self._items, "only the head is written"
-        assert self._items[0] is item, "only the head is written"
-        self._items.popleft()
+        items = self._items
+        assert items, "only the head is written"
+        assert items[0] is item, "only the head is written"
+        items.popleft()
         item.written = True
         if not item.sent.done():
             item.sent.set_result(None)
 
     def fail_all(self, error: Callable[[], Exception]) -> None:
         """Fail every queued message with a new ``error()`` (none was written)."""
-        for item in self._items:
+        items = self._items
+        if items is None:
+            return
+        for item in items:
             if not item.sent.done():
                 item.sent.set_exception(error())
                 item.sent.exception()  # retrieved: the sender may have given up already
-        self._items.clear()
+        items.clear()
 
     def _expire(self, item: Outgoing, timeout: float) -> None:
         if item.written or item.sent.done():
@@ -105,5 +114,6 @@ class Outbox:
 
     def _withdraw(self, item: Outgoing) -> None:
         item.withdrawn = True
-        with contextlib.suppress(ValueError):
-            self._items.remove(item)
+        if self._items is not None:
+            with contextlib.suppress(ValueError):
+                self._items.remove(item)
