@@ -562,6 +562,9 @@ class Websocket:
             self._bytes_in += nbytes
         conn.transport = None
         conn.take = None
+        # A failed opening's task holds its exception and traceback: not kept through
+        # the backoff that follows.
+        conn.opener = None
         self._refresh_take()
         if self._state is not _DISCONNECTED and conn is self._conn:
             self._fire(_FINISHED[self._state])

@@ -266,7 +266,8 @@ class Beats:
         """The gateway asked for a beat while one was being sent: beat once it is."""
         self._stopped = False
         # One context for all of this connection's beat callbacks: left to the loop,
-        # every call_at and call_soon would copy the current one (two copies a beat).
+        # every call_at, call_soon and done callback would copy the current one. (Not
+        # for the send's task: an eager task would run in it while _tick already does.)
         self._context = contextvars.copy_context()
         self._due = self._loop.time() + first
         self._timer: asyncio.Handle | None = self._at(self._due)
@@ -342,7 +343,7 @@ class Beats:
             ws.send_bytes(heartbeat) if isinstance(heartbeat, bytes) else ws.send_json(heartbeat)
         )
         self._sending = asyncio.ensure_future(sending)
-        self._sending.add_done_callback(self._sent)
+        self._sending.add_done_callback(self._sent, context=self._context)
 
     def _sent(self, task: asyncio.Future[None]) -> None:
         # Let go of the finished send at once: held until the next beat, every beat's
@@ -408,6 +409,8 @@ async def _until_ended(link: Link, work: Awaitable[None]) -> None:
     The task reports its own ending, so :func:`run` awaits ``link.ending`` alone: an
     ``asyncio.wait`` over the tasks held a waiter, three sets and a callback (with its
     context) per task for as long as the connection lived."""
+    # Only run() holds these tasks and it cancels them only once the ending is decided,
+    # so none is cancelled before its first step (which no except clause here sees).
     try:
         await work
     except Signal as signal:
@@ -418,6 +421,8 @@ async def _until_ended(link: Link, work: Awaitable[None]) -> None:
             link.cancelled_inside = True
             link.task_failed()
         raise
+    except GeneratorExit:
+        raise  # the coroutine is being closed (its loop is gone): nothing to report to
     except BaseException:
         link.task_failed()
         raise

@@ -60,7 +60,8 @@ _log = logging.getLogger("wavegate.transport.picows")
 _CONNECTION_LOG = logging.LoggerAdapter(_log, {})
 """What picows logs through: given a ``Logger``, picows makes a child ``Logger`` for
 every connection (five objects, ~1 KiB, for the garbage collector to walk); given an
-adapter, it uses it as it is. The records are the same, under this module's name."""
+adapter, it uses it as it is. Its records come under this module's name (they came
+under ``wavegate.transport.picows.<fd>``)."""
 PICOWS_VERSION: str = metadata.version("picows")
 
 ListenerKind = Literal["compiled", "python"]
