@@ -442,7 +442,12 @@ class Websocket:
         try:
             transport = await opener
         except ConnectFailed as failed:
-            _scrub_in_place(failed, conn.secrets)  # Python 3.10 may make it a __context__
+            # Python 3.10 leaks the exception asyncio was handling when it resumed us
+            # into connect()'s raise: the signal may get this report as __context__.
+            # Its traceback (our frames and asyncio's, holding the finished opening) is
+            # of no use to anyone: the signal's __cause__ is the transport's own error.
+            failed.__traceback__ = None
+            _scrub_in_place(failed, conn.secrets)
             reason = tls_mismatch_hint(conn.url, failed.event, failed.reason)
             self._record_ending(conn, failed.event, failed.code, reason, False, failed.__cause__)
             return self._finish(conn)
