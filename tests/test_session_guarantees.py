@@ -20,6 +20,8 @@ from wavegate import (
     Backoff,
     DisconnectSignal,
     Event,
+    GatewayProtocol,
+    Outcome,
     ReconnectSignal,
     ResumeSignal,
     Session,
@@ -460,13 +462,12 @@ async def test_a_beat_given_up_on_that_ends_with_a_signal_ends_the_connection_wi
     assert lost[0].reason == "lost"
 
 
-@pytest.mark.timeout(30)
-async def test_a_protocol_whose_heartbeat_raises_stops_the_session_with_that_error() -> None:
-    from .test_session_protocols import Feed, answer_pings
-
-    class BrokenBeats(Feed):
-        def heartbeat(self, nonce: int) -> dict[str, object]:
-            raise RuntimeError("no heartbeat for you")
+async def _stopped_by_a_bug(
+    protocol: GatewayProtocol,
+) -> tuple[Outcome, tuple[int | None, str] | None]:
+    """Run ``protocol`` (a ``Feed`` that raises somewhere) against a ``Feed`` server:
+    the session's outcome, and the close frame the server received."""
+    from .test_session_protocols import answer_pings
 
     closes: list[tuple[int | None, str] | None] = []
 
@@ -476,17 +477,28 @@ async def test_a_protocol_whose_heartbeat_raises_stops_the_session_with_that_err
         closes.append(conn.close_received)
 
     async with _feed_server(answer_then_record) as server:
-        session = Session(server.url, BrokenBeats(heartbeat=0.05), backoff=FAST)
+        session = Session(server.url, protocol, backoff=FAST)
         async with session:
-            await eventually(lambda: session.state is SessionState.STOPPED, 20)
+            outcome = await asyncio.wait_for(session.wait_closed(), 20)
         await eventually(lambda: bool(closes))
-    assert session.outcome is not None
-    assert session.outcome.reason == "error"
-    assert isinstance(session.outcome.error, RuntimeError)
-    assert str(session.outcome.error) == "no heartbeat for you"
+    return outcome, closes[0]
+
+
+@pytest.mark.timeout(30)
+async def test_a_protocol_whose_heartbeat_raises_stops_the_session_with_that_error() -> None:
+    from .test_session_protocols import Feed
+
+    class BrokenBeats(Feed):
+        def heartbeat(self, nonce: int) -> dict[str, object]:
+            raise RuntimeError("no heartbeat for you")
+
+    outcome, close = await _stopped_by_a_bug(BrokenBeats(heartbeat=0.05))
+    assert outcome.reason == "error"
+    assert isinstance(outcome.error, RuntimeError)
+    assert str(outcome.error) == "no heartbeat for you"
     # A bug is not the end of the session on the server's side: resumable, never 1000.
-    assert closes[0] is not None
-    assert closes[0][0] == 4000
+    assert close is not None
+    assert close[0] == 4000
 
 
 @pytest.mark.timeout(30)
@@ -494,7 +506,7 @@ async def test_a_protocol_whose_receive_raises_stops_the_session_with_that_error
     # The read task ends with an exception, not a signal: it ends the connection itself.
     from wavegate import Output, WebsocketPacket
 
-    from .test_session_protocols import Feed, answer_pings
+    from .test_session_protocols import Feed
 
     class BrokenReader(Feed):
         def receive(self, packet: WebsocketPacket) -> list[Output]:
@@ -503,23 +515,12 @@ async def test_a_protocol_whose_receive_raises_stops_the_session_with_that_error
                 raise RuntimeError("cannot read this")
             return outputs
 
-    closes: list[tuple[int | None, str] | None] = []
-
-    async def answer_then_record(conn: ServerConnection) -> None:
-        with contextlib.suppress(ConnectionDropped):
-            await answer_pings(conn)
-        closes.append(conn.close_received)
-
-    async with _feed_server(answer_then_record) as server:
-        session = Session(server.url, BrokenReader(heartbeat=None), backoff=FAST)
-        async with session:
-            outcome = await asyncio.wait_for(session.wait_closed(), 20)
-        await eventually(lambda: bool(closes))
+    outcome, close = await _stopped_by_a_bug(BrokenReader(heartbeat=None))
     assert outcome.reason == "error"
     assert isinstance(outcome.error, RuntimeError)
     assert str(outcome.error) == "cannot read this"
-    assert closes[0] is not None
-    assert closes[0][0] == 4000
+    assert close is not None
+    assert close[0] == 4000
 
 
 def _beats_left(loop: asyncio.AbstractEventLoop) -> list[object]:
