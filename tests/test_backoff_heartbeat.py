@@ -9,7 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wavegate import Backoff, RetrySchedule
-from wavegate.heartbeat import HeartbeatTracker, first_beat_delay, next_beat_due
+from wavegate.heartbeat import (
+    HeartbeatTracker,
+    Keepalive,
+    first_beat_delay,
+    keepalive_step,
+    next_beat_due,
+)
 
 
 class FakeClock:
@@ -192,3 +198,48 @@ def test_the_first_beat_comes_at_a_random_point_of_the_first_interval(interval: 
 )
 def test_beats_keep_their_phase_through_a_stall(due: float, now: float, expected: float) -> None:
     assert next_beat_due(due, now, 5.0) == pytest.approx(expected)
+
+
+PING, WAIT, SKIP, EXPIRED = Keepalive.PING, Keepalive.WAIT, Keepalive.SKIP, Keepalive.EXPIRED
+
+
+@pytest.mark.parametrize(
+    ("now", "sent", "answered", "held", "interval", "timeout", "expected"),
+    [
+        # The first ping, an interval after the connection opened.
+        (20.0, None, False, False, 20.0, 20.0, (PING, 40.0)),
+        # Answered: the next ping an interval after the last went, its deadline with it.
+        (40.0, 20.0, True, False, 20.0, 20.0, (PING, 60.0)),
+        # Not answered by its deadline: the connection is dead.
+        (40.0, 20.0, False, False, 20.0, 20.0, (EXPIRED, 40.0)),
+        # ... unless the application holds reading: the pong may wait unread.
+        (40.0, 20.0, False, True, 20.0, 20.0, (SKIP, 60.0)),
+        # Held when a ping is due: none sent, looked at again an interval later.
+        (40.0, 20.0, True, True, 20.0, 20.0, (SKIP, 60.0)),
+        (20.0, None, False, True, 20.0, 20.0, (SKIP, 40.0)),
+        # Pings more often than their timeout: the next one goes once this one is
+        # answered, and waits for it (until its deadline) if it is not yet.
+        (25.0, 20.0, True, False, 5.0, 20.0, (PING, 30.0)),
+        (25.0, 20.0, False, False, 5.0, 20.0, (WAIT, 40.0)),
+        (40.0, 20.0, False, False, 5.0, 20.0, (EXPIRED, 40.0)),
+        # A timeout shorter than the interval: the deadline first, then the next ping.
+        (25.0, 20.0, True, False, 20.0, 5.0, (WAIT, 40.0)),
+        (25.0, 20.0, False, False, 20.0, 5.0, (EXPIRED, 25.0)),
+        # Late (a stalled loop): a ping answered meanwhile counts, the next goes now.
+        (47.0, 20.0, True, False, 20.0, 20.0, (PING, 67.0)),
+    ],
+)
+def test_the_keepalive_timer_decides_alone(
+    now: float,
+    sent: float | None,
+    answered: bool,
+    held: bool,
+    interval: float,
+    timeout: float,
+    expected: tuple[Keepalive, float],
+) -> None:
+    step = keepalive_step(
+        now, sent=sent, answered=answered, held=held, interval=interval, timeout=timeout
+    )
+    assert step[0] is expected[0]
+    assert step[1] == pytest.approx(expected[1])

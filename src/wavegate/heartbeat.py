@@ -7,6 +7,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from enum import Enum
 
 _JITTER = random.Random()
 os.register_at_fork(after_in_child=_JITTER.seed)  # forked workers must not jitter alike
@@ -31,6 +32,50 @@ def next_beat_due(due: float, now: float, interval: float) -> float:
     if following - now < interval / 2:
         following += (math.floor((now + interval / 2 - following) / interval) + 1) * interval
     return following
+
+
+class Keepalive(Enum):
+    """What a websocket keepalive timer does when it fires (:func:`keepalive_step`)."""
+
+    PING = "ping"
+    """Send a ping now (it replaces any earlier one)."""
+    WAIT = "wait"
+    """Nothing yet: the pong, or the next ping, is not due."""
+    SKIP = "skip"
+    """The application holds reading (ACKs and pongs wait unread): no ping, and the
+    one in flight, if any, no longer counts."""
+    EXPIRED = "expired"
+    """The ping in flight got no pong by its deadline: the connection is dead."""
+
+
+def keepalive_step(
+    now: float,
+    *,
+    sent: float | None,
+    answered: bool,
+    held: bool,
+    interval: float,
+    timeout: float,
+) -> tuple[Keepalive, float]:
+    """What the keepalive's one timer does when it fires at ``now``, and when it fires
+    next. ``sent`` is when the ping in flight went (``None``: none), ``answered``
+    whether its pong came. Pings go an ``interval`` apart, each once the last was
+    answered; each must be answered within ``timeout``. One timer and no task: a ping's
+    objects live until the next ping replaces them, never longer (thousands of
+    connections' worth of objects living an interval each would trigger full garbage
+    collections)."""
+    if sent is not None and not answered:
+        deadline = sent + timeout
+        if now < deadline:
+            return Keepalive.WAIT, deadline
+        if not held:
+            return Keepalive.EXPIRED, now
+        return Keepalive.SKIP, now + interval
+    if sent is not None and now < sent + interval:
+        return Keepalive.WAIT, sent + interval
+    if held:
+        return Keepalive.SKIP, now + interval
+    return Keepalive.PING, now + min(interval, timeout)
 
 
 class HeartbeatTracker:

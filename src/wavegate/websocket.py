@@ -230,8 +230,10 @@ class Websocket:
         policy: the close-code policy (default :data:`~wavegate.DISCORD_VOICE`).
         open_timeout: seconds for the whole opening handshake; ``None`` waits forever.
         close_timeout: seconds to wait for the peer to answer our close frame.
-        ping_interval: seconds of silence before a keepalive ping; ``None`` disables it.
-        ping_timeout: seconds to wait for anything back after that ping before the
+        ping_interval: seconds between keepalive pings (picows: from one ping to the
+            next, each once the last was answered; aiohttp: of silence before one);
+            ``None`` disables them.
+        ping_timeout: seconds to wait for the pong (aiohttp: for anything) before the
             connection counts as dead (``KEEPALIVE_TIMEOUT``).
         max_size: largest message accepted, in bytes; a larger one closes the
             connection with 1009. ``None`` means no limit.

@@ -1,5 +1,6 @@
 """Types of the compiled picows listener (``_picows_listener.pyx``)."""
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,7 @@ class Listener:
     def unpause(self) -> None:
         """Read the socket again even if messages wait unread."""
 
-    async def ping(self) -> Any:
+    def ping_now(self) -> asyncio.Future[None]:
         """Send a ping; return a future resolved by its pong."""
 
     @property

@@ -378,8 +378,9 @@ cdef class Listener(WSListener):
             if self._wt is not None and not self._wt.is_disconnected:
                 self._wt.underlying_transport.resume_reading()
 
-    async def ping(self):
-        """Send a ping; return a future resolved by its pong."""
+    def ping_now(self):
+        """Send a ping; return a future resolved by its pong (no coroutine: it is sent
+        from the keepalive's timer)."""
         self._pings += 1
         self._ping_payload = self._pings.to_bytes(8, "big")
         if self._pong is not None and not self._pong.done():

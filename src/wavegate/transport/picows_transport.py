@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import ipaddress
 import logging
 import os
@@ -36,6 +37,7 @@ from picows.websockets.asyncio.connection import ClientConnection
 from picows.websockets.compat import Request, Response
 from picows.websockets.exceptions import ConnectionClosed
 
+from ..heartbeat import Keepalive, keepalive_step
 from ..packets import (
     WebsocketPacket,
     WebsocketPacketBytes,
@@ -118,6 +120,20 @@ class _Listener(ClientConnection):
         super().on_ws_disconnected(transport)
         self.owner._disconnected(transport)
 
+    def ping_now(self) -> asyncio.Future[float]:
+        """Send a ping; return a future resolved by its pong. picows' ``ping()``
+        coroutine, run to its end at once (the keepalive's timer has no task to await
+        it in): on an open connection, which the caller checked, it never waits."""
+        coroutine = self.ping()
+        try:
+            coroutine.send(None)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        coroutine.close()  # it waits for the ending: no ping went, no pong will come
+        never: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        never.cancel()
+        return never
+
 
 class PicowsTransport:
     """A picows connection. ``_ending`` is the first ending known for certain."""
@@ -128,12 +144,15 @@ class PicowsTransport:
         "_ending",
         "_flood_check",
         "_keepalive",
+        "_keepalive_call",
         "_keepalive_held",
         "_listener",
         "_options",
         "_paused_at",
-        "_pinging",
+        "_pinged_at",
+        "_pong",
         "_sock",
+        "_timer_context",
         "_wt",
         "recv",
     )
@@ -145,21 +164,29 @@ class PicowsTransport:
         self._paused_at: int | None = None
         self._flood_check: asyncio.TimerHandle | None = None
         self._keepalive: asyncio.TimerHandle | None = None
-        """The next keepalive ping (a timer: no task waits out the interval)."""
-        self._pinging: asyncio.Task[None] | None = None
-        """A ping waiting for its pong."""
+        """The keepalive's one timer: the next ping, or the deadline of the last."""
+        self._pong: asyncio.Future[Any] | None = None
+        """The last ping's pong, until the next ping (or a skip) replaces it."""
+        self._pinged_at: float | None = None
         self._keepalive_held = False
         self._listener: _Listener | None = None
         self._wt: Any = None
         self._sock: socket.socket | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        # The keepalive's timer callback and context, made once: left to the loop,
+        # each ping's timer would make both anew and hold them for the interval, long
+        # enough for the collector to promote them.
+        self._keepalive_call = self._keepalive_due
+        self._timer_context = contextvars.copy_context()
 
     def _opened(self, wt: Any, listener: Any, sock: socket.socket) -> None:
         self._wt = wt
         self._listener = listener
         self._sock = sock
         self.recv = listener.recv
-        self._ping_later()
+        interval = self._options.ping_interval
+        if interval is not None:
+            self._keepalive_at(asyncio.get_running_loop().time() + interval)
 
     def taker(
         self, loads: Callable[[bytes | str], Any], decode_json: bool
@@ -281,69 +308,62 @@ class PicowsTransport:
 
     # -- keepalive -------------------------------------------------------------------
 
-    def _ping_later(self) -> None:
-        # Refuses once the connection is ending: on 3.10/3.11 a ping task cancelled
-        # just after its pong came finishes normally and gets here.
-        interval = self._options.ping_interval
-        if interval is not None and self._ending is None and not self._closing():
-            self._keepalive = asyncio.get_running_loop().call_later(interval, self._ping)
+    def _keepalive_at(self, when: float) -> None:
+        self._keepalive = asyncio.get_running_loop().call_at(
+            when, self._keepalive_call, context=self._timer_context
+        )
 
-    def _ping(self) -> None:
+    def _keepalive_due(self) -> None:
+        """The keepalive's one timer (see :func:`~wavegate.heartbeat.keepalive_step`)."""
         self._keepalive = None
         if self._ending is not None or self._closing():
             return  # ending already: a ping now could only misreport it
-        if self._keepalive_held:
-            self._ping_later()
-            return
-        self._pinging = asyncio.ensure_future(self._ping_and_wait())
-
-    async def _ping_and_wait(self) -> None:
-        listener = self._listener
-        assert listener is not None
-        if self._ending is not None or self._closing():
-            return  # closed in the loop turn since the timer: no ping after our close
-        try:
-            with contextlib.suppress(ConnectionClosed):
-                pong = await listener.ping()
-                try:
-                    await asyncio.wait_for(pong, self._options.ping_timeout)
-                except asyncio.TimeoutError:
-                    self._no_pong(pong)
-                    return
-                self._ping_later()
-        finally:
-            if self._pinging is asyncio.current_task():
-                self._pinging = None
-
-    def _no_pong(self, pong: Awaitable[Any]) -> None:
-        answered = (
-            isinstance(pong, asyncio.Future)
-            and pong.done()
-            and not pong.cancelled()
-            and pong.exception() is None
+        options, pong = self._options, self._pong
+        assert options.ping_interval is not None
+        now = asyncio.get_running_loop().time()
+        # A pong read in this loop turn, before the timer ran (after a stall), counts.
+        answered = False
+        if pong is not None and pong.done() and not pong.cancelled():
+            answered = pong.exception() is None  # a ping cut short by the ending: no pong
+        action, when = keepalive_step(
+            now,
+            sent=self._pinged_at,
+            answered=answered,
+            held=self._keepalive_held,
+            interval=options.ping_interval,
+            timeout=options.ping_timeout,
         )
-        if answered:
-            # The pong and the deadline came in the same loop turn (after a stall):
-            # 3.12+ report the timeout. It is a pong.
-            self._ping_later()
-        elif self._ending is not None or self._closing():
-            return
-        elif self._keepalive_held:  # held meanwhile: the pong may wait unread
-            self._ping_later()
-        else:
+        if action is Keepalive.EXPIRED:
             self._fail(
                 TransportClosed(
                     Event.KEEPALIVE_TIMEOUT, _ABNORMAL, "no pong from the peer", local=True
                 )
             )
+            return
+        if action is Keepalive.SKIP:
+            self._forget_ping()
+        elif action is Keepalive.PING:
+            listener = self._listener
+            assert listener is not None
+            self._forget_ping()
+            self._pong = listener.ping_now()
+            self._pinged_at = now
+        self._keepalive_at(when)
+
+    def _forget_ping(self) -> None:
+        pong, self._pong, self._pinged_at = self._pong, None, None
+        if pong is None:
+            return
+        if not pong.done():
+            pong.cancel()
+        elif not pong.cancelled():
+            pong.exception()  # retrieved: picows fails the pongs waiting at the end
 
     def _stop_keepalive(self) -> None:
         if self._keepalive is not None:
             self._keepalive.cancel()
             self._keepalive = None
-        if self._pinging is not None:
-            self._pinging.cancel()
-            self._pinging = None
+        self._forget_ping()
 
     def hold_keepalive(self, held: bool) -> None:
         self._keepalive_held = held
@@ -581,7 +601,7 @@ def _listener_factory(transport: PicowsTransport, options: TransportOptions) -> 
             response=Response.from_picows(response),
             subprotocol=None,
             permessage_deflate=None,
-            ping_interval=None,  # wavegate's own keepalive (PicowsTransport._ping)
+            ping_interval=None,  # wavegate's own keepalive (PicowsTransport._keepalive_due)
             ping_timeout=None,
             close_timeout=options.close_timeout,
             max_queue=16,
