@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
 from collections import deque
 
+import aiohttp
 import pytest
 
 from wavegate import Signal, Websocket
@@ -141,3 +143,63 @@ async def test_a_quiet_session_holds_no_empty_queue_blocks(transport: str) -> No
             assert _deques_held_by_wavegate() - before == 1
             await voice.send_speaking(1)
             assert _deques_held_by_wavegate() - before == 2  # the outbox, once used
+
+
+def _made_by_wavegate(function: object) -> bool:
+    """A (bound) function of wavegate's, scheduled by wavegate: aiohttp schedules its
+    keepalive timers itself, with our response class's overrides as their callbacks."""
+    if isinstance(getattr(function, "__self__", None), aiohttp.ClientWebSocketResponse):
+        return False
+    module = getattr(getattr(function, "__func__", function), "__module__", None)
+    return isinstance(module, str) and module.startswith("wavegate.")
+
+
+def _kept_between_beats(made: list[object]) -> dict[str, int]:
+    """What wavegate made since the last beat and still holds: packets, bound methods,
+    timers, and contexts made for its timers."""
+    made_ids = {id(o) for o in made}
+    timers = [
+        o
+        for o in made
+        if isinstance(o, asyncio.Handle) and _made_by_wavegate(o._callback)  # type: ignore[attr-defined]
+    ]
+    return {
+        "packets": sum(type(o).__module__ == "wavegate.packets" for o in made),
+        "bound methods": sum(type(o).__name__ == "method" and _made_by_wavegate(o) for o in made),
+        "timers": len(timers),
+        "contexts for timers": sum(id(t._context) in made_ids for t in timers),  # type: ignore[attr-defined]
+    }
+
+
+@pytest.mark.timeout(60)
+async def test_a_beat_leaves_nothing_alive_but_its_next_timer(transport: str) -> None:
+    # What a beat makes that the session still holds at the next beat, an interval
+    # later, is promoted to the collector's oldest generation at thousands of sessions,
+    # and those promotions are what trigger full collections: the ACK's packet (held
+    # by the read loop), a bound method and a context for each timer.
+    loop = asyncio.get_running_loop()
+    snapshots: list[list[object]] = []
+
+    def snapshot() -> None:  # the read task, done with the ACK, waits for the next
+        snapshots.append(gc.get_objects())
+
+    def on_event(event: SessionEvent) -> None:
+        beat = event.kind is EventKind.HEARTBEAT and event.latency is not None
+        if beat and len(snapshots) < 6:
+            loop.call_soon(snapshot)
+
+    foreign = ForeignVoiceGateway(4006, heartbeat_interval=200)
+    async with foreign.running() as url:
+        # Keepalive pings too, on the transports whose timers are wavegate's.
+        ws = Websocket(transport=transport, ping_interval=0.15)
+        voice = VoiceClient(url, CREDENTIALS, websocket=ws, on_event=on_event)
+        async with voice:
+            await voice.wait_ready(10)
+            await eventually(lambda: len(snapshots) >= 6, 20)
+    kept = []
+    for earlier, later in itertools.pairwise(snapshots[2:]):  # the first beats settled
+        seen = {id(o) for o in earlier}
+        kept.append(_kept_between_beats([o for o in later if id(o) not in seen]))
+    assert max(k["timers"] for k in kept) >= 1  # each pair spans a beat; one at least its timer
+    for k in kept:
+        assert (k["packets"], k["bound methods"], k["contexts for timers"]) == (0, 0, 0), k

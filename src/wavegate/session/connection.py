@@ -228,6 +228,9 @@ async def read(link: Link, *, resume: bool) -> None:
             continue
         link.heard()
         await carry_out(link, parts.protocol.receive(packet))
+        # Not held while waiting for the next one: a heartbeat's ACK would live until
+        # the next ACK, long enough for the collector to promote it and its payload.
+        del packet
 
 
 async def _hold_reading(link: Link) -> None:
@@ -269,6 +272,9 @@ class Beats:
         # every call_at, call_soon and done callback would copy the current one. (Not
         # for the send's task: an eager task would run in it while _tick already does.)
         self._context = contextvars.copy_context()
+        # Bound once: a bound method made for each beat's timer would live until the
+        # beat (an interval), long enough for the collector to promote it.
+        self._due_now_call = self._due_now
         self._due = self._loop.time() + first
         self._timer: asyncio.Handle | None = self._at(self._due)
 
@@ -302,7 +308,7 @@ class Beats:
         self._timer = self._loop.call_soon(self._tick, context=self._context)
 
     def _at(self, due: float) -> asyncio.TimerHandle:
-        return self._loop.call_at(due, self._due_now, context=self._context)
+        return self._loop.call_at(due, self._due_now_call, context=self._context)
 
     def _tick(self) -> None:
         self._timer = None
