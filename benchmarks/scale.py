@@ -101,13 +101,22 @@ async def _clients(url: str, count: int, seconds: float, variant: str) -> None:
     # then the measurement, sessions living on their own.
     await asyncio.sleep(HEARTBEAT)
     latencies.clear()
+    collections = [0, 0, 0]  # by generation, in the window: full ones stop the loop longest
+
+    def count_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections[info["generation"]] += 1
+
+    gc.callbacks.append(count_collection)
     await asyncio.sleep(seconds)
+    gc.callbacks.remove(count_collection)
     ready = sum(1 for client in clients if client.state is SessionState.READY)
     stats = [client.stats for client in clients]
     result = {
         "ramp_seconds": ramp,
         "tracked_per_session": tracked,
         "full_collect_ms": full_collect * 1000,
+        "collections": collections,
         "ready": ready,
         "zombies": sum(s.zombies for s in stats),
         "reconnects": sum(s.connects - 1 for s in stats),
@@ -257,6 +266,7 @@ def main() -> None:
             f"{result['kib_per_session']:.1f} KiB/session, "
             f"{result['tracked_per_session']:.0f} GC-tracked objects/session, "
             f"a full collection {result['full_collect_ms']:.0f} ms, "
+            f"collections in the window (by generation) {result['collections']}, "
             f"ramp {result['ramp_seconds']:.1f} s",
             flush=True,
         )
