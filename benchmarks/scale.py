@@ -108,8 +108,10 @@ async def _clients(url: str, count: int, seconds: float, variant: str) -> None:
             collections[info["generation"]] += 1
 
     gc.callbacks.append(count_collection)
-    await asyncio.sleep(seconds)
-    gc.callbacks.remove(count_collection)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        gc.callbacks.remove(count_collection)
     ready = sum(1 for client in clients if client.state is SessionState.READY)
     stats = [client.stats for client in clients]
     result = {

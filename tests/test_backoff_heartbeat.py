@@ -217,10 +217,17 @@ PING, WAIT, SKIP, EXPIRED = Keepalive.PING, Keepalive.WAIT, Keepalive.SKIP, Keep
         # Held when a ping is due: none sent, looked at again an interval later.
         (40.0, 20.0, True, True, 20.0, 20.0, (SKIP, 60.0)),
         (20.0, None, False, True, 20.0, 20.0, (SKIP, 40.0)),
+        # Held before the deadline or before the next ping is due: nothing to do yet.
+        (25.0, 20.0, False, True, 20.0, 20.0, (WAIT, 40.0)),
+        (25.0, 20.0, True, True, 20.0, 20.0, (WAIT, 40.0)),
         # Pings more often than their timeout: the next one goes once this one is
         # answered, and waits for it (until its deadline) if it is not yet.
         (25.0, 20.0, True, False, 5.0, 20.0, (PING, 30.0)),
-        (25.0, 20.0, False, False, 5.0, 20.0, (WAIT, 40.0)),
+        # ... looked at again an interval later (a pong that comes meanwhile delays
+        # the next ping by less than an interval), or at its deadline if sooner.
+        (25.0, 20.0, False, False, 5.0, 20.0, (WAIT, 30.0)),
+        (30.0, 20.0, True, False, 5.0, 20.0, (PING, 35.0)),
+        (35.0, 20.0, False, False, 5.0, 20.0, (WAIT, 40.0)),
         (40.0, 20.0, False, False, 5.0, 20.0, (EXPIRED, 40.0)),
         # A timeout shorter than the interval: the deadline first, then the next ping.
         (25.0, 20.0, True, False, 20.0, 5.0, (WAIT, 40.0)),

@@ -9,6 +9,7 @@ import contextlib
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -202,6 +203,24 @@ def test_the_fallback_listener_can_be_chosen_and_says_so() -> None:
     assert "Python-facing connection (WAVEGATE_PICOWS_LISTENER=python) (default)" in shown.stdout
 
 
+def test_a_compiled_listener_older_than_the_transport_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An editable install whose extension was not rebuilt after a change to what the
+    # transport calls: refused with a reason, so the fallback runs (not half of it).
+    try:
+        from wavegate.transport import _picows_listener
+    except ImportError:  # no compiler when this was installed: the fallback runs
+        assert picows_transport._compiled_listener()[0] is None
+        return
+    kind, why = picows_transport._compiled_listener()
+    assert kind is _picows_listener.Listener, why
+    monkeypatch.setattr(_picows_listener, "API", 1)
+    kind, why = picows_transport._compiled_listener()
+    assert kind is None
+    assert why == "compiled listener out of date (API 1, this wavegate needs 2): reinstall wavegate"
+
+
 async def test_the_compiled_listener_refuses_packet_classes_it_cannot_build() -> None:
     try:
         from wavegate.transport._picows_listener import Listener
@@ -286,3 +305,65 @@ async def test_disconnect_with_unread_messages_waiting_still_reads_the_peers_clo
         await sending
     assert conn.close_received is not None
     assert conn.close_received[0] == 1000
+
+
+@pytest.mark.timeout(30)
+async def test_a_pong_that_came_during_a_loop_stall_counts(make_ws: WebsocketFactory) -> None:
+    # The loop stalls past a ping's deadline (a long garbage collection, a slow
+    # callback) while the pong waits in the socket: it counts, the peer is not dead.
+    pinged: asyncio.Queue[None] = asyncio.Queue()
+
+    async def answer_pings(conn: RawPeer) -> None:
+        await conn.handshake()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                opcode, payload = await conn.read_frame()
+                if opcode == 9:
+                    conn.write_frame(10, payload)  # written at once: in the client's socket
+                    pinged.put_nowait(None)
+                elif opcode == 1:
+                    conn.write_frame(1, payload)
+
+    async with raw_server(answer_pings) as url:
+        ws = make_ws(ping_interval=0.05, ping_timeout=0.05)
+        await ws.connect(url)
+        receiving = asyncio.create_task(ws.receive())
+        for _ in range(3):
+            await pinged.get()
+            time.sleep(0.2)  # noqa: ASYNC251 (the fault itself: the loop stalls past the deadline)
+        assert ws.connected
+        await ws.send_json({"still": "here"})
+        assert await receiving == WebsocketPacketJSON({"still": "here"})
+
+
+@pytest.mark.timeout(30)
+async def test_a_ping_that_cannot_be_sent_ends_the_connection_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The keepalive sends its pings from a timer: an error there, left to the loop,
+    # would only be logged, and the pings would stop for good, unnoticed.
+    def broken(self: object) -> None:
+        raise RuntimeError("no ping today")
+
+    monkeypatch.setattr(picows_transport, "LISTENER", "python")
+    monkeypatch.setattr(picows_transport._Listener, "ping_now", broken)
+
+    async def silent(conn: RawPeer) -> None:
+        await conn.handshake()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await conn.read_frame()
+
+    async with raw_server(silent) as url:
+        ws = Websocket(transport="picows", ping_interval=0.05)
+        await ws.connect(url)
+        with pytest.raises(Signal) as caught:
+            await ws.receive()
+        signal = caught.value
+        assert (signal.event, signal.code, signal.reason) == (
+            Event.TRANSPORT_ERROR,
+            1006,
+            "ping: no ping today",
+        )
+        assert isinstance(signal.__cause__, RuntimeError)
+        await ws.disconnect()

@@ -59,15 +59,16 @@ def keepalive_step(
 ) -> tuple[Keepalive, float]:
     """What the keepalive's one timer does when it fires at ``now``, and when it fires
     next. ``sent`` is when the ping in flight went (``None``: none), ``answered``
-    whether its pong came. Pings go an ``interval`` apart, each once the last was
-    answered; each must be answered within ``timeout``. One timer and no task: a ping's
-    objects live until the next ping replaces them, never longer (thousands of
-    connections' worth of objects living an interval each would trigger full garbage
-    collections)."""
+    whether its pong came. Pings go an ``interval`` apart; each must be answered
+    within ``timeout``, and one not answered yet when the next is due holds the next
+    back (it is looked at again an interval later, or at its deadline if sooner). One
+    timer and no task: a ping's objects live until the next ping replaces them, never
+    longer (thousands of connections' worth of objects living ``timeout`` each would
+    trigger full garbage collections)."""
     if sent is not None and not answered:
         deadline = sent + timeout
         if now < deadline:
-            return Keepalive.WAIT, deadline
+            return Keepalive.WAIT, min(deadline, now + interval)
         if not held:
             return Keepalive.EXPIRED, now
         return Keepalive.SKIP, now + interval

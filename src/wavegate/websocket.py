@@ -231,8 +231,8 @@ class Websocket:
         open_timeout: seconds for the whole opening handshake; ``None`` waits forever.
         close_timeout: seconds to wait for the peer to answer our close frame.
         ping_interval: seconds between keepalive pings (picows: from one ping to the
-            next, each once the last was answered; aiohttp: of silence before one);
-            ``None`` disables them.
+            next, which waits for the last one's pong, looking again each interval;
+            aiohttp: seconds of silence before one); ``None`` disables them.
         ping_timeout: seconds to wait for the pong (aiohttp: for anything) before the
             connection counts as dead (``KEEPALIVE_TIMEOUT``).
         max_size: largest message accepted, in bytes; a larger one closes the

@@ -14,6 +14,8 @@ from ..signals import PayloadError
 
 BUILT_AGAINST: str
 """The picows version whose C layouts the module was compiled against."""
+API: int
+"""What the transport may call (raised with each change)."""
 
 class Listener:
     """One connection's receive side, a ``picows.WSListener`` written in Cython."""

@@ -56,6 +56,9 @@ cdef extern from *:
 
 BUILT_AGAINST = WAVEGATE_PICOWS_VERSION.decode()
 """The picows version whose C layouts this module was compiled against."""
+API = 2
+"""What the transport may call: raised with each change to it (2: ``ping_now``), so
+that a stale build (an editable install not rebuilt) is refused, not half used."""
 
 cdef Py_ssize_t _FIRST_SLOTS = 8  # grows by doubling: an idle connection stays small
 cdef Py_ssize_t _PAUSE_AT = 256

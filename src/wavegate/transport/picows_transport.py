@@ -67,6 +67,8 @@ under ``wavegate.transport.picows.<fd>``)."""
 PICOWS_VERSION: str = metadata.version("picows")
 
 ListenerKind = Literal["compiled", "python"]
+_LISTENER_API = 2
+"""The compiled listener's ``API`` this module calls (see ``_picows_listener.pyx``)."""
 
 
 def _compiled_listener() -> tuple[Any, str]:
@@ -77,6 +79,12 @@ def _compiled_listener() -> tuple[Any, str]:
         from . import _picows_listener
     except (ImportError, ValueError) as exc:  # ValueError: picows' C layout changed
         return None, f"compiled listener unavailable: {exc}"
+    api = getattr(_picows_listener, "API", 1)
+    if api != _LISTENER_API:
+        return None, (
+            f"compiled listener out of date (API {api}, this wavegate needs "
+            f"{_LISTENER_API}): reinstall wavegate"
+        )
     if _picows_listener.BUILT_AGAINST != PICOWS_VERSION:
         # Compiled against another picows' C layouts: reading them would be unsafe.
         return None, (
@@ -129,7 +137,10 @@ class _Listener(ClientConnection):
             coroutine.send(None)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
-        coroutine.close()  # it waits for the ending: no ping went, no pong will come
+        except ConnectionClosed:
+            pass  # closed meanwhile: no ping went, no pong will come
+        else:
+            coroutine.close()  # it waits for the ending: no ping went either
         never: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         never.cancel()
         return never
@@ -185,7 +196,8 @@ class PicowsTransport:
         self._sock = sock
         self.recv = listener.recv
         interval = self._options.ping_interval
-        if interval is not None:
+        # Not when it ended before connect() returned it: the timer would hold it.
+        if interval is not None and self._ending is None and not self._closing():
             self._keepalive_at(asyncio.get_running_loop().time() + interval)
 
     def taker(
@@ -346,7 +358,14 @@ class PicowsTransport:
             listener = self._listener
             assert listener is not None
             self._forget_ping()
-            self._pong = listener.ping_now()
+            try:
+                self._pong = listener.ping_now()
+            except Exception as exc:  # raised in a timer, it would stop pings unseen
+                reason = f"ping: {exc}"
+                ending = TransportClosed(Event.TRANSPORT_ERROR, _ABNORMAL, reason, local=True)
+                ending.__cause__ = exc
+                self._fail(ending)
+                return
             self._pinged_at = now
         self._keepalive_at(when)
 
