@@ -1,7 +1,8 @@
 """What a new user ran into, each fixed and kept fixed: an endpoint without a scheme
 pointed at a plain server, a readiness timeout that did not say what it waited for,
 credentials that were not checked, a state that printed as a number, no ``async for``
-on a Websocket, and ``on_event`` that took only plain functions."""
+on a Websocket, ``on_event`` that took only plain functions, and timing options
+(``ping_timeout=None``, NaN) that failed with a bare ``TypeError`` or were taken."""
 
 from __future__ import annotations
 
@@ -239,3 +240,40 @@ def test_the_tls_hint_names_the_plain_url_and_never_credentials(
     said = tls_mismatch_hint(url, event, reason)
     assert said == (f"{reason} {hint}" if hint else reason)
     assert "u:p" not in said
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        (
+            {"ping_timeout": None},
+            TypeError,
+            "ping_timeout must be a positive number, got None "
+            "(to turn the keepalive off, pass ping_interval=None)",
+        ),
+        ({"close_timeout": None}, TypeError, "close_timeout must be a positive number, got None"),
+        (
+            {"ping_interval": "20"},
+            TypeError,
+            "ping_interval must be a positive number or None, got '20'",
+        ),
+        (
+            {"open_timeout": True},
+            TypeError,
+            "open_timeout must be a positive number or None, got True",
+        ),
+        (
+            {"ping_interval": float("nan")},
+            ValueError,
+            "ping_interval must be a positive number or None, got nan",
+        ),
+        ({"ping_timeout": 0}, ValueError, "ping_timeout must be a positive number, got 0"),
+        ({"max_size": -1}, ValueError, "max_size must be a positive number or None, got -1"),
+    ],
+)
+def test_timing_options_that_make_no_sense_are_refused_by_name(
+    options: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as caught:
+        Websocket(**options)  # type: ignore[arg-type]
+    assert str(caught.value) == message

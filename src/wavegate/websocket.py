@@ -230,11 +230,14 @@ class Websocket:
         policy: the close-code policy (default :data:`~wavegate.DISCORD_VOICE`).
         open_timeout: seconds for the whole opening handshake; ``None`` waits forever.
         close_timeout: seconds to wait for the peer to answer our close frame.
-        ping_interval: seconds between keepalive pings (picows: from one ping to the
-            next, which waits for the last one's pong, looking again each interval;
-            aiohttp: seconds of silence before one); ``None`` disables them.
+        ping_interval: seconds between keepalive pings (aiohttp: seconds of silence
+            before one); ``None`` disables them. On picows a ping waits for the last
+            one's pong, so with ``ping_timeout`` longer than this a slow pong delays
+            the next ping (by at most an interval).
         ping_timeout: seconds to wait for the pong (aiohttp: for anything) before the
-            connection counts as dead (``KEEPALIVE_TIMEOUT``).
+            connection counts as dead (``KEEPALIVE_TIMEOUT``): a peer gone silent is
+            found within about ``ping_interval + ping_timeout``. Must be a number; to
+            turn the keepalive off, pass ``ping_interval=None``.
         max_size: largest message accepted, in bytes; a larger one closes the
             connection with 1009. ``None`` means no limit.
         json_codec: JSON functions for ``send_json`` and JSON receive mode (orjson

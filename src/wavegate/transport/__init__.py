@@ -47,12 +47,22 @@ class TransportOptions:
 
     def __post_init__(self) -> None:
         for name in ("open_timeout", "ping_interval", "max_size"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive or None, got {value!r}")
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name), "a positive number or None")
         for name in ("close_timeout", "ping_timeout"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+            _check_positive(name, getattr(self, name), "a positive number")
+
+
+def _check_positive(name: str, value: object, allowed: str) -> None:
+    """Raise, naming the option, for a value that is not a number above zero (NaN
+    included: every comparison with it is false, so a timer set with it never fires)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = ""
+        if name == "ping_timeout" and value is None:
+            hint = " (to turn the keepalive off, pass ping_interval=None)"
+        raise TypeError(f"{name} must be {allowed}, got {value!r}{hint}")
+    if not value > 0:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 class TransportClosed(Exception):
