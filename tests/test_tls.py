@@ -15,9 +15,10 @@ import trustme
 
 from wavegate import DisconnectSignal, Event, Signal, WebsocketPacketJSON
 from wavegate.testing import WebsocketTestServer
+from wavegate.transport import TEXT, TransportOptions, picows_transport
 
 from .conftest import WebsocketFactory
-from .peers import established_to
+from .peers import established_to, websockets_server
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +137,28 @@ async def test_a_send_after_a_reset_is_never_reported_written_over_tls(
     finally:
         stop.set()
         server.join(10)
+
+
+async def _echo_one(conn: object) -> None:
+    await conn.send(await conn.recv())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["ws", "wss"])
+async def test_picows_runs_tls_on_aiofastnet_and_plain_tcp_on_asyncio(
+    secure: bool, authority: trustme.CA
+) -> None:
+    # aiofastnet's TLS keeps 59 KiB per connection where asyncio's keeps 310; over plain
+    # TCP its transport is 4.6 KiB larger and no faster (docs/benchmarks.md, E and G).
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(served)
+    async with websockets_server(_echo_one, ssl=served if secure else None) as url:
+        url = url.replace("ws:", "wss:") if secure else url
+        options = TransportOptions(ssl=client_context(authority), ping_interval=None)
+        opened = await picows_transport.connect(url, options)
+        try:
+            module = type(opened._wt.underlying_transport).__module__
+            assert module.startswith("aiofastnet.") is secure, module
+            opened.send(TEXT, b'{"over": "either"}')
+            assert await opened.recv() == '{"over": "either"}'
+        finally:
+            await opened.close(1000, "")

@@ -546,6 +546,7 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
         # an idle connection 12 KiB smaller (workload E; the 10k-session workload G).
         read_buffer_init_size=_READ_BUFFER,
         logger_name=_CONNECTION_LOG,
+        use_aiofastnet=_use_aiofastnet(url),
     )
     try:
         wt, made = await asyncio.wait_for(opening, options.open_timeout)
@@ -607,6 +608,16 @@ def _socket_factory(sockets: list[socket.socket]) -> Callable[[Any], Awaitable[s
         return sock
 
     return make
+
+
+def _use_aiofastnet(url: str) -> bool:
+    """Whether picows should run the connection on aiofastnet's transport: for TLS only.
+
+    Over TLS aiofastnet's engine is far smaller than asyncio's (58.7 KiB per idle wss
+    connection against 310 KiB: asyncio's keeps a 256 KiB buffer for each).
+    Over plain TCP its transport was no faster on A-D, and 4.6 KiB larger: it embeds a
+    4 KiB array of write vectors (workload E: 16.9 against 12.3 KiB per connection)."""
+    return url.startswith("wss:")
 
 
 def _listener_factory(transport: PicowsTransport, options: TransportOptions) -> Callable[..., Any]:
