@@ -19,9 +19,11 @@ import asyncio
 import gc
 import json
 import resource
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -50,8 +52,21 @@ def _raise_fd_limit() -> int:
 # -- the client process ------------------------------------------------------------------
 
 
-async def _clients(url: str, count: int, seconds: float, variant: str) -> None:
+def _websocket(variant: str, authority: str | None) -> Any:
+    """The session's websocket for a variant (``None``: the VoiceClient's default)."""
     from wavegate import Websocket
+
+    if variant == "aiohttp":
+        return Websocket(transport="aiohttp")
+    if variant == "tls":
+        assert authority is not None, "the tls variant needs the server's authority"
+        return Websocket(ssl=ssl.create_default_context(cafile=authority))
+    return None
+
+
+async def _clients(
+    url: str, count: int, seconds: float, variant: str, authority: str | None = None
+) -> None:
     from wavegate.discord import VoiceClient, VoiceCredentials
     from wavegate.session import EventKind, SessionEvent, SessionState
 
@@ -76,7 +91,7 @@ async def _clients(url: str, count: int, seconds: float, variant: str) -> None:
             credentials,
             on_event=on_event,
             max_dave_protocol_version=0 if variant == "no-dave" else 1,
-            websocket=Websocket(transport="aiohttp") if variant == "aiohttp" else None,
+            websocket=_websocket(variant, authority),
         )
         clients.append(client)
         async with opening:
@@ -130,17 +145,22 @@ async def _clients(url: str, count: int, seconds: float, variant: str) -> None:
     await asyncio.gather(*(client.close() for client in clients))
 
 
-def client_main(url: str, count: int, seconds: float, variant: str) -> None:
+def client_main(
+    url: str, count: int, seconds: float, variant: str, authority: str | None = None
+) -> None:
     _raise_fd_limit()
-    asyncio.run(_clients(url, count, seconds, variant))
+    asyncio.run(_clients(url, count, seconds, variant, authority))
 
 
 # -- the parent ---------------------------------------------------------------------------
 
 
-def _serve() -> tuple[subprocess.Popen[str], str]:
+def _serve(authority: Path | None = None) -> tuple[subprocess.Popen[str], str]:
+    """The fake gateway in its own process (over TLS when given where to write its
+    certificate authority); its URL."""
+    tls = [] if authority is None else [str(authority)]
     server = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.scale", "serve"],
+        [sys.executable, "-m", "benchmarks.scale", "serve", *tls],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # one log line per connection
         text=True,
@@ -151,8 +171,9 @@ def _serve() -> tuple[subprocess.Popen[str], str]:
     return server, line.rsplit(" ", 1)[-1].strip()
 
 
-def serve_main() -> None:
-    """``wavegate serve --heartbeat 5`` on any free port, with the fd limit raised."""
+def serve_main(authority: str | None = None) -> None:
+    """``wavegate serve --heartbeat 5`` on any free port, with the fd limit raised;
+    ``--tls``, writing its authority to ``authority``, when given."""
     _raise_fd_limit()
     from wavegate.cli import main
 
@@ -164,12 +185,20 @@ def serve_main() -> None:
         "--heartbeat",
         str(int(HEARTBEAT)),
         "--dave-optional",
+        *([] if authority is None else ["--tls", "--ca-out", authority]),
     ]
     main()
 
 
 def measure(count: int, seconds: float, variant: str = "default") -> dict[str, Any]:
-    server, url = _serve()
+    with tempfile.TemporaryDirectory() as scratch:
+        authority = Path(scratch) / "authority.pem" if variant == "tls" else None
+        return _measure(count, seconds, variant, authority)
+
+
+def _measure(count: int, seconds: float, variant: str, authority: Path | None) -> dict[str, Any]:
+    server, url = _serve(authority)
+    tls = [] if authority is None else [str(authority)]
     client = subprocess.Popen(
         [
             sys.executable,
@@ -180,6 +209,7 @@ def measure(count: int, seconds: float, variant: str = "default") -> dict[str, A
             str(count),
             str(seconds),
             variant,
+            *tls,
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -248,10 +278,11 @@ def main() -> None:
     parser.add_argument("--replot", action="store_true", help="redraw scale.png from scale.json")
     parser.add_argument(
         "--variant",
-        choices=["default", "no-dave", "aiohttp", "freeze"],
+        choices=["default", "no-dave", "aiohttp", "tls", "freeze"],
         default="default",
         help="default: picows, DAVE offered; no-dave: DAVE not offered; aiohttp: that "
-        "transport; freeze: gc.freeze() once all sessions are READY",
+        "transport; tls: wss:// (as Discord serves it); freeze: gc.freeze() once all "
+        "sessions are READY",
     )
     args = parser.parse_args()
     if args.replot:
@@ -284,8 +315,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["client"]:
-        client_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
+        client_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), *sys.argv[5:7])
     elif sys.argv[1:2] == ["serve"]:
-        serve_main()
+        serve_main(*sys.argv[2:3])
     else:
         main()
