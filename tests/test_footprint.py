@@ -19,7 +19,7 @@ import pytest
 
 from wavegate import Signal, Websocket
 from wavegate.discord.voice import VoiceClient
-from wavegate.session import EventKind, SessionEvent
+from wavegate.session import EventKind, SessionEvent, SessionState
 
 from .conftest import WebsocketFactory, eventually
 from .peers import ForeignVoiceGateway, websockets_server
@@ -143,6 +143,43 @@ async def test_a_quiet_session_holds_no_empty_queue_blocks(transport: str) -> No
             assert _deques_held_by_wavegate() - before == 1
             await voice.send_speaking(1)
             assert _deques_held_by_wavegate() - before == 2  # the outbox, once used
+
+
+def _connection_tasks() -> list[str]:
+    """What each running connection task of a session does (its work's name)."""
+    names = []
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        if getattr(coro, "__qualname__", "") == "_until_ended":
+            work = coro.cr_frame.f_locals["work"]  # type: ignore[union-attr]
+            names.append(work.__qualname__)
+    return sorted(names)
+
+
+@pytest.mark.timeout(60)
+async def test_a_session_runs_a_writer_only_while_messages_wait(transport: str) -> None:
+    # A writer waiting for the next message held a task, four coroutines and a future
+    # for each session (about 1.8 KiB at thousands of them: workload G).
+    foreign = ForeignVoiceGateway(4006)
+    async with foreign.running() as url:
+        voice = VoiceClient(url, CREDENTIALS, websocket=Websocket(transport=transport))
+        async with voice:
+            early = asyncio.ensure_future(voice.send_speaking(1))
+            await asyncio.sleep(0)  # one loop turn: queued, long before the handshake ends
+            assert voice.pending_sends == 1
+            await voice.wait_ready(10)
+            await early  # the writer the handshake started wrote it
+            assert voice.stats.sent == 1
+            await eventually(lambda: _connection_tasks() == ["read"])
+            for n in range(1, 4):
+                await voice.send_speaking(1)  # returns once written
+                assert voice.stats.sent == n + 1
+                await eventually(lambda: _connection_tasks() == ["read"])
+            assert voice.state is SessionState.READY
+            # Queued at once: the writer started by the first writes them all, in order.
+            await asyncio.gather(*(voice.send_speaking(0) for _ in range(5)))
+            assert voice.stats.sent == 9
+            await eventually(lambda: _connection_tasks() == ["read"])
 
 
 def _made_by_wavegate(function: object) -> bool:

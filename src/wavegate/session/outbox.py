@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .._flag import Flag
 from ..signals import SendQueueFullError, SendTimeoutError
 
 
@@ -37,7 +36,9 @@ class Outbox:
         self._items: deque[Outgoing] | None = None
         """Made at the first send: many sessions never send one, and an empty deque is
         a 600-byte block."""
-        self._filled = Flag()
+        self.on_filled: Callable[[], None] | None = None
+        """Called when a message is queued: the connection's writer, while one can
+        write (a writer waiting for messages would be a task held per session)."""
 
     def __len__(self) -> int:
         return 0 if self._items is None else len(self._items)
@@ -58,7 +59,8 @@ class Outbox:
         loop = asyncio.get_running_loop()
         item = Outgoing(frame, binary, loop.create_future())
         items.append(item)
-        self._filled.set()
+        if self.on_filled is not None:
+            self.on_filled()
         deadline = None
         if timeout is not None:
             deadline = loop.call_later(max(timeout, 0.0), self._expire, item, timeout)
@@ -72,12 +74,6 @@ class Outbox:
         finally:
             if deadline is not None:
                 deadline.cancel()
-
-    async def wait_filled(self) -> None:
-        """Return once a message is queued."""
-        while not self._items:
-            self._filled.clear()
-            await self._filled.wait()
 
     def head(self) -> Outgoing | None:
         """The first message, if any (it stays queued)."""
