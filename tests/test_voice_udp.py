@@ -5,6 +5,7 @@ way discovery can fail."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -126,6 +127,73 @@ async def test_receive_ends_when_the_socket_closes(responder: tuple[UdpResponder
         await asyncio.wait_for(waiting, PATIENCE)
     with pytest.raises(ConnectionError, match="closed"):
         udp.send(b"rtp")
+
+
+def _raw_voice_server() -> socket.socket:
+    """A voice server's UDP side as a plain blocking socket, driven by the test."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(PATIENCE)
+    return server
+
+
+async def test_media_that_came_before_the_answer_waits_for_receive_in_order() -> None:
+    with _raw_voice_server() as server:
+        udp = await VoiceUdp.open("127.0.0.1", server.getsockname()[1])
+        try:
+            discovering = asyncio.ensure_future(udp.discover(9, timeout=PATIENCE))
+            request, client = await asyncio.to_thread(server.recvfrom, 100)
+            assert ip_discovery.parse_request(request) == 9
+            for packet in (b"media 1", b"media 2", ip_discovery.response(9, *client), b"3"):
+                server.sendto(packet, client)
+            assert await discovering == client
+            assert [await udp.receive() for _ in range(3)] == [b"media 1", b"media 2", b"3"]
+            assert udp.dropped == 0
+        finally:
+            udp.close()
+
+
+async def test_a_full_receive_queue_drops_the_oldest_and_counts_them() -> None:
+    with _raw_voice_server() as server:
+        udp = await VoiceUdp.open("127.0.0.1", server.getsockname()[1], queue_size=2)
+        try:
+            for n in range(5):
+                server.sendto(b"%d" % n, udp.local)
+            await eventually(lambda: udp.dropped == 3, PATIENCE)
+            assert [await udp.receive(), await udp.receive()] == [b"3", b"4"]
+        finally:
+            udp.close()
+
+
+async def test_a_datagram_the_socket_has_no_room_for_is_counted_not_queued() -> None:
+    # A Unix datagram pair whose reader never reads: its queue fills and the sender's
+    # socket refuses more (loopback UDP never does; a busy uplink does).
+    mine, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with peer:
+        udp = VoiceUdp(mine)
+        try:
+            attempts = 0
+            while udp.unsent == 0 and attempts < 100_000:
+                udp.send(b"x" * 1000)
+                attempts += 1
+            assert udp.unsent == 1
+            peer.setblocking(False)
+            arrived = 0
+            with contextlib.suppress(BlockingIOError):
+                while peer.recv(2000):
+                    arrived += 1
+            assert arrived == attempts - 1  # all but the one counted, none sent late
+            udp.send(b"room again")
+            assert peer.recv(2000) == b"room again"
+        finally:
+            udp.close()
+    assert udp.closed
+
+
+async def test_a_receive_queue_must_hold_a_datagram() -> None:
+    mine, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with mine, peer, pytest.raises(ValueError, match="queue_size must be at least 1"):
+        VoiceUdp(mine, queue_size=0)
 
 
 def test_discovery_options_are_checked() -> None:

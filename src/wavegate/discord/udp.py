@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 
 from .._flag import Flag
 from . import ip_discovery
@@ -22,75 +23,95 @@ class DiscoveryFailed(ConnectionError):
     """UDP IP discovery got no usable answer (the message says what happened)."""
 
 
-class _Datagrams(asyncio.DatagramProtocol):
-    """Received datagrams, and what a discovery is waiting for."""
-
-    def __init__(self, queue_size: int) -> None:
-        self.queue: collections.deque[bytes] = collections.deque(maxlen=queue_size)
-        self.arrived = Flag()
-        self.dropped = 0
-        self.error: OSError | None = None
-        self.lost = Flag()
-
-    def datagram_received(self, data: bytes, addr: object) -> None:
-        if len(self.queue) == self.queue.maxlen:
-            self.dropped += 1  # real-time media: the oldest packet is the one to lose
-        self.queue.append(data)
-        self.arrived.set()
-
-    def error_received(self, exc: Exception) -> None:
-        # Connected UDP sockets report ICMP errors (port unreachable) here.
-        self.error = exc if isinstance(exc, OSError) else OSError(str(exc))
-        self.arrived.set()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost.set()
-        self.arrived.set()
+_MAX_DATAGRAM = 65536
+"""Read whole: a datagram longer than the buffer would be cut short without a word."""
 
 
 class VoiceUdp:
     """A UDP socket connected to a voice server's media address.
 
+    The loop reads it with a reader callback, one datagram per wakeup. There is no
+    asyncio transport, and the receive queue is made when media first arrives: 2 KiB
+    less per session (workload G) than an asyncio datagram endpoint.
+
     Attributes:
         remote: the voice server's ``(address, port)``.
+        local: this socket's own ``(address, port)``.
         external: this client's ``(address, port)`` as the server sees it, once
             :meth:`discover` succeeded.
         dropped: received datagrams dropped because :meth:`receive` fell behind
             (the oldest go first).
+        unsent: datagrams :meth:`send` could not send because the socket's send
+            buffer was full (real-time media: a packet sent late is lost anyway).
     """
 
-    def __init__(self, transport: asyncio.DatagramTransport, datagrams: _Datagrams) -> None:
-        self._transport = transport
-        self._datagrams = datagrams
-        self.remote: tuple[str, int] = transport.get_extra_info("peername")[:2]
+    def __init__(self, sock: socket.socket, *, queue_size: int = 256) -> None:
+        """Take over ``sock``: a connected datagram socket (made non-blocking here)."""
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+        sock.setblocking(False)
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self._queue: collections.deque[bytes] | None = None
+        self._queue_size = queue_size
+        self._arrived = Flag()
+        self._error: OSError | None = None
+        self._closed = False
+        self.dropped = 0
+        self.unsent = 0
+        self.remote: tuple[str, int] = _address(sock.getpeername())
+        self.local: tuple[str, int] = _address(sock.getsockname())
         self.external: tuple[str, int] | None = None
+        self._loop.add_reader(sock.fileno(), self._readable)
 
     @classmethod
     async def open(cls, host: str, port: int, *, queue_size: int = 256) -> VoiceUdp:
-        """A socket connected to ``host:port``; keeps the latest ``queue_size`` datagrams."""
+        """A socket connected to ``host:port``; keeps the latest ``queue_size`` datagrams.
+
+        Raises:
+            OSError: ``host`` does not resolve, or no address of it can be reached.
+        """
         loop = asyncio.get_running_loop()
-        transport, datagrams = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(queue_size), remote_addr=(host, port)
-        )
-        return cls(transport, datagrams)
+        found = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        failure: OSError = OSError(f"no address for {host}:{port}")
+        for family, kind, proto, _, address in found:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setblocking(False)
+                sock.connect(address)  # UDP: nothing is sent; the peer is fixed
+                return cls(sock, queue_size=queue_size)
+            except OSError as exc:
+                sock.close()
+                failure = exc
+            except BaseException:
+                sock.close()
+                raise
+        raise failure
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"to {self.remote[0]}:{self.remote[1]}"
         return f"<VoiceUdp {state}>"
 
     @property
-    def local(self) -> tuple[str, int]:
-        """This socket's own ``(address, port)``."""
-        address: tuple[str, int] = self._transport.get_extra_info("sockname")[:2]
-        return address
-
-    @property
     def closed(self) -> bool:
-        return self._transport.is_closing()
+        return self._closed
 
-    @property
-    def dropped(self) -> int:
-        return self._datagrams.dropped
+    def _readable(self) -> None:
+        try:
+            data = self._sock.recv(_MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # A connected UDP socket reports ICMP errors (port unreachable) here.
+            self._error = exc
+        else:
+            queue = self._queue
+            if queue is None:
+                queue = self._queue = collections.deque(maxlen=self._queue_size)
+            elif len(queue) == self._queue_size:
+                self.dropped += 1  # real-time media: the oldest packet is the one to lose
+            queue.append(data)
+        self._arrived.set()
 
     async def discover(
         self, ssrc: int, *, timeout: float = 1.0, attempts: int = 3
@@ -114,38 +135,56 @@ class VoiceUdp:
         )
 
     async def _answer(self, ssrc: int, timeout: float) -> tuple[str, int] | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        datagrams = self._datagrams
+        deadline = self._loop.time() + timeout
         while True:
-            if datagrams.error is not None:
-                error, datagrams.error = datagrams.error, None
+            if self._error is not None:
+                error, self._error = self._error, None
                 raise DiscoveryFailed(
                     f"UDP IP discovery to {self.remote[0]}:{self.remote[1]}: {error}"
                 ) from error
-            for packet in list(datagrams.queue):
-                try:
-                    found = ip_discovery.parse_response(packet, ssrc)
-                except ip_discovery.DiscoveryError:
-                    continue
-                datagrams.queue.remove(packet)
+            if (found := self._take_answer(ssrc)) is not None:
                 return found
-            if datagrams.lost.is_set():
+            if self._closed:
                 raise DiscoveryFailed("the UDP socket closed during IP discovery")
-            remaining = deadline - loop.time()
+            remaining = deadline - self._loop.time()
             if remaining <= 0:
                 return None
-            datagrams.arrived.clear()
+            self._arrived.clear()
             try:
-                await asyncio.wait_for(datagrams.arrived.wait(), remaining)
+                await asyncio.wait_for(self._arrived.wait(), remaining)
             except asyncio.TimeoutError:
                 return None
 
+    def _take_answer(self, ssrc: int) -> tuple[str, int] | None:
+        """The discovery answer among the queued datagrams, taken out of the queue."""
+        queue = self._queue
+        for packet in queue or ():
+            try:
+                found = ip_discovery.parse_response(packet, ssrc)
+            except ip_discovery.DiscoveryError:
+                continue
+            assert queue is not None
+            queue.remove(packet)
+            if not queue:
+                self._queue = None  # a session that gets no media keeps no queue block
+            return found
+        return None
+
     def send(self, packet: bytes) -> None:
-        """Send one datagram (an RTP packet, once transport-encrypted)."""
-        if self.closed:
+        """Send one datagram (an RTP packet, once transport-encrypted). One the socket
+        has no room for is counted in :attr:`unsent`, not queued.
+
+        Raises:
+            ConnectionError: the socket is closed.
+        """
+        if self._closed:
             raise ConnectionError("the voice UDP socket is closed")
-        self._transport.sendto(packet)
+        try:
+            self._sock.send(packet)
+        except (BlockingIOError, InterruptedError):
+            self.unsent += 1
+        except OSError as exc:
+            self._error = exc  # ICMP from an earlier datagram; discovery reports it
 
     async def receive(self) -> bytes:
         """The next datagram from the voice server.
@@ -153,18 +192,28 @@ class VoiceUdp:
         Raises:
             ConnectionError: the socket is closed (and nothing is left to read).
         """
-        datagrams = self._datagrams
-        while not datagrams.queue:
-            if datagrams.lost.is_set() or self.closed:
+        while not self._queue:
+            if self._closed:
                 raise ConnectionError("the voice UDP socket is closed")
-            datagrams.arrived.clear()
-            await datagrams.arrived.wait()
-        return datagrams.queue.popleft()
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._queue.popleft()
 
     def close(self) -> None:
         """Close the socket (idempotent); a waiting :meth:`receive` ends."""
-        self._transport.close()
-        self._datagrams.arrived.set()
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._arrived.set()
+
+
+def _address(address: object) -> tuple[str, int]:
+    """``(host, port)`` of a socket address (IPv6 ones carry two fields more)."""
+    if isinstance(address, tuple):
+        return (str(address[0]), int(address[1]))
+    return (str(address), 0)  # a Unix socket (tests): a path, no port
 
 
 class UdpDiscovery:
