@@ -269,6 +269,21 @@ def test_the_tls_hint_names_the_plain_url_and_never_credentials(
         ),
         ({"ping_timeout": 0}, ValueError, "ping_timeout must be a positive number, got 0"),
         ({"max_size": -1}, ValueError, "max_size must be a positive number or None, got -1"),
+        (
+            {"read_buffer_size": 1024},
+            ValueError,
+            "read_buffer_size must be at least 2048, got 1024",
+        ),
+        (
+            {"read_buffer_size": 4096.0},
+            TypeError,
+            "read_buffer_size must be an int (bytes), got 4096.0",
+        ),
+        (
+            {"read_buffer_size": None},
+            TypeError,
+            "read_buffer_size must be an int (bytes), got None",
+        ),
     ],
 )
 def test_timing_options_that_make_no_sense_are_refused_by_name(

@@ -15,13 +15,15 @@ import pytest
 
 import wavegate
 from wavegate import Event, Signal, Websocket, WebsocketPacketBytes, WebsocketPacketText
+from wavegate.discord.voice import VoiceClient
 from wavegate.packets import WebsocketPacketJSON
 from wavegate.signals import PayloadError
 from wavegate.testing import WebsocketTestServer, frames
 from wavegate.transport import default_transport, picows_transport
 
 from .conftest import WebsocketFactory, eventually
-from .peers import RawPeer, raw_server
+from .peers import RawPeer, raw_server, websockets_server
+from .voice_harness import CREDENTIALS
 
 
 async def test_thousands_of_unread_messages_arrive_whole_and_in_order(
@@ -368,3 +370,29 @@ async def test_a_ping_that_cannot_be_sent_ends_the_connection_with_the_reason(
         )
         assert isinstance(signal.__cause__, RuntimeError)
         await ws.disconnect()
+
+
+async def test_the_smallest_read_buffer_grows_for_messages_far_larger(
+    make_ws: WebsocketFactory,
+) -> None:
+    sizes = [10, 5000, 300_000, 3000, 70_000, 1]
+
+    async def send_them(conn: object) -> None:
+        for n, size in enumerate(sizes):
+            await conn.send(bytes([n]) * size)  # type: ignore[attr-defined]
+        await conn.wait_closed()  # type: ignore[attr-defined]
+
+    async with websockets_server(send_them) as url:
+        ws = make_ws(read_buffer_size=2048)
+        await ws.connect(url)
+        for n, size in enumerate(sizes):
+            assert await ws.receive() == WebsocketPacketBytes(bytes([n]) * size)
+        await ws.disconnect()
+
+
+async def test_a_voice_client_reads_with_the_smallest_buffer_unless_given_a_websocket() -> None:
+    # 2 KiB less per session (workload G); a voice gateway's messages are small.
+    voice = VoiceClient("127.0.0.1:1", CREDENTIALS)
+    assert voice.ws._options.read_buffer_size == 2048
+    given = Websocket(read_buffer_size=8192)
+    assert VoiceClient("127.0.0.1:1", CREDENTIALS, websocket=given).ws is given

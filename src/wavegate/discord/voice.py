@@ -27,6 +27,7 @@ from ..session import Session, SessionEvent
 from ..session.events import OnEvent
 from ..session.machine import Outcome
 from ..signals import SessionClosedError, WaitTimeoutError
+from ..transport import MIN_READ_BUFFER
 from ..websocket import Websocket
 from .dave import SILENCE_FRAME, DaveEvent, DaveState
 from .payloads import (
@@ -51,6 +52,9 @@ from .payloads import (
 )
 from .udp import DiscoveryFailed, UdpDiscovery, VoiceUdp
 from .voice_protocol import Discover, Stage, VoiceProtocol
+
+_STALE = frozenset({4006})
+"""Without a way to refresh credentials, a 4006 ends the client (one set for all)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,9 @@ class VoiceClient(Session):
             :class:`UdpDiscovery` (pass one to tune its timeout and attempts), does it
             for real and keeps the socket for the media layer (:attr:`media`); with a
             function of your own, :attr:`media` stays ``None``.
-        websocket: the connection to use (``Websocket()`` with the voice policy).
+        websocket: the connection to use (default: ``Websocket(read_buffer_size=2048)``,
+            with the voice policy: a voice gateway's messages are small, and picows
+            grows the buffer for a larger one).
         refresh_credentials: awaited before every new session after the first, for
             credentials with a fresh token (a bot gets one by sending op 4 on the main
             gateway again: VOICE_STATE_UPDATE, then VOICE_SERVER_UPDATE). Without it,
@@ -129,6 +135,8 @@ class VoiceClient(Session):
         )
         self._dave_changed = Flag()
         self._user_on_event: OnEvent | None = options.pop("on_event", None)
+        if websocket is None:
+            websocket = Websocket(read_buffer_size=MIN_READ_BUFFER)  # 2 KiB less per session
         super().__init__(
             voice_url(endpoint), protocol, websocket=websocket, on_event=self._seen, **options
         )
@@ -137,7 +145,7 @@ class VoiceClient(Session):
         if refresh_credentials is None:
             # Discord's 4006 ends the voice session and its token: without a way to
             # get a fresh one, a new session could only be refused again.
-            self._machine.rules = replace(self._machine.rules, stale_codes=frozenset({4006}))
+            self._machine.rules = replace(self._machine.rules, stale_codes=_STALE)
 
     def __repr__(self) -> str:
         return f"<VoiceClient {self.state.value} {self.protocol.credentials!r}>"

@@ -44,6 +44,7 @@ class TransportOptions:
     ssl: ssl_module.SSLContext | bool = True
     proxy: str | None = None
     compression: bool = False
+    read_buffer_size: int = 4096
 
     def __post_init__(self) -> None:
         for name in ("open_timeout", "ping_interval", "max_size"):
@@ -51,6 +52,15 @@ class TransportOptions:
                 _check_positive(name, getattr(self, name), "a positive number or None")
         for name in ("close_timeout", "ping_timeout"):
             _check_positive(name, getattr(self, name), "a positive number")
+        size = self.read_buffer_size
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"read_buffer_size must be an int (bytes), got {size!r}")
+        if size < MIN_READ_BUFFER:
+            raise ValueError(f"read_buffer_size must be at least {MIN_READ_BUFFER}, got {size}")
+
+
+MIN_READ_BUFFER = 2048
+"""picows' smallest read buffer, in bytes."""
 
 
 def _check_positive(name: str, value: object, allowed: str) -> None:

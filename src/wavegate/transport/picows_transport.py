@@ -54,8 +54,6 @@ _UNANSWERED_LIMIT = 1 << 20
 """Bytes picows may queue on its own (pongs) while the peer reads nothing, before the
 connection is failed: a peer that floods pings and never reads the pongs would
 otherwise grow memory without bound."""
-_READ_BUFFER = 4096
-"""picows' first read buffer, in bytes (it grows under load)."""
 _FLOOD_CHECK = 0.05
 """Seconds between checks of the write buffer while writing is paused."""
 _log = logging.getLogger("wavegate.transport.picows")
@@ -542,9 +540,8 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
         extra_headers=headers or None,
         proxy=options.proxy,
         socket_factory=_socket_factory(sockets),
-        # picows grows its read buffer under load; starting at 4 KiB instead of 16 keeps
-        # an idle connection 12 KiB smaller (workload E; the 10k-session workload G).
-        read_buffer_init_size=_READ_BUFFER,
+        # picows doubles it when a read nearly fills it; it never shrinks.
+        read_buffer_init_size=options.read_buffer_size,
         logger_name=_CONNECTION_LOG,
         use_aiofastnet=_use_aiofastnet(url),
     )
