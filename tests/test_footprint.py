@@ -20,6 +20,7 @@ import pytest
 from wavegate import Signal, Websocket
 from wavegate.discord.voice import VoiceClient
 from wavegate.session import EventKind, SessionEvent, SessionState
+from wavegate.transport import TEXT, TransportOptions, picows_transport
 
 from .conftest import WebsocketFactory, eventually
 from .peers import ForeignVoiceGateway, websockets_server
@@ -240,3 +241,18 @@ async def test_a_beat_leaves_nothing_alive_but_its_next_timer(transport: str) ->
     assert max(k["timers"] for k in kept) >= 1  # each pair spans a beat; one at least its timer
     for k in kept:
         assert (k["packets"], k["bound methods"], k["contexts for timers"]) == (0, 0, 0), k
+
+
+@pytest.mark.timeout(30)
+async def test_a_picows_connection_lets_go_of_its_opening_headers() -> None:
+    # picows keeps the handshake's request and response for the connection's life:
+    # their headers were 1.7 KiB of each idle connection (workloads E and G).
+    async with websockets_server(_echo) as url:
+        opened = await picows_transport.connect(url, TransportOptions(ping_interval=None))
+        try:
+            assert len(opened._wt.request.headers) == 0
+            assert len(opened._wt.response.headers) == 0
+            opened.send(TEXT, b'{"still": "works"}')
+            assert await opened.recv() == '{"still": "works"}'
+        finally:
+            await opened.close(1000, "")
