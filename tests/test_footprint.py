@@ -12,6 +12,8 @@ import asyncio
 import gc
 import itertools
 import logging
+import subprocess
+import sys
 from collections import deque
 
 import aiohttp
@@ -153,7 +155,7 @@ def _connection_tasks() -> list[str]:
         coro = task.get_coro()
         if getattr(coro, "__qualname__", "") == "_until_ended":
             work = coro.cr_frame.f_locals["work"]  # type: ignore[union-attr]
-            names.append(work.__qualname__)
+            names.append(getattr(work, "func", work).__qualname__)  # a partial, or not
     return sorted(names)
 
 
@@ -164,6 +166,7 @@ async def test_a_session_runs_a_writer_only_while_messages_wait(transport: str) 
     foreign = ForeignVoiceGateway(4006)
     async with foreign.running() as url:
         voice = VoiceClient(url, CREDENTIALS, websocket=Websocket(transport=transport))
+        finished_before = _finished_tasks("_until_ended")
         async with voice:
             early = asyncio.ensure_future(voice.send_speaking(1))
             await asyncio.sleep(0)  # one loop turn: queued, long before the handshake ends
@@ -181,6 +184,8 @@ async def test_a_session_runs_a_writer_only_while_messages_wait(transport: str) 
             await asyncio.gather(*(voice.send_speaking(0) for _ in range(5)))
             assert voice.stats.sent == 9
             await eventually(lambda: _connection_tasks() == ["read"])
+            # Each finished writer is let go (with its coroutine and the sender's context).
+            await eventually(lambda: _finished_tasks("_until_ended") == finished_before)
 
 
 def _made_by_wavegate(function: object) -> bool:
@@ -256,3 +261,35 @@ async def test_a_picows_connection_lets_go_of_its_opening_headers() -> None:
             assert await opened.recv() == '{"still": "works"}'
         finally:
             await opened.close(1000, "")
+
+
+_WRITER_AT_SHUTDOWN = """
+import asyncio
+from wavegate.discord.voice import VoiceClient, VoiceCredentials
+from wavegate.testing.voice import FakeVoiceGateway
+
+async def main():
+    gateway = await FakeVoiceGateway(require_dave=False).__aenter__()
+    voice = VoiceClient(gateway.url, VoiceCredentials("1001", "2001", "s", "t", "1001"))
+    await voice.start()
+    await voice.wait_ready(30)
+    # Returning at once: the send starts a writer in asyncio.run()'s last loop turn,
+    # and asyncio.run() then cancels every task, that writer before its first step.
+    asyncio.ensure_future(voice.send_speaking(1))
+
+asyncio.run(main())
+print("returned")
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_writer_cancelled_before_its_first_step_leaves_no_coroutine_never_awaited() -> None:
+    ran = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", _WRITER_AT_SHUTDOWN],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.stdout.strip() == "returned", ran.stderr[-2000:]
+    assert "never awaited" not in ran.stderr, ran.stderr[-2000:]

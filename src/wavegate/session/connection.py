@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -424,7 +425,15 @@ class Writer:
             return  # it writes the outbox until it is empty
         if self._link.ending.done() or self._link.stopping:
             return  # run() is ending the connection: the message waits for the next one
-        self.task = asyncio.ensure_future(_until_ended(self._link, write(self._link), done=True))
+        self.task = task = asyncio.ensure_future(_until_ended(self._link, write, done=True))
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        # Let go of a writer that finished its work: held, it would keep its coroutine
+        # and the sender's context alive until the connection ends. One that failed or
+        # was cancelled stays, for run() to report or await.
+        if self.task is task and not task.cancelled() and task.exception() is None:
+            self.task = None
 
     def stop(self) -> asyncio.Task[None] | None:
         """No more writers; the running one, if any, cancelled (for run() to await)."""
@@ -438,19 +447,22 @@ class Writer:
 Tasks = set["asyncio.Task[None]"]
 
 
-async def _until_ended(link: Link, work: Awaitable[None], *, done: bool = False) -> None:
-    """Run one of the connection's tasks; a signal it raises is the connection's
-    ending, unless another task saw the end first. One that ends without a signal (an
-    exception, a return unless ``done`` says its work may finish, or cancelled from
-    inside: a bug) ends the connection too.
+async def _until_ended(
+    link: Link, work: Callable[[Link], Awaitable[None]], *, done: bool = False
+) -> None:
+    """Run ``work(link)`` as one of the connection's tasks; a signal it raises is the
+    connection's ending, unless another task saw the end first. One that ends without
+    a signal (an exception, a return unless ``done`` says its work may finish, or
+    cancelled from inside: a bug) ends the connection too.
 
     The task reports its own ending, so :func:`run` awaits ``link.ending`` alone: an
     ``asyncio.wait`` over the tasks held a waiter, three sets and a callback (with its
     context) per task for as long as the connection lived."""
-    # Only run() holds these tasks and it cancels them only once the ending is decided,
-    # so none is cancelled before its first step (which no except clause here sees).
+    # A task cancelled before its first step (a writer started as the connection ends,
+    # or every task as asyncio.run() shuts down) never makes its work's coroutine,
+    # so none is left never awaited; no except clause here sees that cancellation.
     try:
-        await work
+        await work(link)
     except Signal as signal:
         link.end(signal)
         return
@@ -480,7 +492,8 @@ async def run(parts: Parts, url: str, *, resume: bool) -> Ending:
         return Ending(failed, while_opening=True)
     parts.stats.connects += 1
     link = Link(parts)
-    tasks: Tasks = {asyncio.ensure_future(_until_ended(link, read(link, resume=resume)))}
+    reading = functools.partial(read, resume=resume)
+    tasks: Tasks = {asyncio.ensure_future(_until_ended(link, reading))}
     writer: Writer | None = None
     try:
         if await _handshake(link):
