@@ -170,7 +170,7 @@ async def test_a_datagram_the_socket_has_no_room_for_is_counted_not_queued() -> 
     # socket refuses more (loopback UDP never does; a busy uplink does).
     mine, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with peer:
-        udp = VoiceUdp(mine)
+        udp = await VoiceUdp.wrap(mine)
         try:
             attempts = 0
             while udp.unsent == 0 and attempts < 100_000:
@@ -193,7 +193,58 @@ async def test_a_datagram_the_socket_has_no_room_for_is_counted_not_queued() -> 
 async def test_a_receive_queue_must_hold_a_datagram() -> None:
     mine, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with mine, peer, pytest.raises(ValueError, match="queue_size must be at least 1"):
-        VoiceUdp(mine, queue_size=0)
+        await VoiceUdp.wrap(mine, queue_size=0)
+
+
+async def test_closing_during_discovery_ends_it_with_the_reason() -> None:
+    with _raw_voice_server() as server:
+        udp = await VoiceUdp.open("127.0.0.1", server.getsockname()[1])
+        discovering = asyncio.ensure_future(udp.discover(9, timeout=PATIENCE))
+        await asyncio.to_thread(server.recvfrom, 100)  # the request went: it waits
+        udp.close()
+        with pytest.raises(DiscoveryFailed, match="closed during IP discovery"):
+            await asyncio.wait_for(discovering, PATIENCE)
+
+
+class _LoopWithoutReaders(asyncio.SelectorEventLoop):
+    """A loop that cannot watch sockets, as Windows' default proactor loop (which
+    cannot run here): asyncio's own transports still work on it."""
+
+    def add_reader(self, *args: object) -> None:
+        raise NotImplementedError
+
+
+async def _media_round(udp: VoiceUdp, server: socket.socket) -> None:
+    discovering = asyncio.ensure_future(udp.discover(9, timeout=PATIENCE))
+    request, client = await asyncio.to_thread(server.recvfrom, 100)
+    assert ip_discovery.parse_request(request) == 9
+    for packet in (b"media 1", ip_discovery.response(9, *client), b"media 2"):
+        server.sendto(packet, client)
+    assert await discovering == client
+    assert [await udp.receive(), await udp.receive()] == [b"media 1", b"media 2"]
+    udp.send(b"rtp")
+    assert await asyncio.to_thread(server.recv, 100) == b"rtp"
+
+
+@pytest.mark.timeout(60)
+def test_a_loop_that_cannot_watch_sockets_runs_the_socket_on_a_datagram_transport() -> None:
+    async def scenario() -> None:
+        with _raw_voice_server() as server:
+            udp = await VoiceUdp.open("127.0.0.1", server.getsockname()[1])
+            try:
+                await _media_round(udp, server)
+            finally:
+                udp.close()
+                udp.close()
+            assert udp.closed
+            with pytest.raises(ConnectionError, match="closed"):
+                await asyncio.wait_for(udp.receive(), PATIENCE)
+
+    loop = _LoopWithoutReaders()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
 
 
 def test_discovery_options_are_checked() -> None:

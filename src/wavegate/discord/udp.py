@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
 import socket
 
@@ -27,12 +28,15 @@ _MAX_DATAGRAM = 65536
 """Read whole: a datagram longer than the buffer would be cut short without a word."""
 
 
-class VoiceUdp:
-    """A UDP socket connected to a voice server's media address.
+class VoiceUdp(asyncio.DatagramProtocol):
+    """A UDP socket connected to a voice server's media address (make one with
+    :meth:`open` or :meth:`wrap`).
 
     The loop reads it with a reader callback, one datagram per wakeup. There is no
     asyncio transport, and the receive queue is made when media first arrives: 2 KiB
-    less per session (workload G) than an asyncio datagram endpoint.
+    less per session (workload G) than an asyncio datagram endpoint. On a loop that
+    cannot watch sockets (Windows' proactor loop, the default there) it runs on an
+    asyncio datagram transport instead, which queues what it cannot send yet.
 
     Attributes:
         remote: the voice server's ``(address, port)``.
@@ -41,17 +45,20 @@ class VoiceUdp:
             :meth:`discover` succeeded.
         dropped: received datagrams dropped because :meth:`receive` fell behind
             (the oldest go first).
-        unsent: datagrams :meth:`send` could not send because the socket's send
-            buffer was full (real-time media: a packet sent late is lost anyway).
+        unsent: datagrams :meth:`send` could not hand to the system: no room in the
+            socket's or the interface's buffer (real-time media: a packet sent late is
+            lost anyway), or an error (an earlier datagram's ICMP error, which
+            :meth:`discover` reports).
     """
 
     def __init__(self, sock: socket.socket, *, queue_size: int = 256) -> None:
-        """Take over ``sock``: a connected datagram socket (made non-blocking here)."""
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
         sock.setblocking(False)
         self._sock = sock
+        self._fd = sock.fileno()
         self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.DatagramTransport | None = None
         self._queue: collections.deque[bytes] | None = None
         self._queue_size = queue_size
         self._arrived = Flag()
@@ -62,7 +69,21 @@ class VoiceUdp:
         self.remote: tuple[str, int] = _address(sock.getpeername())
         self.local: tuple[str, int] = _address(sock.getsockname())
         self.external: tuple[str, int] | None = None
-        self._loop.add_reader(sock.fileno(), self._readable)
+
+    @classmethod
+    async def wrap(cls, sock: socket.socket, *, queue_size: int = 256) -> VoiceUdp:
+        """Take over ``sock``, a connected datagram socket (made non-blocking); keep
+        the latest ``queue_size`` datagrams received.
+
+        Raises:
+            ValueError: ``queue_size`` is below 1.
+        """
+        udp = cls(sock, queue_size=queue_size)
+        try:
+            udp._loop.add_reader(udp._fd, udp._readable)
+        except NotImplementedError:  # Windows' proactor loop
+            udp._transport, _ = await udp._loop.create_datagram_endpoint(lambda: udp, sock=sock)
+        return udp
 
     @classmethod
     async def open(cls, host: str, port: int, *, queue_size: int = 256) -> VoiceUdp:
@@ -79,7 +100,7 @@ class VoiceUdp:
             try:
                 sock.setblocking(False)
                 sock.connect(address)  # UDP: nothing is sent; the peer is fixed
-                return cls(sock, queue_size=queue_size)
+                return await cls.wrap(sock, queue_size=queue_size)
             except OSError as exc:
                 sock.close()
                 failure = exc
@@ -102,15 +123,26 @@ class VoiceUdp:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            # A connected UDP socket reports ICMP errors (port unreachable) here.
-            self._error = exc
+            self.error_received(exc)
         else:
-            queue = self._queue
-            if queue is None:
-                queue = self._queue = collections.deque(maxlen=self._queue_size)
-            elif len(queue) == self._queue_size:
-                self.dropped += 1  # real-time media: the oldest packet is the one to lose
-            queue.append(data)
+            self.datagram_received(data, None)
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = collections.deque(maxlen=self._queue_size)
+        elif len(queue) == self._queue_size:
+            self.dropped += 1  # real-time media: the oldest packet is the one to lose
+        queue.append(data)
+        self._arrived.set()
+
+    def error_received(self, exc: Exception) -> None:
+        # A connected UDP socket reports ICMP errors (port unreachable) here.
+        self._error = exc if isinstance(exc, OSError) else OSError(str(exc))
+        self._arrived.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True  # the datagram transport's socket is closed
         self._arrived.set()
 
     async def discover(
@@ -179,12 +211,17 @@ class VoiceUdp:
         """
         if self._closed:
             raise ConnectionError("the voice UDP socket is closed")
+        if self._transport is not None:
+            self._transport.sendto(packet)
+            return
         try:
             self._sock.send(packet)
         except (BlockingIOError, InterruptedError):
             self.unsent += 1
         except OSError as exc:
-            self._error = exc  # ICMP from an earlier datagram; discovery reports it
+            self.unsent += 1
+            if exc.errno != errno.ENOBUFS:  # ENOBUFS: no room in the interface's queue
+                self._error = exc  # ICMP from an earlier datagram; discovery reports it
 
     async def receive(self) -> bytes:
         """The next datagram from the voice server.
@@ -204,8 +241,11 @@ class VoiceUdp:
         if self._closed:
             return
         self._closed = True
-        self._loop.remove_reader(self._sock.fileno())
-        self._sock.close()
+        if self._transport is not None:
+            self._transport.close()
+        else:
+            self._loop.remove_reader(self._fd)
+            self._sock.close()
         self._arrived.set()
 
 
