@@ -60,7 +60,8 @@ def _websocket(variant: str, authority: str | None) -> Any:
         return Websocket(transport="aiohttp")
     if variant == "tls":
         assert authority is not None, "the tls variant needs the server's authority"
-        return Websocket(ssl=ssl.create_default_context(cafile=authority))
+        context = ssl.create_default_context(cafile=authority)
+        return Websocket(ssl=context, read_buffer_size=2048)  # as VoiceClient's default
     return None
 
 

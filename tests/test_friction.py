@@ -272,7 +272,7 @@ def test_the_tls_hint_names_the_plain_url_and_never_credentials(
         (
             {"read_buffer_size": 1024},
             ValueError,
-            "read_buffer_size must be at least 2048, got 1024",
+            "read_buffer_size must be in 2048..16777216, got 1024",
         ),
         (
             {"read_buffer_size": 4096.0},
@@ -283,6 +283,11 @@ def test_the_tls_hint_names_the_plain_url_and_never_credentials(
             {"read_buffer_size": None},
             TypeError,
             "read_buffer_size must be an int (bytes), got None",
+        ),
+        (
+            {"read_buffer_size": 1 << 30},
+            ValueError,
+            "read_buffer_size must be in 2048..16777216, got 1073741824",
         ),
     ],
 )

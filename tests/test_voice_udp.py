@@ -206,6 +206,62 @@ async def test_closing_during_discovery_ends_it_with_the_reason() -> None:
             await asyncio.wait_for(discovering, PATIENCE)
 
 
+async def test_a_datagram_too_large_to_send_raises() -> None:
+    with _raw_voice_server() as server:
+        udp = await VoiceUdp.open("127.0.0.1", server.getsockname()[1])
+        try:
+            with pytest.raises(OSError, match="too long"):
+                udp.send(bytes(70_000))
+            assert udp.unsent == 0
+        finally:
+            udp.close()
+
+
+async def test_a_send_the_system_refuses_after_an_icmp_error_is_counted() -> None:
+    free = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()  # nothing listens: the first datagram brings back "port unreachable"
+    udp = await VoiceUdp.open("127.0.0.1", port)
+    try:
+        udp.send(b"rtp")  # sent; "port unreachable" comes back to the socket
+        sent = 1
+        while udp.unsent == 0 and sent < 1000:  # (loopback answers before send returns)
+            udp.send(b"rtp")
+            sent += 1
+        assert udp.unsent == 1
+        with pytest.raises(DiscoveryFailed, match="refused"):
+            await udp.discover(1, timeout=PATIENCE, attempts=1)
+    finally:
+        udp.close()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        ({"port": 70_000}, ValueError, "port must be an int in 1..65535, got 70000"),
+        ({"port": 0}, ValueError, "port must be an int in 1..65535, got 0"),
+        ({"port": None}, ValueError, "port must be an int in 1..65535, got None"),
+        ({"queue_size": 2.5}, TypeError, "queue_size must be an int, got 2.5"),
+        ({"queue_size": "5"}, TypeError, "queue_size must be an int, got '5'"),
+    ],
+    ids=["port too big", "port 0", "no port", "fractional queue", "queue as text"],
+)
+async def test_bad_arguments_to_open_say_what_is_wrong(
+    call: dict[str, object], error: type[Exception], message: str
+) -> None:
+    arguments: dict[str, object] = {"port": 9, **call}
+    port = arguments.pop("port")
+    with pytest.raises(error) as caught:
+        await VoiceUdp.open("127.0.0.1", port, **arguments)  # type: ignore[arg-type]
+    assert str(caught.value) == message
+
+
+async def test_a_host_that_does_not_resolve_is_named() -> None:
+    with pytest.raises(socket.gaierror, match="cannot resolve 'no-such-host.invalid'"):
+        await VoiceUdp.open("no-such-host.invalid", 9)
+
+
 class _LoopWithoutReaders(asyncio.SelectorEventLoop):
     """A loop that cannot watch sockets, as Windows' default proactor loop (which
     cannot run here): asyncio's own transports still work on it."""

@@ -249,7 +249,7 @@ class Websocket:
         proxy: an ``http://`` proxy URL.
         compression: negotiate permessage-deflate.
         read_buffer_size: picows: the read buffer a connection starts with, in bytes
-            (at least 2048). It doubles whenever a read nearly fills it and never
+            (2048 to 16 MiB). It doubles whenever a read nearly fills it and never
             shrinks: 2048 keeps each idle connection 2 KiB smaller, and the default
             (4096) read small messages a few percent faster. aiohttp sizes its reads
             itself.

@@ -44,7 +44,9 @@ class VoiceUdp(asyncio.DatagramProtocol):
         external: this client's ``(address, port)`` as the server sees it, once
             :meth:`discover` succeeded.
         dropped: received datagrams dropped because :meth:`receive` fell behind
-            (the oldest go first).
+            (the oldest go first). Datagrams the kernel's socket buffer had no room
+            for (a long loop stall: a burst while nothing read) are lost before this
+            count can see them.
         unsent: datagrams :meth:`send` could not hand to the system: no room in the
             socket's or the interface's buffer (real-time media: a packet sent late is
             lost anyway), or an error (an earlier datagram's ICMP error, which
@@ -52,6 +54,8 @@ class VoiceUdp(asyncio.DatagramProtocol):
     """
 
     def __init__(self, sock: socket.socket, *, queue_size: int = 256) -> None:
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int):
+            raise TypeError(f"queue_size must be an int, got {queue_size!r}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
         sock.setblocking(False)
@@ -77,6 +81,7 @@ class VoiceUdp(asyncio.DatagramProtocol):
 
         Raises:
             ValueError: ``queue_size`` is below 1.
+            TypeError: ``queue_size`` is not an int.
         """
         udp = cls(sock, queue_size=queue_size)
         try:
@@ -90,10 +95,18 @@ class VoiceUdp(asyncio.DatagramProtocol):
         """A socket connected to ``host:port``; keeps the latest ``queue_size`` datagrams.
 
         Raises:
-            OSError: ``host`` does not resolve, or no address of it can be reached.
+            OSError: ``host`` does not resolve (``socket.gaierror``, naming it), or no
+                address of it can be reached.
+            ValueError: ``port`` is not in 1..65535, or ``queue_size`` is below 1.
+            TypeError: ``queue_size`` is not an int.
         """
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"port must be an int in 1..65535, got {port!r}")
         loop = asyncio.get_running_loop()
-        found = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        try:
+            found = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except socket.gaierror as exc:
+            raise socket.gaierror(exc.errno, f"cannot resolve {host!r}: {exc.strerror}") from exc
         failure: OSError = OSError(f"no address for {host}:{port}")
         for family, kind, proto, _, address in found:
             sock = socket.socket(family, kind, proto)
@@ -203,11 +216,13 @@ class VoiceUdp(asyncio.DatagramProtocol):
         return None
 
     def send(self, packet: bytes) -> None:
-        """Send one datagram (an RTP packet, once transport-encrypted). One the socket
-        has no room for is counted in :attr:`unsent`, not queued.
+        """Send one datagram (an RTP packet, once transport-encrypted). One the system
+        refuses (no room, or an earlier datagram's ICMP error) is counted in
+        :attr:`unsent`, not queued.
 
         Raises:
             ConnectionError: the socket is closed.
+            OSError: ``packet`` is larger than a datagram can be (``EMSGSIZE``).
         """
         if self._closed:
             raise ConnectionError("the voice UDP socket is closed")
@@ -219,6 +234,8 @@ class VoiceUdp(asyncio.DatagramProtocol):
         except (BlockingIOError, InterruptedError):
             self.unsent += 1
         except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                raise  # the caller's mistake, not the network's
             self.unsent += 1
             if exc.errno != errno.ENOBUFS:  # ENOBUFS: no room in the interface's queue
                 self._error = exc  # ICMP from an earlier datagram; discovery reports it

@@ -55,12 +55,16 @@ class TransportOptions:
         size = self.read_buffer_size
         if isinstance(size, bool) or not isinstance(size, int):
             raise TypeError(f"read_buffer_size must be an int (bytes), got {size!r}")
-        if size < MIN_READ_BUFFER:
-            raise ValueError(f"read_buffer_size must be at least {MIN_READ_BUFFER}, got {size}")
+        if not MIN_READ_BUFFER <= size <= MAX_READ_BUFFER:
+            raise ValueError(
+                f"read_buffer_size must be in {MIN_READ_BUFFER}..{MAX_READ_BUFFER}, got {size}"
+            )
 
 
 MIN_READ_BUFFER = 2048
 """picows' smallest read buffer, in bytes."""
+MAX_READ_BUFFER = 1 << 24
+"""The largest first read buffer taken (16 MiB): every connection holds it for life."""
 
 
 def _check_positive(name: str, value: object, allowed: str) -> None:
