@@ -258,7 +258,7 @@ async def test_bad_arguments_to_open_say_what_is_wrong(
 
 
 async def test_a_host_that_does_not_resolve_is_named() -> None:
-    with pytest.raises(socket.gaierror, match="cannot resolve 'no-such-host.invalid'"):
+    with pytest.raises(socket.gaierror, match=r"cannot resolve 'no-such-host\.invalid'"):
         await VoiceUdp.open("no-such-host.invalid", 9)
 
 
