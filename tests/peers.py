@@ -353,3 +353,63 @@ class ForeignDaveMember:
                 return
             if tid:
                 await ws.send(json.dumps({"op": 23, "d": {"transition_id": tid}}))
+
+
+class ConnectProxy:
+    """An HTTP proxy on raw asyncio streams, as a corporate proxy serves a websocket:
+    ``CONNECT host:port`` (a tunnel), or a request in absolute form (``GET
+    ws://host:port/path``, what aiohttp sends for ``ws://``) forwarded in origin form;
+    then it pipes bytes both ways. ``targets`` records ``(method, host:port)``."""
+
+    def __init__(self) -> None:
+        self.targets: list[tuple[str, str]] = []
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        line, rest = head.split(b"\r\n", 1)
+        method, target, version = line.decode().split(" ", 2)
+        if method == "CONNECT":
+            where, forward = target, b""
+        elif target.startswith(("http://", "ws://")):
+            where, _, path = target.split("://", 1)[1].partition("/")
+            forward = f"{method} /{path} {version}\r\n".encode() + rest
+        else:
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+            return
+        self.targets.append((method, where))
+        host, port = where.rsplit(":", 1)
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        if forward:
+            upstream_writer.write(forward)
+        else:
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
+            pipe = asyncio.ensure_future(self._pipe(source, sink))
+            self._pipes.add(pipe)
+            pipe.add_done_callback(self._pipes.discard)
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        except ConnectionError:
+            pass
+        finally:
+            sink.close()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        """Serve on 127.0.0.1; yields the proxy's ``http://`` URL."""
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        try:
+            yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        finally:
+            server.close()
+            for pipe in list(self._pipes):
+                pipe.cancel()
+            await asyncio.gather(*self._pipes, return_exceptions=True)
+            await server.wait_closed()
