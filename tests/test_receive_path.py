@@ -22,7 +22,7 @@ from wavegate.testing import WebsocketTestServer, frames
 from wavegate.transport import default_transport, picows_transport
 
 from .conftest import WebsocketFactory, eventually
-from .peers import RawPeer, raw_server, websockets_server
+from .peers import ForeignVoiceGateway, RawPeer, raw_server, websockets_server
 from .voice_harness import CREDENTIALS
 
 
@@ -390,9 +390,51 @@ async def test_the_smallest_read_buffer_grows_for_messages_far_larger(
         await ws.disconnect()
 
 
-async def test_a_voice_client_reads_with_the_smallest_buffer_unless_given_a_websocket() -> None:
+@pytest.fixture
+def picows_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """The keyword arguments of every ``picows.ws_connect`` call (it still runs)."""
+    import picows
+
+    calls: list[dict[str, object]] = []
+    real = picows.ws_connect
+
+    def recording(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(picows, "ws_connect", recording)
+    return calls
+
+
+async def test_picows_gets_the_read_buffer_asked_for(
+    picows_calls: list[dict[str, object]],
+) -> None:
+    async with websockets_server(_echo_all) as url:
+        for size in (2048, 4096, 1 << 20):
+            ws = Websocket(transport="picows", read_buffer_size=size)
+            await ws.connect(url)
+            await ws.send_json({"size": size})
+            assert await ws.receive() == WebsocketPacketJSON({"size": size})
+            await ws.disconnect()
+    assert [call["read_buffer_init_size"] for call in picows_calls] == [2048, 4096, 1 << 20]
+    assert [call["use_aiofastnet"] for call in picows_calls] == [False] * 3  # ws://
+
+
+async def test_a_voice_client_reads_with_the_smallest_buffer_unless_given_a_websocket(
+    picows_calls: list[dict[str, object]],
+) -> None:
     # 2 KiB less per session (workload G); a voice gateway's messages are small.
-    voice = VoiceClient("127.0.0.1:1", CREDENTIALS)
-    assert voice.ws._options.read_buffer_size == 2048
-    given = Websocket(read_buffer_size=8192)
-    assert VoiceClient("127.0.0.1:1", CREDENTIALS, websocket=given).ws is given
+    foreign = ForeignVoiceGateway(4006)
+    async with foreign.running() as url:
+        async with VoiceClient(url, CREDENTIALS) as voice:
+            await voice.wait_ready(10)
+        given = Websocket(transport="picows", read_buffer_size=8192)
+        async with VoiceClient(url, CREDENTIALS, websocket=given) as voice:
+            assert voice.ws is given
+            await voice.wait_ready(10)
+    assert [call["read_buffer_init_size"] for call in picows_calls] == [2048, 8192]
+
+
+async def _echo_all(conn: object) -> None:
+    async for message in conn:  # type: ignore[attr-defined]
+        await conn.send(message)  # type: ignore[attr-defined]
