@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -158,7 +159,9 @@ async def test_picows_runs_tls_on_aiofastnet_and_plain_tcp_on_asyncio(
         opened = await picows_transport.connect(url, options)
         try:
             module = type(opened._wt.underlying_transport).__module__
-            assert module.startswith("aiofastnet.") is secure, module
+            # From 3.12 asyncio's transport sums its write backlog on every write.
+            fast = secure or sys.version_info >= (3, 12)
+            assert module.startswith("aiofastnet.") is fast, module
             opened.send(TEXT, b'{"over": "either"}')
             assert await opened.recv() == '{"over": "either"}'
         finally:

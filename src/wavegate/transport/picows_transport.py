@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import ssl as ssl_module
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata
 from typing import Any, Literal
@@ -515,7 +516,7 @@ def _unoffered(headers: Any) -> str | None:
 def _ssl_context(url: str, option: ssl_module.SSLContext | bool) -> ssl_module.SSLContext | None:
     if isinstance(option, ssl_module.SSLContext):
         return option
-    if option is False and _secure(url):
+    if option is False and urlsplit(url).scheme == "wss":
         context = ssl_module.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl_module.CERT_NONE
@@ -543,7 +544,7 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
         # picows doubles it when a read nearly fills it; it never shrinks.
         read_buffer_init_size=options.read_buffer_size,
         logger_name=_CONNECTION_LOG,
-        use_aiofastnet=_secure(url),
+        use_aiofastnet=_use_aiofastnet(url),
     )
     try:
         wt, made = await asyncio.wait_for(opening, options.open_timeout)
@@ -611,15 +612,22 @@ def _socket_factory(sockets: list[socket.socket]) -> Callable[[Any], Awaitable[s
     return make
 
 
-def _secure(url: str) -> bool:
-    """Whether ``url`` is ``wss://`` (any case).
+_ASYNCIO_WRITES_IN_O1 = sys.version_info < (3, 12)
+"""Before 3.12 asyncio's socket transport buffers writes in one bytearray; from 3.12 in
+a deque that it sums on every write (``get_write_buffer_size``): a peer that floods
+pings and reads no pong makes every pong's write cost the whole backlog."""
 
-    picows runs a connection over TLS on aiofastnet's transport, one over plain TCP on
-    asyncio's. aiofastnet's TLS is far smaller than asyncio's (58.7 KiB per idle wss
-    connection against 310 KiB: asyncio's keeps a 256 KiB buffer for each); over plain
-    TCP its transport was no faster on A-D, and 4.6 KiB larger: it embeds a 4 KiB array
-    of write vectors (workload E)."""
-    return urlsplit(url).scheme == "wss"  # checked by Websocket: it splits
+
+def _use_aiofastnet(url: str) -> bool:
+    """Whether picows runs the connection on aiofastnet's transport rather than
+    asyncio's: for ``wss://`` (any case), and for every URL on Python 3.12 and later.
+
+    aiofastnet's TLS is far smaller than asyncio's (58.7 KiB per idle wss connection
+    against 310 KiB: asyncio's keeps a 256 KiB buffer for each). Over plain TCP its
+    transport was no faster on A-D and is 4.6 KiB larger (it embeds a 4 KiB array of
+    write vectors, workload E), so before 3.12 asyncio's is used; from 3.12 asyncio's
+    goes quadratic under a flood of small writes (``_ASYNCIO_WRITES_IN_O1``)."""
+    return urlsplit(url).scheme == "wss" or not _ASYNCIO_WRITES_IN_O1
 
 
 def _listener_factory(transport: PicowsTransport, options: TransportOptions) -> Callable[..., Any]:
