@@ -104,12 +104,17 @@ async def test_no_answer_is_a_clear_error_after_the_attempts() -> None:
         quiet.close()
 
 
+def _closed_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that nothing listens on: datagrams to it bring back
+    ICMP "port unreachable"."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as free:
+        free.bind(("127.0.0.1", 0))
+        port: int = free.getsockname()[1]
+    return port
+
+
 async def test_an_unreachable_port_fails_at_once() -> None:
-    free = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    free.bind(("127.0.0.1", 0))
-    port = free.getsockname()[1]
-    free.close()  # nothing listens there now: ICMP port unreachable
-    udp = await VoiceUdp.open("127.0.0.1", port)
+    udp = await VoiceUdp.open("127.0.0.1", _closed_udp_port())
     try:
         with pytest.raises(DiscoveryFailed, match="refused"):
             await udp.discover(1, timeout=5, attempts=3)
@@ -218,11 +223,7 @@ async def test_a_datagram_too_large_to_send_raises() -> None:
 
 
 async def test_a_send_the_system_refuses_after_an_icmp_error_is_counted() -> None:
-    free = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    free.bind(("127.0.0.1", 0))
-    port = free.getsockname()[1]
-    free.close()  # nothing listens: the first datagram brings back "port unreachable"
-    udp = await VoiceUdp.open("127.0.0.1", port)
+    udp = await VoiceUdp.open("127.0.0.1", _closed_udp_port())
     try:
         udp.send(b"rtp")  # sent; "port unreachable" comes back to the socket
         sent = 1
