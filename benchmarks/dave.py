@@ -50,7 +50,9 @@ class Group:
         return seen
 
     async def join(self, user: int) -> None:
-        credentials = VoiceCredentials(self.server, str(user), f"s-{user}", "token", self.server)
+        credentials = VoiceCredentials(
+            self.server, str(user), f"s-{user}", f"token-{user}", self.server
+        )
         client = VoiceClient(
             self.gateway.url,
             credentials,

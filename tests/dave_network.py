@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from wavegate.discord.dave import DaveState, is_dave_message
 from wavegate.discord.payloads import parse_binary, parse_json
 from wavegate.protocol import Notify, Send
-from wavegate.testing.dave import ArmTimeout, DaveChannel, ToUser
+from wavegate.testing.dave import ArmHoldTimeout, ArmTimeout, DaveChannel, Output
 
 CHANNEL = 1_000_000_000_000_000_001
 
@@ -36,6 +36,9 @@ class Network:
         self.channel = DaveChannel(CHANNEL, require_dave=require_dave)
         self.members: dict[int, Member] = {}
         self.timeouts: list[int] = []
+        """Transitions whose timeout was armed."""
+        self.hold_timeouts: list[int] = []
+        """Holds on key packages whose timeout was armed."""
         self.rng = random.Random(seed)
         self._seq = 0
 
@@ -53,10 +56,13 @@ class Network:
 
     # -- moving messages -------------------------------------------------------------
 
-    def _server(self, outputs: list[ToUser | ArmTimeout]) -> None:
+    def _server(self, outputs: list[Output]) -> None:
         for output in outputs:
             if isinstance(output, ArmTimeout):
                 self.timeouts.append(output.transition_id)
+                continue
+            if isinstance(output, ArmHoldTimeout):
+                self.hold_timeouts.append(output.hold_id)
                 continue
             member = self.members.get(output.user_id)
             if member is None:
@@ -120,14 +126,17 @@ class Network:
         return True
 
     def settle(self, limit: int = 20_000) -> None:
-        """Move messages until none is in flight, then let pending transitions time
-        out, until nothing moves."""
+        """Move messages until none is in flight, then let pending transitions and
+        holds time out, until nothing moves."""
         for _ in range(limit):
             if self.step():
                 continue
-            if not self.timeouts:
+            if self.timeouts:
+                self._server(self.channel.transition_timed_out(self.timeouts.pop(0)))
+            elif self.hold_timeouts:
+                self._server(self.channel.hold_timed_out(self.hold_timeouts.pop(0)))
+            else:
                 return
-            self._server(self.channel.transition_timed_out(self.timeouts.pop(0)))
         raise AssertionError(f"no quiescence after {limit} steps")
 
     # -- what a test checks ----------------------------------------------------------

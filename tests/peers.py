@@ -263,10 +263,15 @@ class ForeignDaveMember:
     """A voice gateway member written on ``websockets``' client and davey alone, doing
     DAVE the way discord.py does (no expected user ids, op 23 after each commit or
     welcome, op 31 and a new key package on a failure): a client we did not write,
-    to join a channel beside :class:`~wavegate.discord.voice.VoiceClient`s."""
+    to join a channel beside :class:`~wavegate.discord.voice.VoiceClient`s.
+    ``commits=False``: it processes proposals but never commits them (a member the
+    gateway must not wait for forever)."""
 
-    def __init__(self, url: str, server_id: str, user_id: int, channel_id: int) -> None:
+    def __init__(
+        self, url: str, server_id: str, user_id: int, channel_id: int, *, commits: bool = True
+    ) -> None:
         self.url = url
+        self.commits = commits
         self.identify = {
             "server_id": server_id,
             "user_id": str(user_id),
@@ -337,7 +342,7 @@ class ForeignDaveMember:
                 else davey.ProposalsOperationType.revoke
             )
             result = self.session.process_proposals(kind, body[1:])
-            if result is not None:
+            if result is not None and self.commits:
                 await ws.send(bytes([28]) + result.commit + (result.welcome or b""))
         elif op in (29, 30):
             tid = struct.unpack_from(">H", body)[0]

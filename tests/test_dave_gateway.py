@@ -294,6 +294,23 @@ async def test_a_member_we_did_not_write_agrees_with_ours(channel: Channel) -> N
         assert foreign.session.decrypt(2001, audio, mine.encrypt_opus(b"ours")) == b"ours"
 
 
+async def test_a_member_that_never_commits_holds_a_joiner_back_only_until_a_timeout(
+    channel: Channel,
+) -> None:
+    first = await channel.join(2001)
+    await eventually(lambda: channel.gateway.dave_channel(SERVER).stats.proposals == 1, PATIENCE)
+    # 2001's Add goes to the stranger alone, who never commits it; the stranger's own
+    # key package waits for that commit, until the hold times out (transition_timeout).
+    stranger = ForeignDaveMember(channel.gateway.url, SERVER, 2999, int(CHANNEL), commits=False)
+    async with stranger:
+        await first.wait_dave_ready(PATIENCE)
+        await eventually(lambda: stranger.session is not None and stranger.session.ready, PATIENCE)
+        assert first.dave is not None
+        assert stranger.session.get_epoch_authenticator() == first.dave.get_epoch_authenticator()
+        stats = channel.gateway.dave_channel(SERVER).stats
+        assert (stats.holds_timed_out, stats.commits_won) == (1, 1)
+
+
 async def test_wait_dave_ready_says_why_it_timed_out(channel: Channel) -> None:
     client = await channel.join(2001)  # alone: no group to be welcomed into
     await client.wait_ready(PATIENCE)
@@ -448,3 +465,13 @@ async def test_wait_ready_says_why_it_timed_out() -> None:
         with pytest.raises(TimeoutError, match=r"last connection ended: .*refused") as raised:
             await voice.wait_ready(0.5)
     assert isinstance(raised.value, asyncio.TimeoutError)  # both names, on every Python
+
+
+async def test_make_bench_dave_runs_every_group() -> None:
+    # It stopped at its second group once: every member had the same token, which the
+    # gateway refuses (4006) once a session with it has ended.
+    from benchmarks.dave import measure
+
+    results = await measure(rounds=2, sizes=[2])
+    assert results["2 members"]["member READY -> active"]["samples"] == 4
+    assert results["5th joins 4"]["start -> all active at new epoch"]["samples"] == 2

@@ -12,7 +12,11 @@ How it decides, in one place (:meth:`DaveChannel._reconcile`): the group should
 hold every present DAVE user whose MLS state is sound. After every change it proposes
 what is missing (an Add for each key package waiting, a Remove for each member that
 left or flagged an invalid commit), and resets the group when at most one sound
-member would remain (the "sole member reset").
+member would remain (the "sole member reset"). Key packages that come while Adds are
+out to committers wait for that commit (a hold, at most one timeout long), then go
+out together: a commit must reference every proposal of its epoch (whitepaper, "Voice
+Gateway Commit Validity"), so each Add proposed at once would make every commit in
+flight stale.
 
     channel = DaveChannel(channel_id=1234)
     outputs = channel.join(1001, dave=True)        # ops 11 and 25 ...
@@ -57,7 +61,14 @@ class ArmTimeout:
     transition_id: int
 
 
-Output = ToUser | ArmTimeout
+@dataclass(frozen=True, slots=True)
+class ArmHoldTimeout:
+    """Call :meth:`DaveChannel.hold_timed_out` with this id after the timeout."""
+
+    hold_id: int
+
+
+Output = ToUser | ArmTimeout | ArmHoldTimeout
 
 
 @dataclass
@@ -95,6 +106,8 @@ class DaveStats:
     """Sole member resets and group re-creations."""
     transitions_executed: int = 0
     transitions_timed_out: int = 0
+    holds_timed_out: int = 0
+    """Key packages held while Adds were out, proposed because nobody committed those."""
     rejections: list[str] = field(default_factory=list)
     """Why each rejected commit or key package was rejected."""
 
@@ -140,6 +153,11 @@ class DaveChannel:
         self._next_tid = 0
         self._last_commit: tuple[int, bytes] | None = None
         self._corrupt_for: set[int] = set()
+        self._hold: int | None = None
+        """The id of this epoch's hold on key packages, once one is armed."""
+        self._hold_expired = False
+        """It timed out: key packages are proposed at once until the epoch ends."""
+        self._next_hold = 0
 
     def __repr__(self) -> str:
         return (
@@ -254,6 +272,15 @@ class DaveChannel:
             self._unsound.add(user)
         return self._execute_ready() + self._reconcile()
 
+    def hold_timed_out(self, hold_id: int) -> list[Output]:
+        """The hold's timeout passed: propose the key packages it held, though the Adds
+        out before them were not committed (their committers may never commit)."""
+        if hold_id != self._hold or self._hold_expired:
+            return []
+        self._hold_expired = True
+        self.stats.holds_timed_out += 1
+        return self._reconcile()
+
     def transition_timed_out(self, transition_id: int) -> list[Output]:
         """The transition's timeout passed: execute it, ready or not."""
         if transition_id not in self._transitions or self.hold_transitions:
@@ -297,11 +324,33 @@ class DaveChannel:
         for user in gone:
             if self.members[user] not in proposed_removals:
                 proposals.append(self._propose(user, mls.remove(self.members[user]), leaf=True))
+        committers = sound if self.established else None
         proposed_adds = {p.key_package for p in self._proposals if p.key_package}
-        for user, key_package in self._key_packages.items():
-            if key_package not in proposed_adds:
-                proposals.append(self._propose(user, mls.add(key_package), key_package))
-        return self._deliver(sound if self.established else None, proposals)
+        waiting = [(u, k) for u, k in self._key_packages.items() if k not in proposed_adds]
+        hold: list[Output] = []
+        if waiting and self._adds_out(committers) and not self._hold_expired:
+            waiting = []
+            if self._hold is None:
+                self._next_hold += 1
+                self._hold = self._next_hold
+                hold.append(ArmHoldTimeout(self._hold))
+        for user, key_package in waiting:
+            proposals.append(self._propose(user, mls.add(key_package), key_package))
+        return hold + self._deliver(committers, proposals)
+
+    def _adds_out(self, committers: list[int] | None) -> bool:
+        """Whether an Add of this epoch reached someone whose commit of it could win
+        (before a group exists, only a first commit from a user with a key package)."""
+        if committers is None:
+            committers = [u for u in self._dave_users() if u in self._key_packages]
+        can_commit = set(committers)
+        return any(p.key_package and p.recipients & can_commit for p in self._proposals)
+
+    def _new_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._proposals.clear()
+        self._hold = None
+        self._hold_expired = False
 
     def _propose(
         self, user: int, proposal: bytes, key_package: bytes | None = None, *, leaf: bool = False
@@ -363,9 +412,8 @@ class DaveChannel:
         self.stats.resets += 1
         self.members.clear()
         self._unsound.clear()
-        self._proposals.clear()
         self._transitions.clear()  # the old group's: they must never execute now
-        self.epoch = 0
+        self._new_epoch(0)
         out: list[Output] = []
         for user in sound:
             self._key_packages.pop(user, None)  # it sends a new one
@@ -415,8 +463,7 @@ class DaveChannel:
             self.members[user] = next(i for i in range(len(taken) + 1) if i not in taken)
             self._unsound.discard(user)
             self._key_packages.pop(user, None)
-        self.epoch = commit.epoch + 1
-        self._proposals.clear()
+        self._new_epoch(commit.epoch + 1)
         self.stats.commits_won += 1
         stayed = sorted(set(self.members) - set(joiners) - self._unsound)
         tid = self._new_transition(self.version, {*stayed, *joiners})
@@ -444,10 +491,9 @@ class DaveChannel:
         self.version = 0
         self.members.clear()
         self._unsound.clear()
-        self._proposals.clear()
         self._key_packages.clear()
         self._transitions.clear()  # a version-1 transition must not follow this one
-        self.epoch = 0
+        self._new_epoch(0)
         users = set(self._dave_users())
         tid = self._new_transition(0, users)
         data = {"protocol_version": 0, "transition_id": tid}

@@ -43,7 +43,7 @@ from types import TracebackType
 from typing import Any
 
 from . import voice_rules
-from .dave import ArmTimeout, DaveChannel, ToUser
+from .dave import ArmHoldTimeout, ArmTimeout, DaveChannel, Output
 from .frames import BINARY
 from .server import ConnectionDropped, ServerConnection, WebsocketTestServer
 from .udp import FakeVoiceUdp
@@ -139,7 +139,9 @@ class FakeVoiceGateway:
         require_dave: close a client that offers no DAVE with 4017 (Discord's rule);
             ``False`` lets it in and downgrades its channel to version 0.
         transition_timeout: seconds a DAVE transition waits for every member's
-            readiness before it executes anyway.
+            readiness before it executes anyway; also the longest a key package
+            waits while the Adds before it are out (they are committed first, and
+            the waiting ones proposed together).
         leave_grace: seconds a session whose connection was lost stays in its channel
             (and resumable) before it leaves.
         channel_ids: the voice channel id (the MLS group id) of each ``server_id``;
@@ -740,12 +742,16 @@ class FakeVoiceGateway:
         else:
             self._run_dave(session.server_id, channel.invalid_commit_welcome(user, tid))
 
-    def _run_dave(self, server_id: str, outputs: list[ToUser | ArmTimeout]) -> None:
+    def _run_dave(self, server_id: str, outputs: list[Output]) -> None:
         """Send what the channel decided, numbered, in order, all at once."""
         for output in outputs:
             if isinstance(output, ArmTimeout):
                 timed_out = functools.partial(self._timed_out, server_id, output.transition_id)
                 self._later(self.transition_timeout, timed_out)
+                continue
+            if isinstance(output, ArmHoldTimeout):
+                held = functools.partial(self._hold_timed_out, server_id, output.hold_id)
+                self._later(self.transition_timeout, held)
                 continue
             session = self._members.get((server_id, output.user_id))
             if session is None:
@@ -759,6 +765,9 @@ class FakeVoiceGateway:
 
     def _timed_out(self, server_id: str, tid: int) -> None:
         self._run_dave(server_id, self.dave_channel(server_id).transition_timed_out(tid))
+
+    def _hold_timed_out(self, server_id: str, hold_id: int) -> None:
+        self._run_dave(server_id, self.dave_channel(server_id).hold_timed_out(hold_id))
 
     def _connection_lost(self, session: FakeVoiceSession, conn: ServerConnection) -> None:
         """A member's connection ended: with 1000 it left; otherwise it leaves unless
