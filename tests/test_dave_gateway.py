@@ -6,6 +6,7 @@ one privacy code, and decrypt what every other encrypts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -294,21 +295,36 @@ async def test_a_member_we_did_not_write_agrees_with_ours(channel: Channel) -> N
         assert foreign.session.decrypt(2001, audio, mine.encrypt_opus(b"ours")) == b"ours"
 
 
-async def test_a_member_that_never_commits_holds_a_joiner_back_only_until_a_timeout(
+async def test_members_that_never_commit_hold_a_joiner_back_only_until_a_timeout(
     channel: Channel,
 ) -> None:
-    first = await channel.join(2001)
-    await eventually(lambda: channel.gateway.dave_channel(SERVER).stats.proposals == 1, PATIENCE)
-    # 2001's Add goes to the stranger alone, who never commits it; the stranger's own
-    # key package waits for that commit, until the hold times out (transition_timeout).
-    stranger = ForeignDaveMember(channel.gateway.url, SERVER, 2999, int(CHANNEL), commits=False)
-    async with stranger:
+    stats = channel.gateway.dave_channel(SERVER).stats
+    strangers = [
+        ForeignDaveMember(channel.gateway.url, SERVER, user, int(CHANNEL), commits=False)
+        for user in (2997, 2998, 2999)
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        for number, stranger in enumerate(strangers, 1):
+            await stack.enter_async_context(stranger)
+            # (awaited within the iteration, so binding `number` late is right)
+            await eventually(lambda: stats.proposals == min(number, 2), PATIENCE)  # noqa: B023
+        # The first two strangers' Adds are out to each other, never committed; the
+        # third's key package is held until the hold times out (transition_timeout).
+        await eventually(lambda: stats.holds_timed_out == 1 and stats.proposals == 3, PATIENCE)
+        # A member that commits joins: it commits all three Adds at once.
+        first = await channel.join(2001)
         await first.wait_dave_ready(PATIENCE)
-        await eventually(lambda: stranger.session is not None and stranger.session.ready, PATIENCE)
         assert first.dave is not None
-        assert stranger.session.get_epoch_authenticator() == first.dave.get_epoch_authenticator()
-        stats = channel.gateway.dave_channel(SERVER).stats
-        assert (stats.holds_timed_out, stats.commits_won) == (1, 1)
+        mine = first.dave.get_epoch_authenticator()
+
+        def strangers_agree() -> bool:
+            sessions = [s.session for s in strangers]
+            return all(s is not None and s.ready for s in sessions) and all(
+                s.get_epoch_authenticator() == mine for s in sessions
+            )
+
+        await eventually(strangers_agree, PATIENCE)
+        assert stats.commits_won == 1
 
 
 async def test_wait_dave_ready_says_why_it_timed_out(channel: Channel) -> None:

@@ -328,7 +328,11 @@ class DaveChannel:
         proposed_adds = {p.key_package for p in self._proposals if p.key_package}
         waiting = [(u, k) for u, k in self._key_packages.items() if k not in proposed_adds]
         hold: list[Output] = []
-        if waiting and self._adds_out(committers) and not self._hold_expired:
+        if (
+            waiting
+            and self._adds_out(committers, {u for u, _ in waiting})
+            and not self._hold_expired
+        ):
             waiting = []
             if self._hold is None:
                 self._next_hold += 1
@@ -338,12 +342,16 @@ class DaveChannel:
             proposals.append(self._propose(user, mls.add(key_package), key_package))
         return hold + self._deliver(committers, proposals)
 
-    def _adds_out(self, committers: list[int] | None) -> bool:
-        """Whether an Add of this epoch reached someone whose commit of it could win
-        (before a group exists, only a first commit from a user with a key package)."""
+    def _adds_out(self, committers: list[int] | None, waiting: set[int]) -> bool:
+        """Whether an Add of this epoch reached someone, other than the users whose key
+        packages wait, whose commit of it could win (before a group exists: a first
+        commit from a user with a key package). Before a group exists, the first two
+        users' Adds go out to each other, as the whitepaper has it ("Initial Group
+        Creation"): a joiner's key package is not held back for an Add that only it
+        could commit."""
         if committers is None:
             committers = [u for u in self._dave_users() if u in self._key_packages]
-        can_commit = set(committers)
+        can_commit = set(committers) - waiting
         return any(p.key_package and p.recipients & can_commit for p in self._proposals)
 
     def _new_epoch(self, epoch: int) -> None:
