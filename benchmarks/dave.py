@@ -84,7 +84,7 @@ async def form(gateway: FakeVoiceGateway, server: int, size: int) -> tuple[list[
     group = Group(gateway, server)
     started = time.monotonic()
     try:
-        await asyncio.gather(*(group.join(server * 100 + i) for i in range(size)))
+        await asyncio.gather(*(group.join(server * 1000 + i) for i in range(size)))
         await group.settle()
         finished = max(group.active.values())
         return [group.active[u] - group.ready[u] for u in group.ready], finished - started
@@ -98,10 +98,10 @@ async def rekey_on_join(gateway: FakeVoiceGateway, server: int) -> float:
     group = Group(gateway, server)
     try:
         for i in range(4):
-            await group.join(server * 100 + i)
+            await group.join(server * 1000 + i)
         await group.settle()
         started = time.monotonic()
-        await group.join(server * 100 + 4)
+        await group.join(server * 1000 + 4)
         await group.settle()
         return time.monotonic() - started
     finally:
@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if not all(1 < size < 1000 for size in sizes) or args.rounds < 1:
+        parser.error("sizes are from 2 to 999 members (user ids are 1000 per group), rounds >= 1")
     results = asyncio.run(measure(args.rounds, sizes))
     for case, metrics in results.items():
         for metric, value in metrics.items():

@@ -344,22 +344,24 @@ def test_an_invalid_commit_is_flagged_and_the_group_recovers(fault: str, members
 
 
 def test_key_packages_that_come_while_proposals_are_out_wait_for_their_commit() -> None:
-    # The whitepaper ("Member Add"): the gateway may delay proposals to batch them, or
-    # to finish committing an Add in flight. Proposed at once, each key package made
-    # every commit in flight stale: here 89 commits were refused, at one epoch.
+    # The whitepaper ("Proposal Handling"): the gateway may delay proposals to batch
+    # them for large or busy sessions. Proposed at once, each key package made every
+    # commit in flight stale: here 89 commits were refused, at one epoch.
     net = Network()
     members = range(ME, ME + 10)
     for user in members:
         net.join(user)
     for user in members:
         net.deliver_to_server(user)  # every key package arrives before any commit
-    net.settle()
+    assert net.channel.held == list(range(ME + 2, ME + 10))
+    net.settle()  # no hold times out: commits release them
     net.assert_agree()
     stats = net.channel.stats
-    # Epoch 0: the first two Adds go out to everyone (the first two users' to each
-    # other); one commit of them wins. Epoch 1: the members commit the eight held.
-    assert (net.channel.epoch, stats.commits_won) == (2, 2)
+    # Epoch 0: the first two Adds go out to everyone, and one commit of them wins (a
+    # held user may make it). Epoch 1: the members commit the Adds still held, at once.
+    assert (net.channel.epoch, stats.commits_won, stats.holds_timed_out) == (2, 2, 0)
     assert stats.commits_rejected < 2 * len(members), stats.rejections
+    assert net.channel.held == []
 
 
 def test_held_key_packages_are_proposed_when_the_hold_times_out() -> None:
@@ -367,18 +369,59 @@ def test_held_key_packages_are_proposed_when_the_hold_times_out() -> None:
     for user in (ME, OTHER, THIRD, 1004):
         net.join(user)
         net.deliver_to_server(user)  # its key package
-    assert net.channel.stats.proposals == 2, "ME's and OTHER's Adds are out; two held"
+    assert net.channel.held == [THIRD, 1004], "ME's and OTHER's Adds are out"
     assert len(net.hold_timeouts) == 1, "one timer for the epoch's hold"
     hold = net.hold_timeouts.pop()
     assert net.channel.hold_timed_out(hold + 1) == [], "another hold's"
     released = net.channel.hold_timed_out(hold)  # nobody committed meanwhile
-    assert net.channel.stats.proposals == 4
+    assert net.channel.held == []
+    assert net.channel.stats.holds_timed_out == 1
     everyone = {ME, OTHER, THIRD, 1004}
     assert {u for u in everyone if 27 in to(released, u)} == everyone
     assert net.channel.hold_timed_out(hold) == [], "once"
     net._server(released)
     net.settle()
     net.assert_agree()
+
+
+def test_a_hold_timer_ends_with_its_hold() -> None:
+    # Found by review: a revoke proposed what was held, yet the timer lived on and
+    # later released (early) a key package held afresh, with no timer of its own.
+    net = Network()
+    for user in (ME, OTHER):
+        net.join(user)
+    net.settle()
+    net.join(THIRD)
+    net.join(1004)
+    until_commits(net)  # THIRD's Add is out, 1004's is held; commits wait
+    assert net.channel.held == [1004]
+    first = net.hold_timeouts.pop()
+    net.leave(THIRD)  # everything is revoked, and proposed again: 1004 with it
+    assert net.channel.held == []
+    assert net.channel.hold_timed_out(first) == [], "its hold ended"
+    assert net.channel.stats.holds_timed_out == 0
+    net.join(1005)
+    until_commits(net)
+    assert net.channel.held == [1005]
+    assert len(net.hold_timeouts) == 1, "a new hold, with its own timer"
+    net.settle()
+    net.assert_agree()
+
+
+def test_a_member_leaving_while_an_add_is_out_does_not_stall_the_join() -> None:
+    # Found by review (and so before key packages were held): a Remove appended after
+    # an Add made davey commit again without the Add's welcome, which the gateway
+    # refuses, and nothing new came to end it.
+    net = Network()
+    for user in (ME, OTHER, THIRD):
+        net.join(user)
+    net.settle()
+    net.join(1004)
+    until_commits(net)  # 1004's Add is out, and commits of it are on their way
+    net.leave(THIRD)  # a Remove in the same epoch
+    net.settle()
+    net.assert_agree()
+    assert sorted(net.channel.members) == [ME, OTHER, 1004]
 
 
 def test_a_member_that_never_sends_its_key_package_is_left_out() -> None:
@@ -439,7 +482,8 @@ def test_through_random_joins_leaves_and_faults_every_member_ends_in_one_epoch(
             net._server(net.channel.transition_timed_out(net.timeouts.pop(0)))
         elif action == "release" and net.hold_timeouts:
             net._server(net.channel.hold_timed_out(net.hold_timeouts.pop(0)))
-    net.settle()
+    net.settle()  # with no hold timing out: commits must release every key package held
+    assert net.channel.held == []
     if len(net.members) >= 2:
         net.assert_agree()
     else:

@@ -16,7 +16,9 @@ member would remain (the "sole member reset"). Key packages that come while Adds
 out to committers wait for that commit (a hold, at most one timeout long), then go
 out together: a commit must reference every proposal of its epoch (whitepaper, "Voice
 Gateway Commit Validity"), so each Add proposed at once would make every commit in
-flight stale.
+flight stale, and the gateway may delay proposals to batch them ("Proposal
+Handling"). Before a group exists, the first two users' Adds go out to each other at
+once, as in "Initial Group Creation"; later key packages may wait.
 
     channel = DaveChannel(channel_id=1234)
     outputs = channel.join(1001, dave=True)        # ops 11 and 25 ...
@@ -107,7 +109,8 @@ class DaveStats:
     transitions_executed: int = 0
     transitions_timed_out: int = 0
     holds_timed_out: int = 0
-    """Key packages held while Adds were out, proposed because nobody committed those."""
+    """Holds whose timeout came first: the key packages they held were proposed though
+    nobody had committed the Adds out before them."""
     rejections: list[str] = field(default_factory=list)
     """Why each rejected commit or key package was rejected."""
 
@@ -174,6 +177,12 @@ class DaveChannel:
     def present(self) -> list[int]:
         """Users in the channel."""
         return list(self._present)
+
+    @property
+    def held(self) -> list[int]:
+        """Users whose key packages wait, unproposed, for the Adds out to be committed
+        (or for the hold's timeout)."""
+        return [user for user, _ in self._waiting()] if self._hold is not None else []
 
     def pending_transitions(self) -> list[int]:
         """Transitions announced and not executed yet."""
@@ -319,35 +328,46 @@ class DaveChannel:
         gone = [u for u in self.members if u not in sound]
         if self.established and len(sound) <= 1 and (gone or not sound):
             return self._reset_group(sound)
-        proposals: list[_Proposal] = []
-        proposed_removals = {p.leaf for p in self._proposals if p.leaf is not None}
-        for user in gone:
-            if self.members[user] not in proposed_removals:
-                proposals.append(self._propose(user, mls.remove(self.members[user]), leaf=True))
+        removals = [u for u in gone if self.members[u] not in self._proposed_removals()]
+        out: list[Output] = []
+        if removals and any(p.key_package for p in self._proposals):
+            # davey 0.1.7 commits a Remove that comes after an Add without the Add's
+            # welcome, which the joiner needs: revoke both, propose them together.
+            out += self._revoke(list(self._proposals))
+            removals = gone
+        proposals = [self._propose(u, mls.remove(self.members[u]), leaf=True) for u in removals]
         committers = sound if self.established else None
-        proposed_adds = {p.key_package for p in self._proposals if p.key_package}
-        waiting = [(u, k) for u, k in self._key_packages.items() if k not in proposed_adds]
-        hold: list[Output] = []
-        if (
-            waiting
-            and self._adds_out(committers, {u for u, _ in waiting})
-            and not self._hold_expired
-        ):
-            waiting = []
-            if self._hold is None:
-                self._next_hold += 1
-                self._hold = self._next_hold
-                hold.append(ArmHoldTimeout(self._hold))
-        for user, key_package in waiting:
-            proposals.append(self._propose(user, mls.add(key_package), key_package))
-        return hold + self._deliver(committers, proposals)
+        adds, held = self._adds(committers)
+        return out + held + self._deliver(committers, proposals + adds)
+
+    def _proposed_removals(self) -> set[int]:
+        return {p.leaf for p in self._proposals if p.leaf is not None}
+
+    def _waiting(self) -> list[tuple[int, bytes]]:
+        """Users whose key packages no Add of this epoch carries yet, and those."""
+        proposed = {p.key_package for p in self._proposals if p.key_package}
+        return [(u, k) for u, k in self._key_packages.items() if k not in proposed]
+
+    def _adds(self, committers: list[int] | None) -> tuple[list[_Proposal], list[Output]]:
+        """Adds for the key packages waiting; or none while Adds are out (a hold), and
+        the hold's timer when it starts."""
+        waiting = self._waiting()
+        users = {u for u, _ in waiting}
+        if not waiting or self._hold_expired or not self._adds_out(committers, users):
+            self._hold, self._hold_expired = None, False  # its timer, if pending, ends
+            return [self._propose(u, mls.add(k), k) for u, k in waiting], []
+        if self._hold is not None:
+            return [], []
+        self._next_hold += 1
+        self._hold = self._next_hold
+        return [], [ArmHoldTimeout(self._hold)]
 
     def _adds_out(self, committers: list[int] | None, waiting: set[int]) -> bool:
         """Whether an Add of this epoch reached someone, other than the users whose key
         packages wait, whose commit of it could win (before a group exists: a first
-        commit from a user with a key package). Before a group exists, the first two
-        users' Adds go out to each other, as the whitepaper has it ("Initial Group
-        Creation"): a joiner's key package is not held back for an Add that only it
+        commit from a user with a key package). So before a group exists the first two
+        users' Adds go out to each other at once, as in the whitepaper's "Initial Group
+        Creation": a key package is not held back for an Add that only its own user
         could commit."""
         if committers is None:
             committers = [u for u in self._dave_users() if u in self._key_packages]
