@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import resource
 import ssl
 import statistics
@@ -52,22 +53,28 @@ def _raise_fd_limit() -> int:
 # -- the client process ------------------------------------------------------------------
 
 
-def _websocket(variant: str, authority: str | None) -> Any:
-    """The session's websocket for a variant (``None``: the VoiceClient's default)."""
+def _websocket(variant: str) -> Any:
+    """The session's websocket for a variant (``None``: the VoiceClient's default, which
+    the ``tls`` variant uses too, with the server's authority among the system's)."""
     from wavegate import Websocket
 
     if variant == "aiohttp":
         return Websocket(transport="aiohttp")
-    if variant == "tls":
-        assert authority is not None, "the tls variant needs the server's authority"
-        context = ssl.create_default_context(cafile=authority)
-        return Websocket(ssl=context, read_buffer_size=2048)  # as VoiceClient's default
     return None
 
 
-async def _clients(
-    url: str, count: int, seconds: float, variant: str, authority: str | None = None
-) -> None:
+def _trust_as_the_systems(authority: str) -> None:
+    """Make ``ssl=True`` (the default) trust ``authority`` besides the system's CAs, as
+    a user's trusts Discord's: the default context loads the whole store."""
+    bundle = Path(authority).with_name("trusted.pem")
+    system = ssl.get_default_verify_paths().cafile
+    bundle.write_bytes(
+        (Path(system).read_bytes() if system else b"") + Path(authority).read_bytes()
+    )
+    os.environ["SSL_CERT_FILE"] = str(bundle)
+
+
+async def _clients(url: str, count: int, seconds: float, variant: str) -> None:
     from wavegate.discord import VoiceClient, VoiceCredentials
     from wavegate.session import EventKind, SessionEvent, SessionState
 
@@ -92,7 +99,7 @@ async def _clients(
             credentials,
             on_event=on_event,
             max_dave_protocol_version=0 if variant == "no-dave" else 1,
-            websocket=_websocket(variant, authority),
+            websocket=_websocket(variant),
         )
         clients.append(client)
         async with opening:
@@ -150,7 +157,9 @@ def client_main(
     url: str, count: int, seconds: float, variant: str, authority: str | None = None
 ) -> None:
     _raise_fd_limit()
-    asyncio.run(_clients(url, count, seconds, variant, authority))
+    if authority is not None:
+        _trust_as_the_systems(authority)
+    asyncio.run(_clients(url, count, seconds, variant))
 
 
 # -- the parent ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -407,11 +408,13 @@ class ConnectProxy:
             sink.close()
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[str]:
-        """Serve on 127.0.0.1; yields the proxy's ``http://`` URL."""
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+    async def running(self, tls: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+        """Serve on 127.0.0.1; yields the proxy's ``http://`` URL (``https://`` with
+        ``tls``, the server's context)."""
+        server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=tls)
+        scheme = "https" if tls is not None else "http"
         try:
-            yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            yield f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}"
         finally:
             server.close()
             for pipe in list(self._pipes):

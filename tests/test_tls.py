@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -19,7 +20,7 @@ from wavegate.testing import WebsocketTestServer
 from wavegate.transport import TEXT, TransportOptions, picows_transport
 
 from .conftest import WebsocketFactory
-from .peers import established_to, websockets_server
+from .peers import ConnectProxy, established_to, websockets_server
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +167,120 @@ async def test_picows_runs_tls_on_aiofastnet_and_plain_tcp_on_asyncio(
             assert await opened.recv() == '{"over": "either"}'
         finally:
             await opened.close(1000, "")
+
+
+async def _echo_until_closed(conn: object) -> None:
+    async for message in conn:  # type: ignore[attr-defined]
+        await conn.send(message)  # type: ignore[attr-defined]
+
+
+def count_default_contexts(
+    authority: trustme.CA, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> list[ssl.SSLContext]:
+    """Trust ``authority`` as the system's CAs, forget picows' default contexts, and
+    record each context ``ssl.create_default_context`` makes from now on."""
+    bundle = tmp_path / "trusted.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    monkeypatch.setattr(picows_transport, "_DEFAULT_CONTEXTS", {})
+    real = ssl.create_default_context
+    made: list[ssl.SSLContext] = []
+
+    def counted(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    return made
+
+
+def server_context(authority: trustme.CA) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    return context
+
+
+@pytest.mark.timeout(60)
+async def test_picows_makes_its_default_contexts_once_per_process(
+    authority: trustme.CA, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    # For ssl=True, asyncio and aiofastnet make a context per connection: loading the
+    # system's CA store blocks the loop ~18 ms, and the connection holds it (~850 KiB).
+    made = count_default_contexts(authority, monkeypatch, tmp_path)
+    served = server_context(authority)
+    async with websockets_server(_echo_until_closed, ssl=served) as url:
+        url = url.replace("ws:", "wss:")
+        for verify in (True, False, True, False):
+            opened = await picows_transport.connect(
+                url, TransportOptions(ssl=verify, ping_interval=None)
+            )
+            try:
+                opened.send(TEXT, b'{"over": "tls"}')
+                assert await opened.recv() == '{"over": "tls"}'
+                ssl_object = opened._wt.underlying_transport.get_extra_info("ssl_object")
+                assert ssl_object.context is made[0 if verify else 1]
+            finally:
+                await opened.close(1000, "")
+    assert len(made) == 2, "one verifying context and one that does not verify"
+    assert made[0].verify_mode == ssl.CERT_REQUIRED
+    assert made[0].check_hostname
+    assert made[1].verify_mode == ssl.CERT_NONE
+
+
+@pytest.mark.timeout(60)
+async def test_picows_verifies_an_https_proxy_with_its_one_default_context(
+    authority: trustme.CA, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    made = count_default_contexts(authority, monkeypatch, tmp_path)
+    proxy = ConnectProxy()
+    async with (
+        proxy.running(tls=server_context(authority)) as proxy_url,
+        websockets_server(_echo_until_closed) as url,
+    ):
+        assert proxy_url.startswith("https://")
+        for _ in range(2):
+            options = TransportOptions(proxy=proxy_url, ping_interval=None)
+            opened = await picows_transport.connect(url, options)
+            try:
+                opened.send(TEXT, b'{"through": "tls"}')
+                assert await opened.recv() == '{"through": "tls"}'
+            finally:
+                await opened.close(1000, "")
+    assert len(made) == 1
+    assert made[0].verify_mode == ssl.CERT_REQUIRED
+    assert len(proxy.targets) == 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("verify", ["a context", "off"])
+async def test_an_https_proxy_carries_a_connection_on_every_transport(
+    authority: trustme.CA, make_ws: WebsocketFactory, verify: str
+) -> None:
+    proxy = ConnectProxy()
+    async with (
+        proxy.running(tls=server_context(authority)) as proxy_url,
+        websockets_server(_echo_until_closed) as url,
+    ):
+        # ``ssl`` is the proxy's too, as aiohttp has it.
+        trusted = client_context(authority) if verify == "a context" else False
+        ws = make_ws(proxy=proxy_url, ping_interval=None, ssl=trusted)
+        await ws.connect(url)
+        await ws.send_json({"through": "an https proxy"})
+        assert await ws.receive() == WebsocketPacketJSON({"through": "an https proxy"})
+        await ws.disconnect()
+    assert len(proxy.targets) == 1
+
+
+async def test_an_https_proxy_with_an_untrusted_certificate_is_refused(
+    authority: trustme.CA, make_ws: WebsocketFactory
+) -> None:
+    proxy = ConnectProxy()
+    async with (
+        proxy.running(tls=server_context(authority)) as proxy_url,
+        websockets_server(_echo_until_closed) as url,
+    ):
+        ws = make_ws(proxy=proxy_url, ping_interval=None)  # ssl=True: the system's CAs
+        with pytest.raises(DisconnectSignal) as caught:
+            await ws.connect(url)
+    assert caught.value.event is Event.CONNECT_TLS_CERTIFICATE
+    assert proxy.targets == []
