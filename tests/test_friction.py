@@ -289,6 +289,17 @@ def test_the_tls_hint_names_the_plain_url_and_never_credentials(
             ValueError,
             "read_buffer_size must be in 2048..16777216, got 1073741824",
         ),
+        # Found by review: picows took None (and "") as "do not verify".
+        (
+            {"ssl": None},
+            TypeError,
+            "ssl must be True (verify), False (do not verify) or an ssl.SSLContext, got None",
+        ),
+        (
+            {"ssl": 1},
+            TypeError,
+            "ssl must be True (verify), False (do not verify) or an ssl.SSLContext, got 1",
+        ),
     ],
 )
 def test_timing_options_that_make_no_sense_are_refused_by_name(

@@ -15,9 +15,9 @@ import pytest
 import pytest_asyncio
 import trustme
 
-from wavegate import DisconnectSignal, Event, Signal, WebsocketPacketJSON
+from wavegate import DisconnectSignal, Event, InvalidURLError, Signal, WebsocketPacketJSON
 from wavegate.testing import WebsocketTestServer
-from wavegate.transport import TEXT, TransportOptions, picows_transport
+from wavegate.transport import TEXT, ConnectFailed, TransportOptions, picows_transport
 
 from .conftest import WebsocketFactory
 from .peers import ConnectProxy, established_to, websockets_server
@@ -194,9 +194,9 @@ def count_default_contexts(
     return made
 
 
-def server_context(authority: trustme.CA) -> ssl.SSLContext:
+def server_context(authority: trustme.CA, host: str = "127.0.0.1") -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    authority.issue_cert("127.0.0.1").configure_cert(context)
+    authority.issue_cert(host).configure_cert(context)
     return context
 
 
@@ -210,6 +210,7 @@ async def test_picows_makes_its_default_contexts_once_per_process(
     served = server_context(authority)
     async with websockets_server(_echo_until_closed, ssl=served) as url:
         url = url.replace("ws:", "wss:")
+        contexts: dict[bool, ssl.SSLContext] = {}
         for verify in (True, False, True, False):
             opened = await picows_transport.connect(
                 url, TransportOptions(ssl=verify, ping_interval=None)
@@ -218,17 +219,23 @@ async def test_picows_makes_its_default_contexts_once_per_process(
                 opened.send(TEXT, b'{"over": "tls"}')
                 assert await opened.recv() == '{"over": "tls"}'
                 ssl_object = opened._wt.underlying_transport.get_extra_info("ssl_object")
-                assert ssl_object.context is made[0 if verify else 1]
+                assert contexts.setdefault(verify, ssl_object.context) is ssl_object.context
             finally:
                 await opened.close(1000, "")
-    assert len(made) == 2, "one verifying context and one that does not verify"
-    assert made[0].verify_mode == ssl.CERT_REQUIRED
-    assert made[0].check_hostname
-    assert made[1].verify_mode == ssl.CERT_NONE
+    assert made == [contexts[True]], "the CA store is loaded once, for ssl=True alone"
+    assert contexts[True].verify_mode == ssl.CERT_REQUIRED
+    assert contexts[True].check_hostname
+    assert contexts[False].verify_mode == ssl.CERT_NONE
+    # The shared context still checks each connection's host name.
+    elsewhere = server_context(authority, "example.invalid")
+    async with websockets_server(_echo_until_closed, ssl=elsewhere) as url:
+        with pytest.raises(ConnectFailed) as caught:
+            await picows_transport.connect(url.replace("ws:", "wss:"), TransportOptions())
+    assert caught.value.event is Event.CONNECT_TLS_CERTIFICATE
 
 
 @pytest.mark.timeout(60)
-async def test_picows_verifies_an_https_proxy_with_its_one_default_context(
+async def test_picows_makes_one_default_context_for_an_https_proxy_too(
     authority: trustme.CA, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     made = count_default_contexts(authority, monkeypatch, tmp_path)
@@ -284,3 +291,24 @@ async def test_an_https_proxy_with_an_untrusted_certificate_is_refused(
             await ws.connect(url)
     assert caught.value.event is Event.CONNECT_TLS_CERTIFICATE
     assert proxy.targets == []
+
+
+@pytest.mark.timeout(60)
+async def test_a_wss_server_through_an_https_proxy(
+    authority: trustme.CA, make_ws: WebsocketFactory, transport: str
+) -> None:
+    proxy = ConnectProxy()  # TLS to the proxy, and TLS to the server inside it
+    async with (
+        proxy.running(tls=server_context(authority)) as proxy_url,
+        websockets_server(_echo_until_closed, ssl=server_context(authority)) as url,
+    ):
+        ws = make_ws(proxy=proxy_url, ping_interval=None, ssl=client_context(authority))
+        if transport == "aiohttp" and sys.version_info < (3, 11):
+            with pytest.raises(InvalidURLError, match=r"needs Python 3\.11 on the aiohttp"):
+                await ws.connect(url.replace("ws:", "wss:"))
+            return
+        await ws.connect(url.replace("ws:", "wss:"))
+        await ws.send_json({"tls": "in tls"})
+        assert await ws.receive() == WebsocketPacketJSON({"tls": "in tls"})
+        await ws.disconnect()
+    assert len(proxy.targets) == 1

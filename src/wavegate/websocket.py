@@ -246,12 +246,13 @@ class Websocket:
             ``"text"`` (text frames -> :class:`WebsocketPacketText`).
         headers: extra HTTP headers for the opening handshake.
         ssl: ``True`` (verify, default), ``False`` (no verification) or an SSLContext,
-            for the server and for an ``https://`` proxy alike.
-            ``True``'s and ``False``'s contexts are made once per process, at first
-            use (so a later change to ``SSL_CERT_FILE`` is not seen): one holds the
-            system's CA store, ~850 KiB and ~18 ms to load.
+            for the server and for an ``https://`` proxy alike. Each transport makes
+            one context for ``True`` per process (picows at first use, aiohttp at its
+            import; changes to ``SSL_CERT_FILE``/``SSL_CERT_DIR`` after that are not
+            seen): it holds the system's CA store, ~850 KiB and ~18 ms to load.
         proxy: an ``http://`` or ``https://`` proxy URL (credentials in it are sent,
-            never logged).
+            never logged). A ``wss://`` server through an ``https://`` proxy (TLS in
+            TLS) needs Python 3.11 on aiohttp.
         compression: negotiate permessage-deflate.
         read_buffer_size: picows: the read buffer a connection starts with, in bytes
             (2048 to 16 MiB). It doubles whenever a read nearly fills it and never

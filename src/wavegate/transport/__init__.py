@@ -52,6 +52,11 @@ class TransportOptions:
                 _check_positive(name, getattr(self, name), "a positive number or None")
         for name in ("close_timeout", "ping_timeout"):
             _check_positive(name, getattr(self, name), "a positive number")
+        if not isinstance(self.ssl, (bool, ssl_module.SSLContext)):
+            raise TypeError(
+                "ssl must be True (verify), False (do not verify) or an ssl.SSLContext, "
+                f"got {self.ssl!r}"
+            )
         size = self.read_buffer_size
         if isinstance(size, bool) or not isinstance(size, int):
             raise TypeError(f"read_buffer_size must be an int (bytes), got {size!r}")

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl as ssl_module
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import WSMsgType
@@ -378,8 +380,19 @@ def _unoffered(ws: _WebSocketResponse, options: TransportOptions) -> str | None:
     return None
 
 
+def _check_supported(url: str, options: TransportOptions) -> None:
+    proxy = urlsplit(options.proxy).scheme if options.proxy else None
+    if sys.version_info < (3, 11) and proxy == "https" and urlsplit(url).scheme == "wss":
+        # asyncio's start_tls() takes no TLS transport before 3.11: it never could work.
+        raise InvalidURLError(
+            "a wss:// server through an https:// proxy (TLS in TLS) needs Python 3.11 "
+            "on the aiohttp transport; use transport='picows'"
+        )
+
+
 async def connect(url: str, options: TransportOptions) -> AiohttpTransport:
     """Open a websocket to ``url``; raise :class:`ConnectFailed` on any failure."""
+    _check_supported(url, options)
     shared = _SharedSession.acquire()
     try:
         opening = shared.session.ws_connect(
