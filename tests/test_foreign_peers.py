@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import socket
 import struct
 import traceback
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -630,3 +632,63 @@ async def test_a_password_that_breaks_url_parsing_never_shows(
     with pytest.raises(InvalidURLError) as caught:
         await ws.connect(url)
     assert "s3cr3t-PASS" not in _everything_reachable(caught.value)
+
+
+# -- a host name with several addresses ---------------------------------------------
+
+
+async def _echo(conn: ServerConnection) -> None:
+    async for message in conn:
+        await conn.send(message)
+
+
+@pytest.mark.parametrize("family", ["IPv4", "IPv6"])
+async def test_a_host_whose_first_address_refuses_is_reached_at_its_next(
+    make_ws: WebsocketFactory, monkeypatch: pytest.MonkeyPatch, family: str
+) -> None:
+    # What every client does with several DNS records (asyncio's create_connection,
+    # aiohttp): the picows transport tried only the first. Nothing listens on
+    # 127.0.0.2 (or, for IPv6, at the port on ::1); the server is on 127.0.0.1.
+    async with websockets_server(_echo) as url:
+        port = urlsplit(url).port
+        assert port is not None
+        dead = (
+            (socket.AF_INET, ("127.0.0.2", port))
+            if family == "IPv4"
+            else (socket.AF_INET6, ("::1", port, 0, 0))
+        )
+        records = [dead, (socket.AF_INET, ("127.0.0.1", port))]
+        loop = asyncio.get_running_loop()
+        looked_up: list[str] = []
+
+        async def resolve(host: str, *args: object, **kwargs: object) -> list[tuple[Any, ...]]:
+            looked_up.append(host)  # the DNS a test cannot run: two records for one name
+            return [(f, socket.SOCK_STREAM, 6, "", address) for f, address in records]
+
+        monkeypatch.setattr(loop, "getaddrinfo", resolve)
+        ws = make_ws(ping_interval=None)
+        await ws.connect(f"ws://wavegate.test:{port}/")
+        await ws.send_json({"reached": "the second address"})
+        assert await ws.receive() == WebsocketPacketJSON({"reached": "the second address"})
+        await ws.disconnect()
+    assert looked_up == ["wavegate.test"], "looked up once"
+
+
+async def test_a_host_whose_every_address_refuses_fails_once_with_no_socket_left(
+    make_ws: WebsocketFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # closed below: nothing listens there
+    records = [(socket.AF_INET, ("127.0.0.2", port)), (socket.AF_INET, ("127.0.0.1", port))]
+
+    async def resolve(host: str, *args: object, **kwargs: object) -> list[tuple[Any, ...]]:
+        return [(f, socket.SOCK_STREAM, 6, "", address) for f, address in records]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolve)
+    before = open_fds()
+    ws = make_ws(ping_interval=None)
+    with pytest.raises(Signal) as caught:
+        await ws.connect(f"ws://wavegate.test:{port}/")
+    assert caught.value.event is Event.CONNECT_REFUSED
+    await eventually(lambda: open_fds() <= before)

@@ -626,17 +626,47 @@ def _with_credentials(url: str, headers: Mapping[str, str]) -> tuple[str, dict[s
 
 
 def _socket_factory(sockets: list[socket.socket]) -> Callable[[Any], Awaitable[socket.socket]]:
-    """Sockets made here (and kept in ``sockets``): owning the socket lets a cancelled or
-    timed-out handshake be shut down, which picows leaves open otherwise."""
+    """Sockets connected here (and kept in ``sockets``): owning the socket lets a
+    cancelled or timed-out handshake be shut down, which picows leaves open otherwise.
+    Each address of the host is tried in turn, as ``loop.create_connection`` does."""
 
     async def make(address: Any) -> socket.socket:
         loop = asyncio.get_running_loop()
-        sock = socket.socket(await _family(loop, address.host, address.port), socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sockets.append(sock)
-        return sock
+        errors: list[OSError] = []
+        for family, proto, sockaddr in await _addresses(loop, address.host, address.port):
+            sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, sockaddr)
+            except OSError as exc:
+                sock.close()
+                errors.append(exc)
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            sockets.append(sock)
+            return sock
+        if len({type(e) for e in errors}) == 1:
+            raise errors[0]
+        raise OSError(f"no address of the host answered: {'; '.join(map(str, errors))}")
 
     return make
+
+
+async def _addresses(
+    loop: asyncio.AbstractEventLoop, host: str, port: int
+) -> list[tuple[int, int, Any]]:
+    """``(family, proto, sockaddr)`` for each address of ``host``; an IP address needs
+    no lookup (``getaddrinfo`` would run in a thread)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return [(int(info[0]), info[2], info[4]) for info in infos]
+    if ip.version == 6:
+        return [(socket.AF_INET6, 0, (host, port, 0, 0))]
+    return [(socket.AF_INET, 0, (host, port))]
 
 
 _ASYNCIO_WRITES_IN_O1 = sys.version_info < (3, 12)
@@ -681,16 +711,6 @@ def _listener_factory(transport: PicowsTransport, options: TransportOptions) -> 
         return made
 
     return make
-
-
-async def _family(loop: asyncio.AbstractEventLoop, host: str, port: int) -> int:
-    """The address family to connect to ``host`` with; an IP address needs no lookup
-    (``getaddrinfo`` would run in a thread)."""
-    try:
-        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    except ValueError:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        return int(infos[0][0])
 
 
 def _shut_down(sockets: list[socket.socket]) -> None:
