@@ -34,6 +34,7 @@ from wavegate import (
 )
 from wavegate.codec import STDLIB
 from wavegate.testing import frames
+from wavegate.transport import TEXT, TransportOptions, picows_transport
 
 from .conftest import WebsocketFactory, eventually
 from .peers import RawPeer, established_to, open_fds, raw_server, websockets_server
@@ -652,11 +653,10 @@ async def test_a_host_whose_first_address_refuses_is_reached_at_its_next(
     async with websockets_server(_echo) as url:
         port = urlsplit(url).port
         assert port is not None
-        dead = (
-            (socket.AF_INET, ("127.0.0.2", port))
-            if family == "IPv4"
-            else (socket.AF_INET6, ("::1", port, 0, 0))
-        )
+        dead = {
+            "IPv4": (socket.AF_INET, ("127.0.0.2", port)),
+            "IPv6": (socket.AF_INET6, ("::1", port, 0, 0)),
+        }[family]
         records = [dead, (socket.AF_INET, ("127.0.0.1", port))]
         loop = asyncio.get_running_loop()
         looked_up: list[str] = []
@@ -692,3 +692,25 @@ async def test_a_host_whose_every_address_refuses_fails_once_with_no_socket_left
         await ws.connect(f"ws://wavegate.test:{port}/")
     assert caught.value.event is Event.CONNECT_REFUSED
     await eventually(lambda: open_fds() <= before)
+
+
+async def test_picows_skips_an_address_whose_family_cannot_be_opened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As IPv6 on a machine where it is off: socket() itself fails for that record.
+    # (aiohttp's resolver would not pass such a record on: it asserts the family.)
+    async with websockets_server(_echo) as url:
+        port = urlsplit(url).port
+        records = [(socket.AF_UNIX, ("127.0.0.1", port)), (socket.AF_INET, ("127.0.0.1", port))]
+
+        async def resolve(host: str, *args: object, **kwargs: object) -> list[tuple[Any, ...]]:
+            return [(f, socket.SOCK_STREAM, 6, "", address) for f, address in records]
+
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolve)
+        options = TransportOptions(ping_interval=None)
+        opened = await picows_transport.connect(f"ws://wavegate.test:{port}/", options)
+        try:
+            opened.send(TEXT, b'{"reached": "the second"}')
+            assert await opened.recv() == '{"reached": "the second"}'
+        finally:
+            await opened.close(1000, "")

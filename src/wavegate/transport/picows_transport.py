@@ -634,7 +634,11 @@ def _socket_factory(sockets: list[socket.socket]) -> Callable[[Any], Awaitable[s
         loop = asyncio.get_running_loop()
         errors: list[OSError] = []
         for family, proto, sockaddr in await _addresses(loop, address.host, address.port):
-            sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            except OSError as exc:  # e.g. IPv6 off on this machine: try the next
+                errors.append(exc)
+                continue
             try:
                 sock.setblocking(False)
                 await loop.sock_connect(sock, sockaddr)
