@@ -367,14 +367,20 @@ class ConnectProxy:
     ws://host:port/path``, what aiohttp sends for ``ws://``) forwarded in origin form;
     then it pipes bytes both ways. ``targets`` records ``(method, host:port)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: int | None = None) -> None:
         self.targets: list[tuple[str, str]] = []
+        self.refuse = refuse
+        """Answer every request with this HTTP status (407, 502...) instead."""
         self._pipes: set[asyncio.Task[None]] = set()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         line, rest = head.split(b"\r\n", 1)
         method, target, version = line.decode().split(" ", 2)
+        if self.refuse is not None:
+            writer.write(f"HTTP/1.1 {self.refuse} No\r\nContent-Length: 0\r\n\r\n".encode())
+            writer.close()
+            return
         if method == "CONNECT":
             where, forward = target, b""
         elif target.startswith(("http://", "ws://")):

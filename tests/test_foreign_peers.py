@@ -26,6 +26,7 @@ from wavegate import (
     EncodeError,
     Event,
     InvalidURLError,
+    ReconnectSignal,
     ResumeSignal,
     Signal,
     Websocket,
@@ -714,3 +715,27 @@ async def test_picows_skips_an_address_whose_family_cannot_be_opened(
             assert await opened.recv() == '{"reached": "the second"}'
         finally:
             await opened.close(1000, "")
+
+
+@pytest.mark.parametrize("answer", [b"", b"\x15\x03\x01\x00\x02\x02\x46"])
+async def test_a_server_that_closes_before_answering_the_handshake_gives_a_signal(
+    make_ws: WebsocketFactory, answer: bytes
+) -> None:
+    # picows returned from the handshake with no response, and connect() raised an
+    # AttributeError: a supervisor (VoiceClient's) stopped for good on a TCP reset.
+    async def hang_up(peer: RawPeer) -> None:
+        await peer.reader.readuntil(b"\r\n\r\n")
+        peer.writer.write(answer)  # nothing, or a TLS alert (ws:// to a wss:// port)
+        await peer.writer.drain()
+        peer.writer.close()
+
+    before = open_fds()
+    async with raw_server(hang_up) as url:
+        ws = make_ws(open_timeout=10)
+        with pytest.raises(Signal) as caught:
+            await ws.connect(url)
+    assert ws.disconnected
+    if not answer:  # nothing at all: worth another try, on every transport
+        assert isinstance(caught.value, ReconnectSignal)
+        assert caught.value.event is Event.CONNECT_ERROR
+    await eventually(lambda: open_fds() <= before)

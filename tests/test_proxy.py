@@ -7,7 +7,14 @@ import socket
 
 import pytest
 
-from wavegate import Signal, WebsocketPacketJSON
+from wavegate import (
+    DisconnectSignal,
+    Event,
+    ReconnectSignal,
+    Signal,
+    Websocket,
+    WebsocketPacketJSON,
+)
 
 from .conftest import WebsocketFactory
 from .peers import ConnectProxy, websockets_server
@@ -50,3 +57,45 @@ async def test_a_proxy_that_is_not_there_fails_the_connect_without_its_password(
     seen = [caught.value, caught.value.__cause__, caught.value.__context__]
     assert not any("s3cr3t-pw" in str(error) for error in seen if error is not None)
     assert "s3cr3t-pw" not in repr(caught.value)
+
+
+@pytest.mark.parametrize(("status", "signal"), [(407, DisconnectSignal), (502, ReconnectSignal)])
+async def test_a_proxy_that_refuses_gives_the_signal_of_its_status(
+    make_ws: WebsocketFactory, status: int, signal: type[Signal], transport: str
+) -> None:
+    # picows let python_socks' ProxyError out: not a signal, so a supervisor stopped.
+    proxy = ConnectProxy(refuse=status)
+    async with proxy.running() as proxy_url, websockets_server(_echo) as url:
+        proxy_url = proxy_url.replace("http://", "http://alice:s3cr3t-pw@")
+        ws = make_ws(proxy=proxy_url)
+        with pytest.raises(signal) as caught:
+            await ws.connect(url)
+    assert caught.value.event is Event.HANDSHAKE_STATUS
+    assert caught.value.code == status
+    if transport != "aiohttp":  # aiohttp asks for ws:// with a GET: the answer is the server's
+        assert "proxy" in caught.value.reason
+    assert ws.disconnected
+    seen = [caught.value, caught.value.__cause__, caught.value.__context__]
+    assert not any("s3cr3t-pw" in str(error) for error in seen if error is not None)
+
+
+@pytest.mark.parametrize(
+    ("proxy", "error", "message"),
+    [
+        ("bob:HUNTER2@127.0.0.1:9", ValueError, "proxy must be an http:// or https:// URL"),
+        ("socks5://bob:HUNTER2@127.0.0.1:9", ValueError, "not socks5"),
+        ("ws://bob:HUNTER2@127.0.0.1:9", ValueError, "not ws"),
+        ("", ValueError, "proxy must be an http:// or https:// URL"),
+        ("http://bob:HUNTER2@", ValueError, "has no host"),
+        ("http://bob:HUNTER2@127.0.0.1:99999", ValueError, "port"),
+        (123, TypeError, "proxy must be a str"),
+        (b"http://127.0.0.1:9", TypeError, "proxy must be a str"),
+    ],
+)
+def test_a_proxy_that_is_not_an_http_url_is_refused_at_once_without_its_password(
+    proxy: object, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message) as caught:
+        Websocket(proxy=proxy)  # type: ignore[arg-type]
+    assert "HUNTER2" not in str(caught.value)
+    assert caught.value.__cause__ is None or "HUNTER2" not in str(caught.value.__cause__)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ..packets import WebsocketPacket
+from ..redact import redact_url
 from ..signals import Event
 
 _TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux
@@ -52,6 +53,8 @@ class TransportOptions:
                 _check_positive(name, getattr(self, name), "a positive number or None")
         for name in ("close_timeout", "ping_timeout"):
             _check_positive(name, getattr(self, name), "a positive number")
+        if self.proxy is not None:
+            _check_proxy(self.proxy)
         if not isinstance(self.ssl, (bool, ssl_module.SSLContext)):
             raise TypeError(
                 "ssl must be True (verify), False (do not verify) or an ssl.SSLContext, "
@@ -70,6 +73,27 @@ MIN_READ_BUFFER = 2048
 """picows' smallest read buffer, in bytes."""
 MAX_READ_BUFFER = 1 << 24
 """The largest first read buffer taken (16 MiB): every connection holds it for life."""
+
+
+def _check_proxy(proxy: object) -> None:
+    """Refuse a proxy that is not an ``http://`` or ``https://`` URL with a host, in
+    words that never show its password (a transport's own error would quote it)."""
+    if not isinstance(proxy, str):
+        raise TypeError(
+            f"proxy must be a str (an http:// or https:// URL) or None, got {type(proxy).__name__}"
+        )
+    scheme = proxy.partition("://")[0].lower() if "://" in proxy else ""
+    shown = redact_url(proxy) if scheme else proxy.rpartition("@")[2]
+    if scheme not in ("http", "https"):
+        instead = f", not {scheme}" if scheme else ""
+        raise ValueError(f"proxy must be an http:// or https:// URL{instead}: {shown!r}")
+    try:
+        parts = urlsplit(proxy)
+        host, _ = parts.hostname, parts.port
+    except ValueError:
+        raise ValueError(f"proxy has a bad port: {shown!r}") from None
+    if not host:
+        raise ValueError(f"proxy has no host: {shown!r}")
 
 
 def _check_positive(name: str, value: object, allowed: str) -> None:

@@ -25,6 +25,7 @@ import contextvars
 import ipaddress
 import logging
 import os
+import re
 import socket
 import ssl as ssl_module
 import sys
@@ -37,6 +38,7 @@ import picows
 from picows.websockets.asyncio.connection import ClientConnection
 from picows.websockets.compat import Request, Response
 from picows.websockets.exceptions import ConnectionClosed
+from python_socks import ProxyError  # picows' own proxy client
 
 from ..heartbeat import Keepalive, keepalive_step
 from ..packets import (
@@ -485,9 +487,21 @@ class PicowsTransport:
         self._stop_keepalive()
 
 
+_PROXY_STATUS = re.compile(r"with status (\d{3})\b")
+
+
 def _connect_failure(exc: BaseException) -> ConnectFailed:
     if isinstance(exc, asyncio.TimeoutError):
         return ConnectFailed(Event.CONNECT_TIMEOUT, None, "opening handshake timed out")
+    if isinstance(exc, ProxyError):
+        # picows' HTTP proxy client gives the status in its message only (picows 1.x).
+        found = _PROXY_STATUS.search(str(exc))
+        status = exc.error_code or (int(found[1]) if found else None)
+        if isinstance(status, int) and 100 <= status <= 599:
+            return ConnectFailed(
+                Event.HANDSHAKE_STATUS, status, f"the proxy answered HTTP {status}"
+            )
+        return ConnectFailed(Event.CONNECT_ERROR, None, f"the proxy failed: {exc}")
     if isinstance(exc, picows.WSInvalidStatusError):
         status = int(exc.response.status) if exc.response is not None else 0
         return ConnectFailed(Event.HANDSHAKE_STATUS, status, f"HTTP {status}")
@@ -580,13 +594,18 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
         raise
     except picows.WSInvalidURL as exc:
         raise InvalidURLError(str(exc)) from exc
-    except (asyncio.TimeoutError, OSError, picows.WSError) as exc:
+    except (asyncio.TimeoutError, OSError, picows.WSError, ProxyError) as exc:
         # Before ValueError: certificate errors are ValueErrors too (ssl.CertificateError).
         _shut_down(sockets)
         raise _connect_failure(exc) from exc
     except ValueError as exc:  # e.g. a host name IDNA cannot encode
         _shut_down(sockets)
         raise InvalidURLError(f"cannot connect with this URL and these options: {exc}") from exc
+    if wt.response is None:  # picows returns so when the connection ended first
+        _shut_down(sockets)
+        raise ConnectFailed(
+            Event.CONNECT_ERROR, None, "the server closed the connection before answering"
+        )
     unoffered = _unoffered(wt.response.headers)
     if unoffered is not None:
         wt.disconnect(False)
