@@ -495,3 +495,10 @@ async def test_make_bench_dave_runs_every_group() -> None:
     results = await measure(rounds=2, sizes=[2])
     assert results["2 members"]["member READY -> active"]["samples"] == 4
     assert results["5th joins 4"]["start -> all active at new epoch"]["samples"] == 2
+
+
+async def test_dave_channel_takes_the_server_id_as_a_str() -> None:
+    async with FakeVoiceGateway(channel_ids={SERVER: CHANNEL}) as gateway:
+        with pytest.raises(TypeError, match="server_id is a str"):
+            gateway.dave_channel(int(SERVER))  # type: ignore[arg-type]
+        assert gateway.channels == {}

@@ -671,7 +671,14 @@ class FakeVoiceGateway:
     # -- DAVE ---------------------------------------------------------------------------
 
     def dave_channel(self, server_id: str) -> DaveChannel:
-        """The DAVE state of ``server_id``'s voice channel (made on first use)."""
+        """The DAVE state of ``server_id``'s voice channel (made on first use, so a
+        test may set it up before anyone joins). Its user ids are ints.
+
+        Raises:
+            TypeError: ``server_id`` is not a str (an int would be another channel).
+        """
+        if not isinstance(server_id, str):
+            raise TypeError(f"server_id is a str of digits, got {type(server_id).__name__}")
         channel = self.channels.get(server_id)
         if channel is None:
             channel_id = int(self.channel_ids.get(server_id, server_id))
