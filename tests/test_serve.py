@@ -188,6 +188,11 @@ async def _outcome(voice: VoiceClient) -> object:
     ("options", "message"),
     [
         (("--ca-out", "x.pem"), "--ca-out needs --tls"),
+        # It said "cannot start on 127.0.0.1: No such file or directory".
+        (
+            ("--tls", "--ca-out", "/nonexistent/dir/ca.pem"),
+            "cannot write the certificate authority to /nonexistent/dir/ca.pem",
+        ),
         (("--heartbeat", "-1"), "must be more than 0"),
         (("--port", "70000"), "is not a port"),
         (("--replay-size", "many"), "is not a whole number"),

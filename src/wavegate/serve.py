@@ -54,6 +54,10 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
     )
 
 
+class _CannotStart(Exception):
+    """What stopped the gateway before it listened, in one line."""
+
+
 async def serve(args: argparse.Namespace) -> int:
     """Run until ``--duration`` passes or Ctrl-C; 1 with one line on stderr when the
     gateway cannot start (a port in use, a bad address)."""
@@ -68,6 +72,8 @@ async def serve(args: argparse.Namespace) -> int:
         async with _running(args):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.Event().wait(), args.duration)
+    except _CannotStart as exc:
+        return _fail(str(exc))
     except OSError as exc:
         return _fail(f"cannot start on {args.host}: {exc.strerror or exc}")
     finally:
@@ -86,7 +92,11 @@ async def _running(args: argparse.Namespace) -> AsyncIterator[None]:
 
         tls = loopback_tls()
         if args.ca_out is not None:
-            args.ca_out.write_bytes(tls.ca_pem)
+            try:
+                args.ca_out.write_bytes(tls.ca_pem)
+            except OSError as exc:
+                why = f"cannot write the certificate authority to {args.ca_out}"
+                raise _CannotStart(f"{why}: {exc.strerror or exc}") from exc
     gateway = FakeVoiceGateway(
         heartbeat_interval=args.heartbeat,
         replay_size=args.replay_size,
@@ -105,6 +115,12 @@ async def _running(args: argparse.Namespace) -> AsyncIterator[None]:
             print(f"control API on {control.url}", flush=True)
         if args.ca_out is not None:
             print(f"certificate authority written to {args.ca_out}", flush=True)
+        elif tls is not None:
+            print(
+                "  (a fresh authority signed its certificate: pass --ca-out FILE to let "
+                "clients verify it)",
+                flush=True,
+            )
         dave = "optional" if args.dave_optional else "required (4017 without it)"
         strict = "lax" if args.lax else "strict"
         print(
