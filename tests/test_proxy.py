@@ -54,6 +54,8 @@ async def test_a_proxy_that_is_not_there_fails_the_connect_without_its_password(
         with pytest.raises(Signal) as caught:
             await ws.connect(url)
     assert ws.disconnected
+    assert caught.value.event is Event.CONNECT_REFUSED
+    assert f"at the proxy 127.0.0.1:{port}" in caught.value.reason  # not the server's fault
     seen = [caught.value, caught.value.__cause__, caught.value.__context__]
     assert not any("s3cr3t-pw" in str(error) for error in seen if error is not None)
     assert "s3cr3t-pw" not in repr(caught.value)

@@ -42,6 +42,7 @@ from .transport import (
     TransportOptions,
     default_transport,
     get_connector,
+    proxy_hint,
     tls_mismatch_hint,
 )
 
@@ -467,6 +468,7 @@ class Websocket:
             failed.__traceback__ = None
             _scrub_in_place(failed, conn.secrets)
             reason = tls_mismatch_hint(conn.url, failed.event, failed.reason)
+            reason = proxy_hint(self._options.proxy, failed.event, reason)
             self._record_ending(conn, failed.event, failed.code, reason, False, failed.__cause__)
             return self._finish(conn)
         except asyncio.CancelledError:

@@ -310,6 +310,16 @@ _HUNG_UP = re.compile(
 """A server that hung up during the TLS handshake: a plain server may do that too."""
 
 
+def proxy_hint(proxy: str | None, event: Event, reason: str) -> str:
+    """``reason``, saying it was the proxy when through one the only connection made
+    was to it: a refused or unresolved connect (the server's own failures come back
+    as the proxy's HTTP status)."""
+    if proxy is None or event not in (Event.CONNECT_REFUSED, Event.CONNECT_DNS):
+        return reason
+    parts = urlsplit(proxy)
+    return f"{reason} (at the proxy {parts.hostname}:{parts.port or 'default port'})"
+
+
 def tls_mismatch_hint(url: str, event: Event, reason: str) -> str:
     """``reason``, plus a hint when a wss:// opening failed the way a plain server
     makes it fail: certainly (it answered the TLS hello with plain HTTP) or perhaps
