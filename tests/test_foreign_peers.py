@@ -618,6 +618,36 @@ async def test_a_send_whose_reader_left_reads_the_close_frame_itself(
             assert await reading == WebsocketPacketJSON({"op": 5})
 
 
+async def test_a_send_just_after_the_peer_reset_raises_and_counts_nothing_sent(
+    make_ws: WebsocketFactory,
+) -> None:
+    # The write fails at once and asyncio swallows the error: only the transport's
+    # state (or, over TLS, the kernel's) can tell the send it did not happen.
+    peers: asyncio.Queue[RawPeer] = asyncio.Queue()
+
+    async def handshake_then_wait(peer: RawPeer) -> None:
+        await peer.handshake()
+        await peers.put(peer)
+        await asyncio.Event().wait()
+
+    async with raw_server(handshake_then_wait) as url:
+        for _ in range(5):
+            ws = make_ws()
+            await ws.connect(url)
+            peer = await peers.get()
+            peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            peer.writer.transport.abort()
+            # Woken by the loop turn that closed the socket: the client has not yet
+            # had a turn to read the reset, so its send is the first to meet it.
+            await peer.writer.wait_closed()
+            sent = ws.stats.frames_out
+            with pytest.raises(ResumeSignal) as caught:
+                await ws.send_json({"op": 3})
+            assert caught.value.code == 1006, repr(caught.value)
+            assert ws.stats.frames_out == sent
+            assert ws.disconnected
+
+
 @pytest.mark.parametrize(
     "url",
     [

@@ -51,6 +51,7 @@ from ..signals import Event, InvalidURLError, PayloadError
 from . import TEXT, ConnectFailed, TransportClosed, TransportOptions, socket_established
 
 _ABNORMAL = 1006
+_TEXT, _BINARY = picows.WSMsgType.TEXT, picows.WSMsgType.BINARY
 _HIGH_WATER = 32768
 """Write buffer size past which :meth:`PicowsTransport.writable` waits."""
 _UNANSWERED_LIMIT = 1 << 20
@@ -163,8 +164,9 @@ class PicowsTransport:
         "_paused_at",
         "_pinged_at",
         "_pong",
-        "_sock",
         "_timer_context",
+        "_tls_socket",
+        "_underlying",
         "_wt",
         "recv",
     )
@@ -183,7 +185,9 @@ class PicowsTransport:
         self._keepalive_held = False
         self._listener: _Listener | None = None
         self._wt: Any = None
-        self._sock: socket.socket | None = None
+        self._underlying: Any = None
+        self._tls_socket: socket.socket | None = None
+        """The socket to ask the kernel after each write: over TLS only (see ``send``)."""
         self._deadline: asyncio.TimerHandle | None = None
         # The keepalive's timer callback and context, made once: left to the loop,
         # each ping's timer would make both anew and hold them for the interval, long
@@ -194,7 +198,9 @@ class PicowsTransport:
     def _opened(self, wt: Any, listener: Any, sock: socket.socket) -> None:
         self._wt = wt
         self._listener = listener
-        self._sock = sock
+        self._underlying = underlying = wt.underlying_transport
+        if underlying.get_extra_info("sslcontext") is not None:
+            self._tls_socket = sock
         self.recv = listener.recv
         interval = self._options.ping_interval
         # Not when it ended before connect() returned it: the timer would hold it.
@@ -444,11 +450,15 @@ class PicowsTransport:
     def send(self, kind: int, data: bytes) -> None:
         if self._ending is not None or self._closing():
             raise self._known_ending()
-        self._wt.send(picows.WSMsgType.TEXT if kind == TEXT else picows.WSMsgType.BINARY, data)
-        assert self._sock is not None
-        if not socket_established(self._sock):
-            # asyncio swallows a write that fails at once (reset, broken pipe), and
-            # picows hides its transport's state: ask the kernel. The frame did not leave.
+        self._wt.send(_TEXT if kind == TEXT else _BINARY, data)
+        # A write that fails at once (reset, broken pipe) is swallowed, but it closes
+        # the transport at once: the frame did not leave. Over TLS the socket's
+        # transport learns of it only a loop turn later, so ask the kernel there (not
+        # over plain TCP: asking after every write cost ~1.5 µs, 2% of a round trip).
+        tls_socket = self._tls_socket
+        if self._underlying.is_closing() or (
+            tls_socket is not None and not socket_established(tls_socket)
+        ):
             raise TransportClosed(
                 Event.TRANSPORT_ERROR, _ABNORMAL, "connection lost; frame not sent"
             )
