@@ -4,21 +4,25 @@ it (a subprocess, stdin and stdout as pipes) against servers we did not write (t
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from websockets.asyncio.server import ServerConnection
 
 from wavegate import DisconnectSignal, Event, ReconnectSignal, ResumeSignal
-from wavegate.connect import Step, decide, format_packet, parse_line
+from wavegate.connect import Step, ca_file, decide, format_packet, parse_line, proxy_url
 from wavegate.packets import WebsocketPacketBytes, WebsocketPacketJSON, WebsocketPacketText
 
-from .peers import websockets_server
+from .peers import ConnectProxy, websockets_server
 
 PATIENCE = 20.0
 
@@ -67,6 +71,17 @@ pytestmark = pytest.mark.timeout(60)
             0.5,
             1,
             Step("stop", status=1, message="stopped: close 4014 (kicked)"),
+        ),
+        (
+            DisconnectSignal("self-signed", event=Event.CONNECT_TLS_CERTIFICATE),
+            0.5,
+            1,
+            Step(
+                "stop",
+                status=1,
+                message="stopped: the certificate did not verify (self-signed)"
+                " (--cafile FILE trusts a CA of your own; -k does not verify)",
+            ),
         ),
     ],
 )
@@ -320,3 +335,131 @@ async def test_a_closed_stdout_ends_it_quietly() -> None:
     assert out.decode() == '{"n": 0}\n'
     assert "Traceback" not in err.decode()
     assert "Exception ignored" not in err.decode()
+
+
+# -- TLS and proxies ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("contents", "error"),
+    [
+        (None, "No such file or directory"),
+        ("", "no CA certificate in PEM form"),
+        ("not a certificate\n", "no CA certificate in PEM form"),
+    ],
+)
+def test_a_ca_file_that_cannot_be_used_is_named_with_why(
+    tmp_path: Path, contents: str | None, error: str
+) -> None:
+    path = tmp_path / "ca.pem"
+    if contents is not None:
+        path.write_text(contents)
+    with pytest.raises(argparse.ArgumentTypeError) as caught:
+        ca_file(str(path))
+    assert str(caught.value).startswith(f"cannot use {str(path)!r}: ")
+    assert error in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (
+            "bob:hunter2@proxy.example:3128",
+            "must be an http:// or https:// URL: 'proxy.example:3128'",
+        ),
+        ("socks5://bob:hunter2@proxy.example:1080", "not socks5"),
+        ("http://bob:hunter2@:3128", "no host"),
+    ],
+)
+def test_a_bad_proxy_is_refused_without_its_password(value: str, error: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError) as caught:
+        proxy_url(value)
+    assert error in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_a_usable_ca_file_and_proxy_are_taken(tmp_path: Path) -> None:
+    path = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(path))
+    context = ca_file(str(path))
+    assert context.verify_mode is ssl.CERT_REQUIRED
+    assert context.check_hostname
+    assert proxy_url("http://bob:hunter2@127.0.0.1:3128") == "http://bob:hunter2@127.0.0.1:3128"
+
+
+async def test_bad_trust_or_proxy_options_exit_2_with_one_line(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca))
+    for args in (
+        ["--cafile", str(tmp_path / "missing.pem"), "wss://127.0.0.1:9/"],
+        ["--proxy", "bob:hunter2@proxy.example:3128", "wss://127.0.0.1:9/"],
+        ["-k", "--cafile", str(ca), "wss://127.0.0.1:9/"],
+    ):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "wavegate", "connect", *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _out, err = await asyncio.wait_for(process.communicate(), PATIENCE)
+        assert process.returncode == 2, args
+        lines = err.decode().splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("wavegate connect: argument "), lines
+        assert "hunter2" not in lines[0]
+
+
+@pytest.fixture(scope="module")
+def authority() -> trustme.CA:
+    return trustme.CA()
+
+
+async def _echo(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+async def _tls_echo_url(authority: trustme.CA) -> AsyncIterator[str]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    async with websockets_server(_echo, ssl=context) as url:
+        yield url.replace("ws://", "wss://", 1)
+
+
+async def test_cafile_and_insecure_reach_a_server_whose_ca_is_not_the_systems(
+    command_cleanup: list[Command], authority: trustme.CA, tmp_path: Path
+) -> None:
+    ca = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca))
+    async for url in _tls_echo_url(authority):
+        for trust in (["--cafile", str(ca)], ["-k"], ["--insecure"]):
+            command = await Command.start(*trust, url)
+            command_cleanup.append(command)
+            await command.status_line("connected to")
+            command.send('{"over": "tls"}')
+            assert await command.output() == {"over": "tls"}
+            assert await command.finish() == 0
+
+        command = await Command.start(url)  # the system's CAs only
+        command_cleanup.append(command)
+        line = await command.status_line("stopped")
+        assert "the certificate did not verify" in line
+        assert "--cafile FILE" in line
+        assert await asyncio.wait_for(command.process.wait(), PATIENCE) == 1
+
+
+async def test_proxy_carries_the_connection_and_is_named(
+    command_cleanup: list[Command],
+) -> None:
+    proxy = ConnectProxy()
+    async with websockets_server(_echo) as url, proxy.running() as proxy_base:
+        proxy_with_password = proxy_base.replace("http://", "http://bob:hunter2@", 1)
+        command = await Command.start("--proxy", proxy_with_password, url)
+        command_cleanup.append(command)
+        line = await command.status_line("connected to")
+        assert line.endswith(f" through the proxy {proxy_base}")
+        command.send('{"via": "proxy"}')
+        assert await command.output() == {"via": "proxy"}
+        assert await command.finish() == 0
+    assert [method for method, _ in proxy.targets] in (["CONNECT"], ["GET"])
+    assert "hunter2" not in "\n".join(command.status)

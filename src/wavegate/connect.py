@@ -22,6 +22,7 @@ import base64
 import contextlib
 import json
 import os
+import ssl
 import sys
 import threading
 from collections import deque
@@ -42,6 +43,7 @@ from .signals import (
     ResumeSignal,
     Signal,
 )
+from .transport import TransportOptions
 from .websocket import Websocket
 
 POLICIES: dict[str, ClosePolicy] = {
@@ -86,6 +88,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--open-timeout", type=positive, default=10.0, help="seconds to open a connection (10)"
     )
+    trust = parser.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--cafile",
+        type=ca_file,
+        metavar="FILE",
+        help="verify a wss:// server against the CA certificates in FILE (PEM) instead "
+        "of the system's: `wavegate serve --tls --ca-out FILE` writes one",
+    )
+    trust.add_argument(
+        "-k",
+        "--insecure",
+        action="store_true",
+        help="do not verify a wss:// server's certificate (encrypted, but to anyone)",
+    )
+    parser.add_argument(
+        "--proxy",
+        type=proxy_url,
+        metavar="URL",
+        help="connect through this http:// or https:// proxy (HTTP CONNECT)",
+    )
+
+
+def ca_file(path: str) -> ssl.SSLContext:
+    """A TLS client context that trusts the CA certificates in ``path`` only."""
+    try:
+        return ssl.create_default_context(cafile=path)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if isinstance(exc, ssl.SSLError):
+            why = f"no CA certificate in PEM form ({exc.reason or exc})"
+        raise argparse.ArgumentTypeError(f"cannot use {path!r}: {why}") from None
+
+
+def proxy_url(text: str) -> str:
+    """A proxy URL the transports take (checked without ever showing its password)."""
+    try:
+        TransportOptions(proxy=text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 # -- pure decisions -----------------------------------------------------------------
@@ -110,7 +152,10 @@ def decide(signal: Signal, delay: float | None, attempts: int, url: str = "") ->
     if isinstance(signal, DisconnectSignal):
         if signal.code == 1000 and not signal.initiated_locally:  # a normal closure
             return Step("stop", status=0, message="closed by the server (1000)")
-        return Step("stop", status=1, message=f"stopped: {describe(signal, url)}")
+        hint = ""
+        if signal.event is Event.CONNECT_TLS_CERTIFICATE:
+            hint = " (--cafile FILE trusts a CA of your own; -k does not verify)"
+        return Step("stop", status=1, message=f"stopped: {describe(signal, url)}{hint}")
     if delay is None:
         retries = "1 retry" if attempts == 1 else f"{attempts} retries"
         given_up = f"gave up after {retries}: {describe(signal, url)}"
@@ -220,10 +265,13 @@ class Client:
         self.out = out
         self.err = err
         self.url = redact_url(args.url)
+        self.via = "" if args.proxy is None else f" through the proxy {redact_url(args.proxy)}"
         self.ws = Websocket(
             policy=POLICIES[args.policy],
             open_timeout=args.open_timeout,
             receive_mode="text" if args.text else "json",
+            ssl=args.cafile if args.cafile is not None else not args.insecure,
+            proxy=args.proxy,
         )
         self.pending: deque[bytes] = deque()
         """Encoded lines to send, first in line until written whole."""
@@ -240,7 +288,7 @@ class Client:
         while True:
             try:
                 await self.ws.connect(self.args.url)
-                self.status(f"connected to {self.url}")
+                self.status(f"connected to {self.url}{self.via}")
                 schedule.healthy()
                 await self._pump(lines)
             except Signal as signal:
