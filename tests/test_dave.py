@@ -25,7 +25,7 @@ from wavegate.discord.payloads import (
 )
 from wavegate.protocol import Notify, Output, Send
 from wavegate.testing import mls
-from wavegate.testing.dave import ArmTimeout, DaveChannel, ToUser
+from wavegate.testing.dave import REJECTIONS_KEPT, ArmTimeout, DaveChannel, ToUser
 
 from .dave_network import CHANNEL, Member, Network
 
@@ -235,6 +235,16 @@ def test_key_packages_are_checked() -> None:
     assert "key package of user 1002" in channel.stats.rejections[0]
     assert to(channel.key_package(ME, key_package(ME)), OTHER) == [27]  # an Add for OTHER
     assert channel.key_package(THIRD, key_package(THIRD)) == []  # not in the channel
+
+
+def test_rejection_reasons_are_bounded_but_every_rejection_is_counted() -> None:
+    channel = DaveChannel(CHANNEL)
+    channel.join(ME, dave=True)
+    channel.join(OTHER, dave=True)
+    for _ in range(REJECTIONS_KEPT + 50):
+        assert channel.key_package(ME, b"\x00\x01junk") == []
+    assert channel.stats.key_packages_rejected == REJECTIONS_KEPT + 50
+    assert len(channel.stats.rejections) == REJECTIONS_KEPT
 
 
 def test_commits_are_checked_and_the_first_valid_one_wins() -> None:

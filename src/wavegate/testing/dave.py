@@ -28,6 +28,7 @@ once, as in "Initial Group Creation"; later key packages may wait.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,10 @@ class _Transition:
     waiting: set[int]
 
 
+REJECTIONS_KEPT = 100
+"""How many rejection reasons :attr:`DaveStats.rejections` keeps."""
+
+
 @dataclass
 class DaveStats:
     """What the channel did (for tests and the demo)."""
@@ -111,8 +116,10 @@ class DaveStats:
     holds_timed_out: int = 0
     """Holds whose timeout came first: the key packages they held were proposed though
     nobody had committed the Adds out before them."""
-    rejections: list[str] = field(default_factory=list)
-    """Why each rejected commit or key package was rejected."""
+    rejections: deque[str] = field(default_factory=lambda: deque(maxlen=REJECTIONS_KEPT))
+    """Why the last :data:`REJECTIONS_KEPT` rejected commits and key packages were
+    rejected (the counts above count them all): a long-running ``wavegate serve`` must
+    not grow with every member's mistake."""
 
 
 class DaveChannel:
