@@ -110,6 +110,17 @@ URL = "ws://127.0.0.1:9000/"
             f"stopped: {URL}: the server refused the websocket upgrade with HTTP 400",
         ),
         (
+            DisconnectSignal(
+                "HTTP 308: a redirect to wss://b.example/, not followed (connect to it directly)",
+                code=308,
+                event=Event.HANDSHAKE_STATUS,
+            ),
+            0.1,
+            1,
+            f"stopped: {URL}: the server answered the websocket upgrade with HTTP 308: a redirect"
+            " to wss://b.example/, not followed (connect to it directly)",
+        ),
+        (
             ReconnectSignal("name resolution failed: [Errno -2]", event=Event.CONNECT_DNS),
             0.25,
             1,

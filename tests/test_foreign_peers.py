@@ -35,7 +35,7 @@ from wavegate import (
 )
 from wavegate.codec import STDLIB
 from wavegate.testing import frames
-from wavegate.transport import TEXT, TransportOptions, picows_transport
+from wavegate.transport import TEXT, TransportOptions, picows_transport, status_failure
 
 from .conftest import WebsocketFactory, eventually
 from .peers import RawPeer, established_to, open_fds, raw_server, websockets_server
@@ -646,6 +646,71 @@ async def test_a_send_just_after_the_peer_reset_raises_and_counts_nothing_sent(
             assert caught.value.code == 1006, repr(caught.value)
             assert ws.stats.frames_out == sent
             assert ws.disconnected
+
+
+@pytest.mark.parametrize(
+    ("status", "location", "reason"),
+    [
+        (404, "ws://b.example/", "HTTP 404"),
+        (301, None, "HTTP 301"),
+        (
+            302,
+            "ws://bot:pw@b.example/gw?token=t0k3n&v=8",
+            "HTTP 302: a redirect to ws://b.example/gw?token=<redacted>&v=8, not followed"
+            " (connect to it directly)",
+        ),
+    ],
+)
+def test_status_failure(status: int, location: str | None, reason: str) -> None:
+    failure = status_failure(status, location)
+    assert (failure.event, failure.code, failure.reason) == (
+        Event.HANDSHAKE_STATUS,
+        status,
+        reason,
+    )
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize(
+    "location",
+    ["{target}moved?token=s3cr3t-TOKEN", "{http_target}moved", "/moved"],
+    ids=["ws", "http", "relative"],
+)
+async def test_a_redirect_is_not_followed_and_is_named_without_its_secrets(
+    make_ws: WebsocketFactory, status: int, location: str
+) -> None:
+    # Following one would send the URL's credentials and every header (a bot token)
+    # to wherever it points; picows did, and aiohttp retried a ws:// one for ever.
+    reached: list[bytes] = []
+
+    async def target(peer: RawPeer) -> None:
+        await peer.handshake()
+        reached.append(peer.request)
+        await asyncio.Event().wait()
+
+    async with raw_server(target) as target_url:
+        moved = location.format(
+            target=target_url, http_target=target_url.replace("ws://", "http://", 1)
+        )
+
+        async def redirect(peer: RawPeer) -> None:
+            peer.request = await peer.reader.readuntil(b"\r\n\r\n")
+            peer.writer.write(
+                f"HTTP/1.1 {status} Moved\r\nLocation: {moved}\r\n"
+                "Content-Length: 0\r\n\r\n".encode()
+            )
+            await peer.writer.drain()
+
+        async with raw_server(redirect) as url:
+            ws = make_ws(headers={"Authorization": "Bot s3cr3t-HEADER"})
+            with pytest.raises(DisconnectSignal) as caught:
+                await ws.connect(url)
+    signal = caught.value
+    assert (signal.event, signal.code) == (Event.HANDSHAKE_STATUS, status), repr(signal)
+    shown = moved.replace("s3cr3t-TOKEN", "<redacted>")
+    assert f"a redirect to {shown}, not followed" in signal.reason, signal.reason
+    assert "s3cr3t" not in "".join(traceback.format_exception(signal))
+    assert reached == []
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ from .signals import (
     ResumeSignal,
     Signal,
 )
-from .transport import TransportOptions
+from .transport import REDIRECT_STATUSES, TransportOptions
 from .websocket import Websocket
 
 POLICIES: dict[str, ClosePolicy] = {
@@ -181,6 +181,8 @@ def describe(signal: Signal, url: str = "") -> str:
     upgrade: HTTP 400``, ``URL: connection refused``..."""
     where = f"{url}: " if url else ""
     if signal.event is Event.HANDSHAKE_STATUS:
+        if signal.code in REDIRECT_STATUSES and signal.reason:
+            return f"{where}the server answered the websocket upgrade with {signal.reason}"
         return f"{where}the server refused the websocket upgrade with HTTP {signal.code}"
     if signal.code is not None:
         reason = f" ({signal.reason})" if signal.reason else ""

@@ -142,6 +142,26 @@ class ConnectFailed(Exception):
         self.reason = reason
 
 
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+def status_failure(status: int, location: str | None = None) -> ConnectFailed:
+    """The opening handshake was answered with HTTP ``status`` instead of 101.
+
+    A redirect is never followed, on any transport: following it would send the
+    URL's credentials and every header (a bot token) to wherever it points, and a
+    gateway that moved is a configuration to fix, not a fault to ride out. Its
+    ``Location`` is named, secrets removed."""
+    if status in REDIRECT_STATUSES and location:
+        return ConnectFailed(
+            Event.HANDSHAKE_STATUS,
+            status,
+            f"HTTP {status}: a redirect to {redact_url(location)}, not followed "
+            "(connect to it directly)",
+        )
+    return ConnectFailed(Event.HANDSHAKE_STATUS, status, f"HTTP {status}")
+
+
 class Transport(Protocol):
     """One open websocket connection.
 

@@ -26,6 +26,7 @@ from . import (
     TransportClosed,
     TransportOptions,
     socket_established,
+    status_failure,
 )
 
 _KINDS = {TEXT: WSMsgType.TEXT, BINARY: WSMsgType.BINARY}
@@ -133,6 +134,29 @@ class _WebSocketResponse(aiohttp.ClientWebSocketResponse):
         self._response.close()
 
 
+class _Redirected(Exception):
+    """Raised from aiohttp's redirect hook: aiohttp's ``ws_connect`` follows an
+    ``http(s)://`` redirect and has no option not to (see ``status_failure``)."""
+
+    def __init__(self, status: int, location: str | None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.location = location
+
+
+async def _refuse_redirect(
+    session: aiohttp.ClientSession, context: object, params: aiohttp.TraceRequestRedirectParams
+) -> None:
+    raise _Redirected(params.response.status, params.response.headers.get("Location"))
+
+
+def _no_redirects() -> aiohttp.TraceConfig:
+    config = aiohttp.TraceConfig()
+    config.on_request_redirect.append(_refuse_redirect)
+    config.freeze()
+    return config
+
+
 class _SharedSession:
     """One aiohttp session per event loop, shared by its connections (~5 KiB less each).
 
@@ -151,6 +175,7 @@ class _SharedSession:
             cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None),
             ws_response_class=_WebSocketResponse,
+            trace_configs=[_no_redirects()],
         )
         self.users = 0
 
@@ -415,6 +440,9 @@ async def connect(url: str, options: TransportOptions) -> AiohttpTransport:
     except aiohttp.InvalidURL as exc:
         await shared.release()
         raise InvalidURLError(f"cannot connect to this URL: {exc}") from exc
+    except _Redirected as exc:
+        await shared.release()
+        raise status_failure(exc.status, exc.location) from None
     except (asyncio.TimeoutError, OSError, aiohttp.ClientError) as exc:
         # Before ValueError: certificate errors are ValueErrors too (ssl.CertificateError).
         await shared.release()

@@ -48,7 +48,14 @@ from ..packets import (
     WebsocketPacketText,
 )
 from ..signals import Event, InvalidURLError, PayloadError
-from . import TEXT, ConnectFailed, TransportClosed, TransportOptions, socket_established
+from . import (
+    TEXT,
+    ConnectFailed,
+    TransportClosed,
+    TransportOptions,
+    socket_established,
+    status_failure,
+)
 
 _ABNORMAL = 1006
 _TEXT, _BINARY = picows.WSMsgType.TEXT, picows.WSMsgType.BINARY
@@ -513,8 +520,10 @@ def _connect_failure(exc: BaseException) -> ConnectFailed:
             )
         return ConnectFailed(Event.CONNECT_ERROR, None, f"the proxy failed: {exc}")
     if isinstance(exc, picows.WSInvalidStatusError):
-        status = int(exc.response.status) if exc.response is not None else 0
-        return ConnectFailed(Event.HANDSHAKE_STATUS, status, f"HTTP {status}")
+        response = exc.response
+        if response is None:
+            return status_failure(0)
+        return status_failure(int(response.status), response.headers.get("Location"))
     if isinstance(exc, picows.WSHandshakeError):
         return ConnectFailed(Event.HANDSHAKE_INVALID, None, f"invalid handshake: {exc}")
     if isinstance(exc, ssl_module.SSLCertVerificationError):
@@ -595,6 +604,7 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
         # picows doubles it when a read nearly fills it; it never shrinks.
         read_buffer_init_size=options.read_buffer_size,
         logger_name=_CONNECTION_LOG,
+        max_redirects=0,  # see status_failure
         use_aiofastnet=_use_aiofastnet(url),
     )
     try:
