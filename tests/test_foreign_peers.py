@@ -618,15 +618,29 @@ async def test_a_send_whose_reader_left_reads_the_close_frame_itself(
             assert await reading == WebsocketPacketJSON({"op": 5})
 
 
+def _write_backlog(ws: Websocket) -> int:
+    """Bytes the client's asyncio transport holds unwritten (private: no API says it)."""
+    conn = ws._conn
+    assert conn is not None
+    transport: Any = conn.transport
+    if isinstance(transport, picows_transport.PicowsTransport):
+        return int(transport._underlying.get_write_buffer_size())
+    return int(transport._ws.socket_transport.get_write_buffer_size())
+
+
+@pytest.mark.parametrize("queued", [False, True], ids=["written", "queued"])
 async def test_a_send_just_after_the_peer_reset_raises_and_counts_nothing_sent(
-    make_ws: WebsocketFactory,
+    make_ws: WebsocketFactory, queued: bool
 ) -> None:
-    # The write fails at once and asyncio swallows the error: only the transport's
-    # state (or, over TLS, the kernel's) can tell the send it did not happen.
+    # Written: the write fails at once and asyncio swallows the error; only the
+    # transport's state can tell the send. Queued behind unwritten bytes, nothing is
+    # even tried: only the kernel can.
     peers: asyncio.Queue[RawPeer] = asyncio.Queue()
 
     async def handshake_then_wait(peer: RawPeer) -> None:
         await peer.handshake()
+        if queued:
+            peer.stop_reading()
         await peers.put(peer)
         await asyncio.Event().wait()
 
@@ -635,6 +649,8 @@ async def test_a_send_just_after_the_peer_reset_raises_and_counts_nothing_sent(
             ws = make_ws()
             await ws.connect(url)
             peer = await peers.get()
+            while queued and not _write_backlog(ws):  # until the kernel's buffers are full
+                await ws.send_bytes(b"x" * 1024)
             peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             peer.writer.transport.abort()
             # Woken by the loop turn that closed the socket: the client has not yet

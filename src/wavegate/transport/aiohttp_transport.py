@@ -25,8 +25,8 @@ from . import (
     ConnectFailed,
     TransportClosed,
     TransportOptions,
-    socket_established,
     status_failure,
+    write_lost,
 )
 
 _KINDS = {TEXT: WSMsgType.TEXT, BINARY: WSMsgType.BINARY}
@@ -203,16 +203,14 @@ class AiohttpTransport:
     our own close, a keepalive expiry); every later failure reports it.
     """
 
-    __slots__ = ("_ending", "_shared", "_tls_socket", "_ws")
+    __slots__ = ("_ending", "_shared", "_socket", "_tls", "_ws")
 
     def __init__(self, shared: _SharedSession | None, ws: _WebSocketResponse) -> None:
         self._shared = shared
         self._ws = ws
         self._ending: TransportClosed | None = None
-        # Over TLS, asyncio's transport learns of a failed write a loop turn late: ask
-        # the kernel instead (one getsockopt per send, TLS only).
-        tls = ws.get_extra_info("ssl_object") is not None
-        self._tls_socket = ws.get_extra_info("socket") if tls else None
+        self._tls = ws.get_extra_info("ssl_object") is not None
+        self._socket = ws.get_extra_info("socket")
         ws.on_keepalive_failure = self._keepalive_failed
 
     def _record(self, ending: TransportClosed) -> TransportClosed:
@@ -343,11 +341,7 @@ class AiohttpTransport:
             self._ws.write(data, _KINDS[kind])
         except (OSError, aiohttp.ClientError, RuntimeError) as exc:
             raise self._lost(f"send failed: {exc}") from exc
-        if self._ws.socket_transport.is_closing() or (
-            self._tls_socket is not None and not socket_established(self._tls_socket)
-        ):
-            # asyncio swallows a write that fails at once (reset or broken pipe) and
-            # closes the transport: the frame did not leave, so say so.
+        if write_lost(self._ws.socket_transport, self._socket, self._tls):
             raise self._lost("connection lost; frame not sent")
 
     # -- ending ----------------------------------------------------------------------

@@ -53,8 +53,8 @@ from . import (
     ConnectFailed,
     TransportClosed,
     TransportOptions,
-    socket_established,
     status_failure,
+    write_lost,
 )
 
 _ABNORMAL = 1006
@@ -171,8 +171,9 @@ class PicowsTransport:
         "_paused_at",
         "_pinged_at",
         "_pong",
+        "_sock",
         "_timer_context",
-        "_tls_socket",
+        "_tls",
         "_underlying",
         "_wt",
         "recv",
@@ -193,8 +194,8 @@ class PicowsTransport:
         self._listener: _Listener | None = None
         self._wt: Any = None
         self._underlying: Any = None
-        self._tls_socket: socket.socket | None = None
-        """The socket to ask the kernel after each write: over TLS only (see ``send``)."""
+        self._sock: socket.socket | None = None
+        self._tls = False
         self._deadline: asyncio.TimerHandle | None = None
         # The keepalive's timer callback and context, made once: left to the loop,
         # each ping's timer would make both anew and hold them for the interval, long
@@ -205,9 +206,10 @@ class PicowsTransport:
     def _opened(self, wt: Any, listener: Any, sock: socket.socket) -> None:
         self._wt = wt
         self._listener = listener
+        self._sock = sock
         self._underlying = underlying = wt.underlying_transport
-        if underlying.get_extra_info("sslcontext") is not None:
-            self._tls_socket = sock
+        # TLS to the server, or to an https:// proxy carrying a ws:// connection.
+        self._tls = underlying.get_extra_info("sslcontext") is not None
         self.recv = listener.recv
         interval = self._options.ping_interval
         # Not when it ended before connect() returned it: the timer would hold it.
@@ -458,14 +460,7 @@ class PicowsTransport:
         if self._ending is not None or self._closing():
             raise self._known_ending()
         self._wt.send(_TEXT if kind == TEXT else _BINARY, data)
-        # A write that fails at once (reset, broken pipe) is swallowed, but it closes
-        # the transport at once: the frame did not leave. Over TLS the socket's
-        # transport learns of it only a loop turn later, so ask the kernel there (not
-        # over plain TCP: asking after every write cost ~1.5 µs, 2% of a round trip).
-        tls_socket = self._tls_socket
-        if self._underlying.is_closing() or (
-            tls_socket is not None and not socket_established(tls_socket)
-        ):
+        if write_lost(self._underlying, self._sock, self._tls):
             raise TransportClosed(
                 Event.TRANSPORT_ERROR, _ABNORMAL, "connection lost; frame not sent"
             )
