@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import ssl
 import subprocess
@@ -351,6 +352,12 @@ async def test_a_closed_stdout_ends_it_quietly() -> None:
 # -- TLS and proxies ----------------------------------------------------------------
 
 
+def test_an_empty_ca_file_name_is_refused() -> None:
+    # The ssl module takes "" for "no file" (the system's CAs): an unset "$CA".
+    with pytest.raises(argparse.ArgumentTypeError, match="the CA file's name is empty"):
+        ca_file("")
+
+
 @pytest.mark.parametrize(
     ("contents", "error"),
     [
@@ -430,6 +437,7 @@ async def _echo(ws: ServerConnection) -> None:
         await ws.send(message)
 
 
+@contextlib.asynccontextmanager
 async def _tls_echo_url(authority: trustme.CA) -> AsyncIterator[str]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     authority.issue_cert("127.0.0.1").configure_cert(context)
@@ -442,7 +450,7 @@ async def test_cafile_and_insecure_reach_a_server_whose_ca_is_not_the_systems(
 ) -> None:
     ca = tmp_path / "ca.pem"
     authority.cert_pem.write_to_path(str(ca))
-    async for url in _tls_echo_url(authority):
+    async with _tls_echo_url(authority) as url:
         for trust in (["--cafile", str(ca)], ["-k"], ["--insecure"]):
             command = await Command.start(*trust, url)
             command_cleanup.append(command)
@@ -474,3 +482,18 @@ async def test_proxy_carries_the_connection_and_is_named(
         assert await command.finish() == 0
     assert [method for method, _ in proxy.targets] in (["CONNECT"], ["GET"])
     assert "hunter2" not in "\n".join(command.status)
+
+
+async def test_a_proxy_refusing_its_credentials_is_named_not_the_server(
+    command_cleanup: list[Command],
+) -> None:
+    proxy = ConnectProxy(refuse=407)
+    async with websockets_server(_echo) as url, proxy.running() as proxy_base:
+        command = await Command.start("--proxy", proxy_base, url)
+        command_cleanup.append(command)
+        line = await command.status_line("stopped")
+        assert line == (
+            f"wavegate connect: stopped: {url} through the proxy {proxy_base}: "
+            "the proxy answered HTTP 407"
+        )
+        assert await asyncio.wait_for(command.process.wait(), PATIENCE) == 1

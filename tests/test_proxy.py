@@ -4,8 +4,10 @@ written here on raw asyncio streams and a ``websockets`` server behind it."""
 from __future__ import annotations
 
 import socket
+import ssl
 
 import pytest
+import trustme
 
 from wavegate import (
     DisconnectSignal,
@@ -61,21 +63,41 @@ async def test_a_proxy_that_is_not_there_fails_the_connect_without_its_password(
     assert "s3cr3t-pw" not in repr(caught.value)
 
 
+@pytest.fixture(scope="module")
+def authority() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
 @pytest.mark.parametrize(("status", "signal"), [(407, DisconnectSignal), (502, ReconnectSignal)])
 async def test_a_proxy_that_refuses_gives_the_signal_of_its_status(
-    make_ws: WebsocketFactory, status: int, signal: type[Signal], transport: str
+    make_ws: WebsocketFactory,
+    status: int,
+    signal: type[Signal],
+    transport: str,
+    scheme: str,
+    authority: trustme.CA,
 ) -> None:
     # picows let python_socks' ProxyError out: not a signal, so a supervisor stopped.
     proxy = ConnectProxy(refuse=status)
-    async with proxy.running() as proxy_url, websockets_server(_echo) as url:
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    authority.configure_trust(client_tls)
+    tls = {"ssl": server_tls} if scheme == "wss" else {}
+    async with proxy.running() as proxy_url, websockets_server(_echo, **tls) as url:
         proxy_url = proxy_url.replace("http://", "http://alice:s3cr3t-pw@")
-        ws = make_ws(proxy=proxy_url)
+        ws = make_ws(proxy=proxy_url, ssl=client_tls)
         with pytest.raises(signal) as caught:
-            await ws.connect(url)
+            await ws.connect(url.replace("ws://", f"{scheme}://", 1))
     assert caught.value.event is Event.HANDSHAKE_STATUS
     assert caught.value.code == status
-    if transport != "aiohttp":  # aiohttp asks for ws:// with a GET: the answer is the server's
-        assert "proxy" in caught.value.reason
+    if transport == "aiohttp" and scheme == "ws" and status != 407:
+        # aiohttp asks the proxy for a ws:// URL with a GET, not a CONNECT: the answer
+        # may be the server's. Only 407 is a proxy's for certain.
+        assert caught.value.reason == f"HTTP {status}"
+    else:
+        assert caught.value.reason == f"the proxy answered HTTP {status}"
     assert ws.disconnected
     seen = [caught.value, caught.value.__cause__, caught.value.__context__]
     assert not any("s3cr3t-pw" in str(error) for error in seen if error is not None)

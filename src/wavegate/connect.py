@@ -43,7 +43,7 @@ from .signals import (
     ResumeSignal,
     Signal,
 )
-from .transport import REDIRECT_STATUSES, TransportOptions
+from .transport import PROXY_ANSWERED, REDIRECT_STATUSES, TransportOptions
 from .websocket import Websocket
 
 POLICIES: dict[str, ClosePolicy] = {
@@ -93,14 +93,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cafile",
         type=ca_file,
         metavar="FILE",
-        help="verify a wss:// server against the CA certificates in FILE (PEM) instead "
-        "of the system's: `wavegate serve --tls --ca-out FILE` writes one",
+        help="verify a wss:// server (and an https:// proxy) against the CA certificates "
+        "in FILE (PEM) instead of the system's: `wavegate serve --tls --ca-out FILE` "
+        "writes one",
     )
     trust.add_argument(
         "-k",
         "--insecure",
         action="store_true",
-        help="do not verify a wss:// server's certificate (encrypted, but to anyone)",
+        help="do not verify a wss:// server's (or an https:// proxy's) certificate: "
+        "encrypted, but to anyone",
     )
     parser.add_argument(
         "--proxy",
@@ -112,6 +114,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def ca_file(path: str) -> ssl.SSLContext:
     """A TLS client context that trusts the CA certificates in ``path`` only."""
+    if not path:  # the ssl module would take "" for "no file": the system's CAs
+        raise argparse.ArgumentTypeError("the CA file's name is empty")
     try:
         return ssl.create_default_context(cafile=path)
     except OSError as exc:
@@ -181,6 +185,8 @@ def describe(signal: Signal, url: str = "") -> str:
     upgrade: HTTP 400``, ``URL: connection refused``..."""
     where = f"{url}: " if url else ""
     if signal.event is Event.HANDSHAKE_STATUS:
+        if signal.reason.startswith(PROXY_ANSWERED):
+            return where + signal.reason
         if signal.code in REDIRECT_STATUSES and signal.reason:
             return f"{where}the server answered the websocket upgrade with {signal.reason}"
         return f"{where}the server refused the websocket upgrade with HTTP {signal.code}"
@@ -266,8 +272,9 @@ class Client:
         self.args = args
         self.out = out
         self.err = err
-        self.url = redact_url(args.url)
-        self.via = "" if args.proxy is None else f" through the proxy {redact_url(args.proxy)}"
+        via = "" if args.proxy is None else f" through the proxy {redact_url(args.proxy)}"
+        self.url = redact_url(args.url) + via
+        """The server's URL (and the proxy's), as shown: secrets removed."""
         self.ws = Websocket(
             policy=POLICIES[args.policy],
             open_timeout=args.open_timeout,
@@ -290,7 +297,7 @@ class Client:
         while True:
             try:
                 await self.ws.connect(self.args.url)
-                self.status(f"connected to {self.url}{self.via}")
+                self.status(f"connected to {self.url}")
                 schedule.healthy()
                 await self._pump(lines)
             except Signal as signal:

@@ -151,7 +151,10 @@ def status_failure(status: int, location: str | None = None) -> ConnectFailed:
     A redirect is never followed, on any transport: following it would send the
     URL's credentials and every header (a bot token) to wherever it points, and a
     gateway that moved is a configuration to fix, not a fault to ride out. Its
-    ``Location`` is named, secrets removed."""
+    ``Location`` is named, secrets removed. 407 comes from a proxy only (RFC 9110
+    15.5.8), even when it answers a request it forwards rather than tunnels."""
+    if status == 407:
+        return proxy_status_failure(status)
     if status in REDIRECT_STATUSES and location:
         return ConnectFailed(
             Event.HANDSHAKE_STATUS,
@@ -160,6 +163,15 @@ def status_failure(status: int, location: str | None = None) -> ConnectFailed:
             "(connect to it directly)",
         )
     return ConnectFailed(Event.HANDSHAKE_STATUS, status, f"HTTP {status}")
+
+
+PROXY_ANSWERED = "the proxy answered HTTP"
+"""How a reason starts when the proxy, not the server, answered with that status."""
+
+
+def proxy_status_failure(status: int) -> ConnectFailed:
+    """The proxy refused to open the tunnel with HTTP ``status`` (407: its credentials)."""
+    return ConnectFailed(Event.HANDSHAKE_STATUS, status, f"{PROXY_ANSWERED} {status}")
 
 
 class Transport(Protocol):

@@ -25,6 +25,7 @@ from . import (
     ConnectFailed,
     TransportClosed,
     TransportOptions,
+    proxy_status_failure,
     status_failure,
     write_lost,
 )
@@ -366,8 +367,10 @@ def _connect_failure(exc: BaseException) -> ConnectFailed:
         return ConnectFailed(Event.CONNECT_TIMEOUT, None, "opening handshake timed out")
     if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status == 101:
         return ConnectFailed(Event.HANDSHAKE_INVALID, None, f"invalid handshake: {exc.message}")
+    if isinstance(exc, aiohttp.ClientHttpProxyError):  # the CONNECT for a wss:// URL
+        return proxy_status_failure(exc.status)
     if isinstance(exc, aiohttp.ClientResponseError):
-        return ConnectFailed(Event.HANDSHAKE_STATUS, exc.status, f"HTTP {exc.status} {exc.message}")
+        return status_failure(exc.status)
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return ConnectFailed(
             Event.CONNECT_TLS_CERTIFICATE, None, f"certificate rejected: {exc.certificate_error}"

@@ -53,6 +53,7 @@ from . import (
     ConnectFailed,
     TransportClosed,
     TransportOptions,
+    proxy_status_failure,
     status_failure,
     write_lost,
 )
@@ -510,9 +511,7 @@ def _connect_failure(exc: BaseException) -> ConnectFailed:
         found = _PROXY_STATUS.search(str(exc))
         status = exc.error_code or (int(found[1]) if found else None)
         if isinstance(status, int) and 100 <= status <= 599:
-            return ConnectFailed(
-                Event.HANDSHAKE_STATUS, status, f"the proxy answered HTTP {status}"
-            )
+            return proxy_status_failure(status)
         return ConnectFailed(Event.CONNECT_ERROR, None, f"the proxy failed: {exc}")
     if isinstance(exc, picows.WSInvalidStatusError):
         response = exc.response
