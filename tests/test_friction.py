@@ -268,7 +268,7 @@ def test_the_tls_hint_names_the_plain_url_and_never_credentials(
             "ping_interval must be a positive number or None, got nan",
         ),
         ({"ping_timeout": 0}, ValueError, "ping_timeout must be a positive number, got 0"),
-        ({"max_size": -1}, ValueError, "max_size must be a positive number or None, got -1"),
+        ({"max_size": -1}, ValueError, "max_size must be a positive int or None, got -1"),
         (
             {"read_buffer_size": 1024},
             ValueError,
@@ -299,6 +299,47 @@ def test_the_tls_hint_names_the_plain_url_and_never_credentials(
             {"ssl": 1},
             TypeError,
             "ssl must be True (verify), False (do not verify) or an ssl.SSLContext, got 1",
+        ),
+        # Found by a new-user trial: accepted, then failing (or hanging) at connect().
+        ({"max_size": 1.5}, TypeError, "max_size must be an int (bytes) or None, got 1.5"),
+        ({"max_size": True}, TypeError, "max_size must be an int (bytes) or None, got True"),
+        ({"compression": "yes"}, TypeError, "compression must be True or False, got 'yes'"),
+        (
+            {"compression": True, "transport": "picows"},
+            ValueError,
+            "compression (permessage-deflate) needs transport='aiohttp': picows has none",
+        ),
+        ({"json_codec": "orjson"}, TypeError, "json_codec must be a JSONCodec, got str"),
+        (
+            {"headers": "Authorization: x"},
+            TypeError,
+            "headers must be a mapping of header names to str values, got str",
+        ),
+        (
+            {"headers": {"X-Count": 1}},
+            TypeError,
+            "header 'X-Count' must have a str value, got int",
+        ),
+        ({"headers": {1: "x"}}, TypeError, "header names must be str, got int"),
+        (
+            {"headers": {"X-A": "a\r\nInjected: yes"}},
+            ValueError,
+            "header 'X-A' has a line break or another control character in its value",
+        ),
+        (
+            {"headers": {"Authorization": "Bot s3cr3t\n"}},
+            ValueError,
+            "header 'Authorization' has a line break or another control character in its value",
+        ),
+        (
+            {"headers": {"X A": "1"}},
+            ValueError,
+            "header name 'X A' is not an HTTP token (letters, digits, !#$%&'*+-.^_`|~)",
+        ),
+        (
+            {"headers": {"": "1"}},
+            ValueError,
+            "header name '' is not an HTTP token (letters, digits, !#$%&'*+-.^_`|~)",
         ),
     ],
 )

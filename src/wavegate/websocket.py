@@ -288,6 +288,8 @@ class Websocket:
             raise TypeError(f"policy must be a ClosePolicy, got {type(policy).__name__}")
         if receive_mode not in ("json", "text"):
             raise ValueError(f"receive_mode must be 'json' or 'text', got {receive_mode!r}")
+        if not isinstance(json_codec, JSONCodec):
+            raise TypeError(f"json_codec must be a JSONCodec, got {type(json_codec).__name__}")
         self._policy = policy
         self._options = TransportOptions(
             open_timeout=open_timeout,
@@ -295,12 +297,16 @@ class Websocket:
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             max_size=max_size,
-            headers=dict(headers or {}),
+            headers={} if headers is None else headers,
             ssl=ssl,
             proxy=proxy,
             compression=compression,
             read_buffer_size=read_buffer_size,
         )
+        if compression and transport == "picows":
+            raise ValueError(
+                "compression (permessage-deflate) needs transport='aiohttp': picows has none"
+            )
         self._connector: Connector = get_connector(
             default_transport(compression=compression) if transport is None else transport
         )

@@ -48,9 +48,18 @@ class TransportOptions:
     read_buffer_size: int = 4096
 
     def __post_init__(self) -> None:
-        for name in ("open_timeout", "ping_interval", "max_size"):
+        for name in ("open_timeout", "ping_interval"):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name), "a positive number or None")
+        if self.max_size is not None:
+            if isinstance(self.max_size, bool) or not isinstance(self.max_size, int):
+                raise TypeError(f"max_size must be an int (bytes) or None, got {self.max_size!r}")
+            _check_positive("max_size", self.max_size, "a positive int or None")
+        if not isinstance(self.compression, bool):
+            raise TypeError(f"compression must be True or False, got {self.compression!r}")
+        _check_headers(self.headers)
+        # A copy: the caller's dict may change after, and the check must still hold.
+        object.__setattr__(self, "headers", dict(self.headers))
         for name in ("close_timeout", "ping_timeout"):
             _check_positive(name, getattr(self, name), "a positive number")
         if self.proxy is not None:
@@ -94,6 +103,34 @@ def _check_proxy(proxy: object) -> None:
         raise ValueError(f"proxy has a bad port: {shown!r}") from None
     if not host:
         raise ValueError(f"proxy has no host: {shown!r}")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _check_headers(headers: object) -> None:
+    """Refuse headers a transport would send broken (picows sends a value's CR LF as
+    is: a header of the caller's making; a non-str value failed inside its callback
+    and the connect waited out its timeout). Values are never shown: they may be
+    secrets."""
+    if not isinstance(headers, Mapping):
+        raise TypeError(
+            f"headers must be a mapping of header names to str values, got {type(headers).__name__}"
+        )
+    for name, value in headers.items():
+        if not isinstance(name, str):
+            raise TypeError(f"header names must be str, got {type(name).__name__}")
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(
+                f"header name {name!r} is not an HTTP token (letters, digits, !#$%&'*+-.^_`|~)"
+            )
+        if not isinstance(value, str):
+            raise TypeError(f"header {name!r} must have a str value, got {type(value).__name__}")
+        if _CONTROL.search(value):
+            raise ValueError(
+                f"header {name!r} has a line break or another control character in its value"
+            )
 
 
 def _check_positive(name: str, value: object, allowed: str) -> None:
