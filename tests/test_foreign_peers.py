@@ -747,6 +747,31 @@ async def test_a_password_that_breaks_url_parsing_never_shows(
     assert "s3cr3t-PASS" not in _everything_reachable(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "pieces"),
+    [
+        ("ws://alice:s3c#retpw@127.0.0.1:9000/", ["s3c", "retpw"]),
+        ("ws://bob:pw1/longsecretpart@127.0.0.1:9000/", ["pw1", "longsecretpart"]),
+        ("ws://bob:ab?cdefgh@127.0.0.1:9000/?token=t0k", ["ab", "cdefgh", "t0k"]),
+    ],
+    ids=["hash", "slash", "question-mark"],
+)
+async def test_no_piece_of_a_short_password_shows_when_the_url_breaks(
+    make_ws: WebsocketFactory, url: str, pieces: list[str]
+) -> None:
+    # Found by a new-user trial: pieces under 4 characters were not scrubbed, and the
+    # parser's own message quotes the piece it took for a port.
+    ws = make_ws()
+    with pytest.raises(InvalidURLError) as caught:
+        await ws.connect(url)
+    shown = _everything_reachable(caught.value)
+    assert "127.0.0.1:9000" in shown  # where it was going is still said
+    for piece in pieces:
+        assert f"'{piece}'" not in shown
+        assert f":{piece}" not in shown
+        assert piece not in shown.replace("127.0.0.1:9000", ""), shown
+
+
 # -- a host name with several addresses ---------------------------------------------
 
 

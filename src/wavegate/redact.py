@@ -56,6 +56,9 @@ def redact_url(url: str) -> str:
     (a URL too malformed to parse loses its whole query)."""
     try:
         parts = urlsplit(url)
+        # A "port" the parser cannot read: a password with /, ? or # in it cut the URL
+        # short, and what it shows as the host is a piece of the password.
+        parts.port  # noqa: B018 - raises ValueError
         netloc = parts.netloc.rsplit("@", 1)[-1]
         query = [
             (key, REDACTED if is_secret_name(key) else value)
@@ -63,11 +66,23 @@ def redact_url(url: str) -> str:
         ]
         shown = urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="<>"), ""))
     except ValueError:
-        scheme, _, rest = url.rpartition("://")
-        host_and_path = rest.split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
-        shown = f"{scheme}://{host_and_path}" if scheme else host_and_path
+        # All after the last "@" is host and path: a password may hold / ? # but no @.
+        scheme, sep, rest = url.partition("://")
+        host_and_path = rest.rpartition("@")[2].split("?", 1)[0].split("#", 1)[0]
+        shown = f"{scheme}://{host_and_path}" if sep else host_and_path
     # Whatever a malformed URL made the parser take for a host or a path.
     return scrub_text(shown, secrets_in((url,), {}))
+
+
+def url_problem(exc: ValueError) -> str:
+    """What the URL parser found wrong, in words that quote nothing of the URL (its
+    message quotes the piece it took for a port, which may be part of a password)."""
+    text = str(exc)
+    if "out of range" in text:
+        return "its port is out of range (0-65535)"
+    if "port" in text.lower():
+        return "its port is not a number (a password with /, ? or # in it must be percent-encoded)"
+    return re.sub(r"'[^']*'", "'...'", text)
 
 
 def secrets_in(urls: Iterable[str | None], headers: Mapping[str, str]) -> frozenset[str]:

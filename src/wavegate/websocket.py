@@ -22,7 +22,7 @@ from .packets import (
     WebsocketPacketText,
 )
 from .policy import DISCORD_VOICE, ClosePolicy
-from .redact import redact_url, scrub_exception, scrub_text, secrets_in
+from .redact import redact_url, scrub_exception, scrub_text, secrets_in, url_problem
 from .signals import (
     DisconnectSignal,
     EncodeError,
@@ -159,13 +159,12 @@ def _check_url(url: str) -> None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
-        why = str(exc)
+        why = url_problem(exc)
     else:
         why = ""
     if why:
-        # Its text may quote the URL's password ("port ... 's3cr3t'"): scrubbed, and
-        # raised out here so that the raw error is not even its __context__.
-        why = scrub_text(why, secrets_in((url,), {}))
+        # Raised out here so that the parser's error, which may quote a piece of the
+        # password, is not even its __context__.
         raise InvalidURLError(f"malformed URL {redact_url(url)!r}: {why}")
     if parts.scheme not in ("ws", "wss"):
         raise InvalidURLError(f"URL scheme must be ws:// or wss://, got {redact_url(url)!r}")

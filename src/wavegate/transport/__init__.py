@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from ..packets import WebsocketPacket
-from ..redact import redact_url
+from ..redact import redact_url, url_problem
 from ..signals import Event
 
 _TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux
@@ -99,8 +99,8 @@ def _check_proxy(proxy: object) -> None:
     try:
         parts = urlsplit(proxy)
         host, _ = parts.hostname, parts.port
-    except ValueError:
-        raise ValueError(f"proxy has a bad port: {shown!r}") from None
+    except ValueError as exc:
+        raise ValueError(f"proxy is malformed, {url_problem(exc)}: {shown!r}") from None
     if not host:
         raise ValueError(f"proxy has no host: {shown!r}")
 
