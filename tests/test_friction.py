@@ -7,6 +7,7 @@ on a Websocket, ``on_event`` that took only plain functions, and timing options
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from websockets.asyncio.server import ServerConnection
@@ -349,3 +350,131 @@ def test_timing_options_that_make_no_sense_are_refused_by_name(
     with pytest.raises(error) as caught:
         Websocket(**options)  # type: ignore[arg-type]
     assert str(caught.value) == message
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        # Found by a new-user trial: each was taken, then failed at run time (a zombie
+        # that ended the Discord session with 1000, tracebacks per event, a session
+        # stopped at READY) or with a bare comparison TypeError.
+        ({"max_missed_acks": 0}, ValueError, "max_missed_acks must be an int of at least 1, got 0"),
+        (
+            {"max_missed_acks": 1.5},
+            TypeError,
+            "max_missed_acks must be an int of at least 1, got 1.5",
+        ),
+        (
+            {"max_heartbeat_interval": -1},
+            ValueError,
+            "max_heartbeat_interval must be a positive number or None, got -1",
+        ),
+        (
+            {"max_heartbeat_interval": 0},
+            ValueError,
+            "max_heartbeat_interval must be a positive number or None, got 0",
+        ),
+        ({"close_timeout": NAN}, ValueError, "close_timeout must be a positive number, got nan"),
+        ({"close_timeout": -1}, ValueError, "close_timeout must be a positive number, got -1"),
+        (
+            {"handshake_timeout": NAN},
+            ValueError,
+            "handshake_timeout must be a positive number, got nan",
+        ),
+        (
+            {"handshake_timeout": float("inf")},
+            ValueError,
+            "handshake_timeout must be a positive number, got inf",
+        ),
+        (
+            {"zombie_close_code": 1000},
+            ValueError,
+            "zombie_close_code must be an int from 3000 to 4999 (1000 and 1001 end a Discord"
+            " session), got 1000",
+        ),
+        (
+            {"zombie_close_code": 99999},
+            ValueError,
+            "zombie_close_code must be an int from 3000 to 4999 (1000 and 1001 end a Discord"
+            " session), got 99999",
+        ),
+        ({"move_grace": -1}, ValueError, "move_grace must be a number of at least 0, got -1"),
+        ({"move_grace": NAN}, ValueError, "move_grace must be a number of at least 0, got nan"),
+        (
+            {"send_queue_size": 1.5},
+            TypeError,
+            "send_queue_size must be an int of at least 1, got 1.5",
+        ),
+        (
+            {"send_queue_size": "10"},
+            TypeError,
+            "send_queue_size must be an int of at least 1, got '10'",
+        ),
+        (
+            {"receive_queue_size": 0},
+            ValueError,
+            "receive_queue_size must be an int of at least 1, got 0",
+        ),
+        (
+            {"max_resume_attempts": None},
+            TypeError,
+            "max_resume_attempts must be an int of at least 0, got None",
+        ),
+        (
+            {"max_resume_attempts": -1},
+            ValueError,
+            "max_resume_attempts must be an int of at least 0, got -1",
+        ),
+        ({"move_codes": {4014, "x"}}, TypeError, "move_codes must be a set of ints"),
+        ({"websocket": "ws"}, TypeError, "websocket must be a Websocket or None, got str"),
+        ({"backoff": "b"}, TypeError, "backoff must be a Backoff or None, got str"),
+        ({"on_event": 5}, TypeError, "on_event must be a callable or None, got int"),
+        ({"refresh_credentials": "x"}, TypeError, "refresh_credentials must be a callable"),
+        ({"discover": 5}, TypeError, "discover must be a callable or None, got int"),
+        (
+            {"max_dave_protocol_version": 2},
+            ValueError,
+            "max_dave_protocol_version must be 0 (no DAVE) or 1, got 2",
+        ),
+    ],
+)
+def test_voice_client_options_that_make_no_sense_are_refused_by_name(
+    options: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as caught:
+        VoiceClient("127.0.0.1:9", CREDENTIALS, **options)  # type: ignore[arg-type]
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"base": NAN}, ValueError, "base must be a positive number, got nan"),
+        ({"cap": 0}, ValueError, "cap must be a positive number, got 0"),
+        ({"factor": 0.5}, ValueError, "factor must be a number of at least 1, got 0.5"),
+        ({"max_attempts": 0}, ValueError, "max_attempts must be an int of at least 1 or None"),
+        ({"max_attempts": 2.5}, TypeError, "max_attempts must be an int of at least 1 or None"),
+        ({"reset_after": -1}, ValueError, "reset_after must be a number of at least 0, got -1"),
+    ],
+)
+def test_backoff_options_that_make_no_sense_are_refused_by_name(
+    options: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as caught:
+        Backoff(**options)  # type: ignore[arg-type]
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        ("wss://voice.example:99999", "its port is out of range (0-65535)"),
+        ("voice.example:port", "its port is not a number"),
+    ],
+)
+def test_a_voice_endpoint_with_a_bad_port_is_refused(endpoint: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        VoiceClient(endpoint, CREDENTIALS)

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import _checks as checks
+
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
@@ -38,14 +40,11 @@ class Backoff:
     reset_after: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.base <= 0 or self.cap <= 0:
-            raise ValueError("base and cap must be positive")
-        if self.factor < 1:
-            raise ValueError("factor must be at least 1")
-        if self.max_attempts is not None and self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1 or None")
-        if self.reset_after < 0:
-            raise ValueError("reset_after must not be negative")
+        checks.positive("base", self.base)
+        checks.positive("cap", self.cap)
+        checks.at_least("factor", self.factor, 1)
+        checks.count("max_attempts", self.max_attempts, 1, none=True)
+        checks.at_least("reset_after", self.reset_after, 0)
 
     def ceiling(self, attempt: int) -> float:
         """The largest delay before retry number ``attempt`` (0-based)."""

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
+from urllib.parse import urlsplit
 
+from ..redact import redact_url, url_problem
 from ..signals import InvalidURLError
 
 
@@ -304,4 +306,10 @@ def voice_url(endpoint: str) -> str:
         raise InvalidURLError(
             "a voice endpoint needs a host (no spaces), like region.discord.media:443"
         )
+    try:
+        urlsplit(f"{scheme}://{host}").port  # noqa: B018 - raises ValueError
+    except ValueError as exc:
+        raise InvalidURLError(
+            f"voice endpoint {redact_url(endpoint)!r}: {url_problem(exc)}"
+        ) from None
     return f"{scheme}://{rest}/?v=8"

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .. import _checks as checks
 from .._flag import Flag
 from ..redact import REDACTED
 from ..session import Session, SessionEvent
@@ -125,6 +126,15 @@ class VoiceClient(Session):
         websocket: Websocket | None = None,
         **options: Any,
     ) -> None:
+        checks.instance("credentials", credentials, VoiceCredentials, none=False)
+        if max_dave_protocol_version not in (0, 1) or isinstance(max_dave_protocol_version, bool):
+            raise ValueError(
+                "max_dave_protocol_version must be 0 (no DAVE) or 1, "
+                f"got {max_dave_protocol_version!r}"
+            )
+        checks.function("discover", discover)
+        checks.function("refresh_credentials", refresh_credentials)
+        checks.instance("websocket", websocket, Websocket)
         self._udp = UdpDiscovery() if discover is None else None
         if isinstance(discover, UdpDiscovery):
             self._udp = discover  # tuned (timeout, attempts), still ours to keep
@@ -135,6 +145,7 @@ class VoiceClient(Session):
         )
         self._dave_changed = Flag()
         self._user_on_event: OnEvent | None = options.pop("on_event", None)
+        checks.function("on_event", self._user_on_event)
         if websocket is None:
             websocket = Websocket(read_buffer_size=MIN_READ_BUFFER)  # 2 KiB less per session
         super().__init__(

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from .. import _checks as checks
 from .._flag import Flag
 from ..backoff import Backoff, RetrySchedule
 from ..protocol import GatewayProtocol, HandshakeDone
@@ -110,7 +111,7 @@ class Session:
         clock: Callable[[], float] = time.monotonic,
         random_source: Any = None,
     ) -> None:
-        _check_options(max_resume_attempts, send_queue_size, receive_queue_size, handshake_timeout)
+        _check_options(locals())
         self.url = url
         self.protocol = protocol
         self.ws = websocket if websocket is not None else Websocket()
@@ -451,11 +452,28 @@ async def _set_within(event: Flag, delay: float) -> bool:
     return event.is_set()
 
 
-def _check_options(
-    max_resume_attempts: int, send_queue_size: int, receive_queue_size: int, handshake: float
-) -> None:
-    if max_resume_attempts < 0 or send_queue_size < 1 or receive_queue_size < 1 or handshake <= 0:
+def _check_options(options: dict[str, Any]) -> None:
+    """Refuse, by name, an option that would fail later and far from its cause."""
+    checks.count("max_resume_attempts", options["max_resume_attempts"], 0)
+    checks.count("max_missed_acks", options["max_missed_acks"], 1)
+    for name in ("send_queue_size", "receive_queue_size"):
+        checks.count(name, options[name], 1)
+    for name in ("handshake_timeout", "close_timeout"):
+        checks.positive(name, options[name])
+    checks.positive("max_heartbeat_interval", options["max_heartbeat_interval"], none=True)
+    checks.at_least("move_grace", options["move_grace"], 0)
+    code = options["zombie_close_code"]
+    if isinstance(code, bool) or not isinstance(code, int) or not 3000 <= code <= 4999:
         raise ValueError(
-            "max_resume_attempts >= 0, send_queue_size >= 1, receive_queue_size >= 1, "
-            "handshake_timeout > 0"
+            "zombie_close_code must be an int from 3000 to 4999 (1000 and 1001 end a "
+            f"Discord session), got {code!r}"
         )
+    move_codes = options["move_codes"]
+    if not isinstance(move_codes, (set, frozenset)) or not all(
+        isinstance(c, int) and not isinstance(c, bool) for c in move_codes
+    ):
+        raise TypeError(f"move_codes must be a set of ints, got {move_codes!r}")
+    checks.instance("websocket", options["websocket"], Websocket)
+    checks.instance("backoff", options["backoff"], Backoff)
+    for name in ("on_event", "clock"):
+        checks.function(name, options[name])

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from .. import _checks as checks
 from ..packets import WebsocketPacket
 from ..redact import redact_url, url_problem
 from ..signals import Event
@@ -49,19 +50,22 @@ class TransportOptions:
 
     def __post_init__(self) -> None:
         for name in ("open_timeout", "ping_interval"):
-            if getattr(self, name) is not None:
-                _check_positive(name, getattr(self, name), "a positive number or None")
+            checks.positive(name, getattr(self, name), none=True)
+        for name in ("close_timeout", "ping_timeout"):
+            hint = ""
+            if name == "ping_timeout" and self.ping_timeout is None:
+                hint = " (to turn the keepalive off, pass ping_interval=None)"
+            checks.positive(name, getattr(self, name), hint=hint)
         if self.max_size is not None:
             if isinstance(self.max_size, bool) or not isinstance(self.max_size, int):
                 raise TypeError(f"max_size must be an int (bytes) or None, got {self.max_size!r}")
-            _check_positive("max_size", self.max_size, "a positive int or None")
+            if self.max_size < 1:
+                raise ValueError(f"max_size must be a positive int or None, got {self.max_size!r}")
         if not isinstance(self.compression, bool):
             raise TypeError(f"compression must be True or False, got {self.compression!r}")
         _check_headers(self.headers)
         # A copy: the caller's dict may change after, and the check must still hold.
         object.__setattr__(self, "headers", dict(self.headers))
-        for name in ("close_timeout", "ping_timeout"):
-            _check_positive(name, getattr(self, name), "a positive number")
         if self.proxy is not None:
             _check_proxy(self.proxy)
         if not isinstance(self.ssl, (bool, ssl_module.SSLContext)):
@@ -131,18 +135,6 @@ def _check_headers(headers: object) -> None:
             raise ValueError(
                 f"header {name!r} has a line break or another control character in its value"
             )
-
-
-def _check_positive(name: str, value: object, allowed: str) -> None:
-    """Raise, naming the option, for a value that is not a number above zero (NaN
-    included: every comparison with it is false, so a timer set with it never fires)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        hint = ""
-        if name == "ping_timeout" and value is None:
-            hint = " (to turn the keepalive off, pass ping_interval=None)"
-        raise TypeError(f"{name} must be {allowed}, got {value!r}{hint}")
-    if not value > 0:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 class TransportClosed(Exception):
