@@ -412,6 +412,8 @@ async def test_bad_trust_or_proxy_options_exit_2_with_one_line(tmp_path: Path) -
         ["--cafile", str(tmp_path / "missing.pem"), "wss://127.0.0.1:9/"],
         ["--proxy", "bob:hunter2@proxy.example:3128", "wss://127.0.0.1:9/"],
         ["-k", "--cafile", str(ca), "wss://127.0.0.1:9/"],
+        ["--open-timeout", "inf", "wss://127.0.0.1:9/"],
+        ["--wait", "nan", "wss://127.0.0.1:9/"],
     ):
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "wavegate", "connect", *args,

@@ -194,6 +194,10 @@ async def _outcome(voice: VoiceClient) -> object:
             "cannot write the certificate authority to /nonexistent/dir/ca.pem",
         ),
         (("--heartbeat", "-1"), "must be more than 0"),
+        # Found by a new-user trial: inf crashed every connection; 0.0001 said "0 ms".
+        (("--heartbeat", "inf"), "'inf' is not a finite number"),
+        (("--heartbeat", "0.0001"), "is under 1 ms (HELLO gives it in whole ms)"),
+        (("--duration", "nan"), "'nan' is not a finite number"),
         (("--port", "70000"), "is not a port"),
         (("--replay-size", "many"), "is not a whole number"),
         (("--channel", "guild=chan"), "is not SERVER=CHANNEL"),

@@ -4,6 +4,7 @@ with one line that names the value."""
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def port(text: str) -> int:
@@ -14,12 +15,20 @@ def port(text: str) -> int:
     return value
 
 
-def positive(text: str) -> float:
-    """A number above 0."""
+def number(text: str) -> float:
+    """A finite number (no NaN, no infinity: a timer set with either never fires)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive(text: str) -> float:
+    """A finite number above 0."""
+    value = number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
     return value
@@ -42,11 +51,8 @@ def integer(text: str) -> int:
 
 
 def non_negative(text: str) -> float:
-    """A number, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    """A finite number, 0 or more."""
+    value = number(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
     return value

@@ -15,12 +15,20 @@ from ._args import port as _port
 from ._args import positive as _positive
 
 
+def _heartbeat(text: str) -> float:
+    """A heartbeat interval in seconds: 1 ms at least, as HELLO gives it in whole ms."""
+    value = _positive(text)
+    if value < 0.001:
+        raise argparse.ArgumentTypeError(f"{text!r} is under 1 ms (HELLO gives it in whole ms)")
+    return value
+
+
 def add_arguments(serve: argparse.ArgumentParser) -> None:
     """The ``serve`` command's options."""
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8765, help="port (8765; 0 = any free port)")
     serve.add_argument(
-        "--heartbeat", type=_positive, default=5.0, help="heartbeat interval in seconds (5)"
+        "--heartbeat", type=_heartbeat, default=5.0, help="heartbeat interval in seconds (5)"
     )
     serve.add_argument(
         "--replay-size", type=_count, default=256, help="messages kept per session for resume"

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from .. import _checks as checks
 from . import voice_rules
 from .dave import ArmHoldTimeout, ArmTimeout, DaveChannel, Output
 from .frames import BINARY
@@ -173,6 +174,9 @@ class FakeVoiceGateway:
         port: int = 0,
         ssl: ssl_module.SSLContext | None = None,
     ) -> None:
+        checks.positive("heartbeat_interval", heartbeat_interval)
+        checks.positive("heartbeat_timeout_factor", heartbeat_timeout_factor)
+        checks.count("replay_size", replay_size, 1)
         self.heartbeat_interval = heartbeat_interval
         self.replay_size = replay_size
         self.heartbeat_timeout_factor = heartbeat_timeout_factor
