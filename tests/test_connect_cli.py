@@ -23,7 +23,7 @@ from wavegate import DisconnectSignal, Event, ReconnectSignal, ResumeSignal
 from wavegate.connect import Step, ca_file, decide, format_packet, parse_line, proxy_url
 from wavegate.packets import WebsocketPacketBytes, WebsocketPacketJSON, WebsocketPacketText
 
-from .peers import ConnectProxy, websockets_server
+from .peers import ConnectProxy, RawPeer, raw_server, websockets_server
 
 PATIENCE = 20.0
 
@@ -499,3 +499,37 @@ async def test_a_proxy_refusing_its_credentials_is_named_not_the_server(
             "the proxy answered HTTP 407"
         )
         assert await asyncio.wait_for(command.process.wait(), PATIENCE) == 1
+
+
+async def test_lines_read_while_no_connection_ever_opened_are_counted_as_not_sent(
+    command_cleanup: list[Command],
+) -> None:
+    async def silent(peer: RawPeer) -> None:  # takes the TCP connection, never answers
+        await asyncio.Event().wait()
+
+    async with raw_server(silent) as url:
+        command = await Command.start("--retries", "0", "--open-timeout", "2", url)
+        command_cleanup.append(command)
+        command.send('{"op": 1}')
+        command.send("")  # blank: nothing to send, nothing lost
+        command.send('{"op": 2}')
+        line = await command.status_line("gave up")
+        assert line.startswith("wavegate connect: gave up without retrying: ")
+        await command.status_line("2 lines not sent")
+        assert await asyncio.wait_for(command.process.wait(), PATIENCE) == 1
+
+
+def test_retries_zero_stops_at_the_first_failure() -> None:
+    signal = ReconnectSignal("connection refused", event=Event.CONNECT_REFUSED)
+    assert decide(signal, None, 0, URL).message == (
+        f"gave up without retrying: {URL}: connection refused"
+    )
+
+
+def test_a_reason_that_starts_with_what_happened_is_not_said_twice() -> None:
+    signal = ReconnectSignal(
+        "connection refused (at the proxy 127.0.0.1:3128)", event=Event.CONNECT_REFUSED
+    )
+    assert decide(signal, 0.5, 1, URL).message == (
+        f"{URL}: connection refused (at the proxy 127.0.0.1:3128); retrying in 0.5 s"
+    )

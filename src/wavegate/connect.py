@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
-from ._args import count, non_negative, positive
+from ._args import non_negative, positive, whole
 from .backoff import Backoff, RetrySchedule
 from .packets import WebsocketPacket, WebsocketPacketBytes, WebsocketPacketJSON
 from .policy import DISCORD_GATEWAY, DISCORD_VOICE, GENERIC, ClosePolicy
@@ -83,7 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how binary frames are printed (base64)",
     )
     parser.add_argument(
-        "--retries", type=count, default=5, help="consecutive failed connects before giving up (5)"
+        "--retries",
+        type=whole,
+        default=5,
+        help="consecutive failed connects before giving up (5; 0: stop at the first)",
     )
     parser.add_argument(
         "--open-timeout", type=positive, default=10.0, help="seconds to open a connection (10)"
@@ -161,8 +164,10 @@ def decide(signal: Signal, delay: float | None, attempts: int, url: str = "") ->
             hint = " (--cafile FILE trusts a CA of your own; -k does not verify)"
         return Step("stop", status=1, message=f"stopped: {describe(signal, url)}{hint}")
     if delay is None:
-        retries = "1 retry" if attempts == 1 else f"{attempts} retries"
-        given_up = f"gave up after {retries}: {describe(signal, url)}"
+        retries = {0: "without retrying", 1: "after 1 retry"}.get(
+            attempts, f"after {attempts} retries"
+        )
+        given_up = f"gave up {retries}: {describe(signal, url)}"
         return Step("stop", status=1, message=given_up)
     if isinstance(signal, ResumeSignal) and attempts <= 1:
         return Step("resume", message=f"{describe(signal, url)}; connecting again now")
@@ -194,7 +199,9 @@ def describe(signal: Signal, url: str = "") -> str:
         reason = f" ({signal.reason})" if signal.reason else ""
         return f"close {signal.code}{reason}"
     what = _OPENING.get(signal.event) or str(signal.event.value).replace("_", " ")
-    if signal.reason and signal.reason != what:
+    if signal.reason.startswith(what):  # "connection refused (at the proxy ...)"
+        what = signal.reason
+    elif signal.reason:
         what = f"{what} ({signal.reason})"
     return where + what
 
@@ -293,7 +300,8 @@ class Client:
         print(f"wavegate connect: {message}", file=self.err, flush=True)
 
     async def run(self, lines: Lines) -> int:
-        schedule = RetrySchedule(Backoff(base=0.5, cap=10.0, max_attempts=self.args.retries))
+        retries = self.args.retries
+        schedule = RetrySchedule(Backoff(base=0.5, cap=10.0, max_attempts=max(1, retries)))
         while True:
             try:
                 await self.ws.connect(self.args.url)
@@ -301,10 +309,11 @@ class Client:
                 schedule.healthy()
                 await self._pump(lines)
             except Signal as signal:
-                step = decide(signal, schedule.next_delay(), schedule.attempts, self.url)
+                delay = schedule.next_delay() if retries else None
+                step = decide(signal, delay, schedule.attempts, self.url)
                 self.status(step.message)
                 if step.action == "stop":
-                    return self._unsent(step.status)
+                    return self._unsent(step.status, lines)
                 await asyncio.sleep(step.delay)
                 continue
             except BrokenPipeError:  # stdout's reader left (`| head`): nothing to show to
@@ -314,11 +323,16 @@ class Client:
             self.status("closed (1000)")
             return 0
 
-    def _unsent(self, status: int) -> int:
-        """``status``, or 1 with a line saying so when lines were never sent."""
-        if not self.pending:
-            return status
+    def _unsent(self, status: int, lines: Lines) -> int:
+        """``status``, or 1 with a line saying so when lines read were never sent
+        (queued, or read from stdin and not yet taken: no connection to send them)."""
         count = len(self.pending)
+        while not lines.queue.empty():
+            line = lines.queue.get_nowait()
+            if line is not None and parse_line(line, self.args.text)[0] in ("json", "text"):
+                count += 1
+        if not count:
+            return status
         self.status(f"{count} line{'s' if count > 1 else ''} not sent")
         return 1
 
