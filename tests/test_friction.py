@@ -23,7 +23,7 @@ from wavegate import (
     WebsocketState,
 )
 from wavegate.discord import VoiceClient, VoiceCredentials
-from wavegate.session import EventKind, SessionEvent
+from wavegate.session import EventKind, SessionEvent, SessionState
 from wavegate.testing import WebsocketTestServer
 from wavegate.testing.voice import FakeVoiceGateway
 
@@ -109,6 +109,11 @@ def test_credentials_check_the_session_id_and_token(
     fields[field] = value
     with pytest.raises(error, match=f"VoiceCredentials.{field}"):
         VoiceCredentials(**fields)  # type: ignore[arg-type]
+
+
+def test_a_session_state_prints_as_the_docs_name_it() -> None:
+    assert str(SessionState.READY) == "ready"
+    assert f"{SessionState.AWAITING_MOVE}" == "awaiting_move"
 
 
 def test_a_websocket_state_prints_its_name() -> None:

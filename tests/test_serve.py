@@ -201,6 +201,11 @@ async def _outcome(voice: VoiceClient) -> object:
         (("--port", "70000"), "is not a port"),
         (("--replay-size", "many"), "is not a whole number"),
         (("--channel", "guild=chan"), "is not SERVER=CHANNEL"),
+        # The second silently won.
+        (
+            ("--channel", "1001=3001", "--channel", "1001=3002"),
+            "--channel gives server 1001 two channels (3001 and 3002)",
+        ),
     ],
 )
 def test_bad_arguments_get_one_readable_line(options: tuple[str, ...], message: str) -> None:
@@ -228,6 +233,32 @@ def test_a_port_in_use_is_one_line() -> None:
     assert result.stderr.startswith("wavegate serve: cannot start on 127.0.0.1: ")
     assert "in use" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_control_port_in_use_is_named_as_the_control_ports() -> None:
+    # It said "cannot start on 127.0.0.1" after "listening on": which port was it?
+    with serving() as served:
+        port = served.url.rsplit(":", 1)[1].split("/", 1)[0]
+        command = [sys.executable, "-m", "wavegate", "serve", "--port", "0"]
+        result = subprocess.run(
+            [*command, "--control-port", port, "--duration", "1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"wavegate serve: cannot start the control API on 127.0.0.1:{port}: "
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_an_ipv6_host_is_bracketed_in_the_url_it_prints() -> None:
+    with serving("--host", "::1") as served:
+        assert served.url.startswith("ws://[::1]:")
+        ws = Websocket(policy=GENERIC)
+        await ws.connect(served.url)  # the URL printed is one a client can use
+        await ws.disconnect()
 
 
 async def test_channel_ids_make_daves_group_id(tmp_path: Path) -> None:

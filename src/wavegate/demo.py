@@ -61,16 +61,19 @@ class _Printer:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.console = None
+        self.soft_wrap = False
+        """Off a terminal (a file, a pipe), a line is never broken: grep must find it."""
         if Console is not None:
             self.console = Console(file=out, highlight=False)
-            if not self.console.is_terminal:
-                self.console = Console(file=out, highlight=False, width=120)
+            self.soft_wrap = not self.console.is_terminal
         self.started = time.monotonic()
 
     def line(self, text: str, style: str = "") -> None:
         stamp = f"{time.monotonic() - self.started:7.3f}s"
         if self.console is not None:
-            self.console.print(f"[dim]{stamp}[/dim]  {text}", style=style or None)
+            self.console.print(
+                f"[dim]{stamp}[/dim]  {text}", style=style or None, soft_wrap=self.soft_wrap
+            )
         else:
             print(f"{stamp}  {text}", file=self.out, flush=True)
 

@@ -71,6 +71,12 @@ async def serve(args: argparse.Namespace) -> int:
     gateway cannot start (a port in use, a bad address)."""
     if args.ca_out is not None and not args.tls:
         return _fail("--ca-out needs --tls")
+    channels: dict[str, str] = {}
+    for server, channel in args.channel:
+        if channels.setdefault(server, channel) != channel:
+            return _fail(
+                f"--channel gives server {server} two channels ({channels[server]} and {channel})"
+            )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("serve: %(message)s"))
     logger = logging.getLogger("wavegate.testing")
@@ -119,7 +125,13 @@ async def _running(args: argparse.Namespace) -> AsyncIterator[None]:
         print(f"fake voice gateway v8 listening on {gateway.url}", flush=True)
         if args.control_port is not None:
             control = ControlServer(gateway, port=args.control_port)
-            await stack.enter_async_context(control)
+            try:
+                await stack.enter_async_context(control)
+            except OSError as exc:
+                where = f"127.0.0.1:{args.control_port}"
+                raise _CannotStart(
+                    f"cannot start the control API on {where}: {exc.strerror or exc}"
+                ) from exc
             print(f"control API on {control.url}", flush=True)
         if args.ca_out is not None:
             print(f"certificate authority written to {args.ca_out}", flush=True)

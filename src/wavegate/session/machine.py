@@ -37,6 +37,12 @@ class SessionState(str, Enum):
     STOPPED = "stopped"
     """For good; ``outcome`` says why."""
 
+    def __str__(self) -> str:  # as the docs name it: ``ready``, not ``SessionState.READY``
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
 
 class Trigger(str, Enum):
     """What moves a session from one state to the next."""

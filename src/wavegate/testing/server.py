@@ -326,7 +326,8 @@ class WebsocketTestServer:
     def url(self) -> str:
         """``ws://host:port/`` (``wss://`` with TLS) of the running server."""
         scheme = "wss" if self.ssl is not None else "ws"
-        return f"{scheme}://{self.host}:{self.port}/"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        return f"{scheme}://{host}:{self.port}/"
 
     # -- fault knobs ------------------------------------------------------------------
 
