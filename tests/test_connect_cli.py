@@ -533,3 +533,12 @@ def test_a_reason_that_starts_with_what_happened_is_not_said_twice() -> None:
     assert decide(signal, 0.5, 1, URL).message == (
         f"{URL}: connection refused (at the proxy 127.0.0.1:3128); retrying in 0.5 s"
     )
+
+
+def test_wait_takes_inf_for_until_the_server_closes() -> None:
+    from wavegate.connect import wait_seconds
+
+    assert wait_seconds("inf") == float("inf")
+    assert wait_seconds("2.5") == 2.5
+    with pytest.raises(argparse.ArgumentTypeError, match="'nan' is not a finite number"):
+        wait_seconds("nan")

@@ -753,8 +753,15 @@ async def test_a_password_that_breaks_url_parsing_never_shows(
         ("ws://alice:s3c#retpw@127.0.0.1:9000/", ["s3c", "retpw"]),
         ("ws://bob:pw1/longsecretpart@127.0.0.1:9000/", ["pw1", "longsecretpart"]),
         ("ws://bob:ab?cdefgh@127.0.0.1:9000/?token=t0k", ["ab", "cdefgh", "t0k"]),
+        # Found by review: these parse (the user name taken for the host), so nothing
+        # fell back, and the whole password showed.
+        ("ws://bot:/s3cr3tpw@127.0.0.1:9000/", ["s3cr3tpw"]),
+        ("ws://bot:1234/s3cr3tpw@127.0.0.1:9000/", ["1234", "s3cr3tpw"]),
+        ("ws://bot:?s3cr3tpw@127.0.0.1:9000/", ["s3cr3tpw"]),
+        # and the parser's own message, with a quote inside the quoted piece
+        ("ws://bot:s3cr'et\uff03pw@127.0.0.1:9000/", ["s3cr", "et\uff03pw"]),
     ],
-    ids=["hash", "slash", "question-mark"],
+    ids=["hash", "slash", "question-mark", "slash-first", "digits-slash", "empty-port", "quote"],
 )
 async def test_no_piece_of_a_short_password_shows_when_the_url_breaks(
     make_ws: WebsocketFactory, url: str, pieces: list[str]

@@ -340,12 +340,19 @@ def test_the_tls_hint_names_the_plain_url_and_never_credentials(
         (
             {"headers": {"X A": "1"}},
             ValueError,
-            "header name 'X A' is not an HTTP token (letters, digits, !#$%&'*+-.^_`|~)",
+            "a header name has ' ' at position 1: names are HTTP tokens (letters, digits,"
+            " !#$%&'*+-.^_`|~)",
+        ),
+        (  # a value written as part of the name: the name is not shown (found by review)
+            {"headers": {"Authorization: Bot s3cr3t": "x"}},
+            ValueError,
+            "a header name has ':' at position 13: names are HTTP tokens (letters, digits,"
+            " !#$%&'*+-.^_`|~)",
         ),
         (
             {"headers": {"": "1"}},
             ValueError,
-            "header name '' is not an HTTP token (letters, digits, !#$%&'*+-.^_`|~)",
+            "a header name is empty: names are HTTP tokens (letters, digits, !#$%&'*+-.^_`|~)",
         ),
     ],
 )
@@ -434,6 +441,7 @@ NAN = float("nan")
             "max_resume_attempts must be an int of at least 0, got -1",
         ),
         ({"move_codes": {4014, "x"}}, TypeError, "move_codes must be a set of ints"),
+        ({"move_codes": "4014"}, TypeError, "move_codes must be a set of ints"),
         ({"websocket": "ws"}, TypeError, "websocket must be a Websocket or None, got str"),
         ({"backoff": "b"}, TypeError, "backoff must be a Backoff or None, got str"),
         ({"on_event": 5}, TypeError, "on_event must be a callable or None, got int"),
@@ -483,3 +491,13 @@ def test_backoff_options_that_make_no_sense_are_refused_by_name(
 def test_a_voice_endpoint_with_a_bad_port_is_refused(endpoint: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         VoiceClient(endpoint, CREDENTIALS)
+
+
+def test_options_given_in_other_reasonable_forms_are_taken() -> None:
+    # Found by review: each worked before the checks, and still must.
+    ws = Websocket(headers=[("X-Token-Id", "7")], max_size=1e6)  # type: ignore[arg-type]
+    assert ws._options.headers == {"X-Token-Id": "7"}
+    assert ws._options.max_size == 1_000_000
+    assert isinstance(ws._options.max_size, int)
+    client = VoiceClient("127.0.0.1:9", CREDENTIALS, move_codes=[4014])
+    assert client._machine.rules.move_codes == frozenset({4014})

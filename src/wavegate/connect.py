@@ -21,6 +21,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import math
 import os
 import ssl
 import sys
@@ -71,10 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wait",
-        type=non_negative,
+        type=wait_seconds,
         default=0.0,
         metavar="SECONDS",
-        help="after stdin ends, keep printing what arrives for this long before closing (0)",
+        help="after stdin ends, keep printing what arrives for this long before closing "
+        "(0; inf: until the server closes)",
     )
     parser.add_argument(
         "--binary",
@@ -86,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retries",
         type=whole,
         default=5,
-        help="consecutive failed connects before giving up (5; 0: stop at the first)",
+        help="consecutive failed connects before giving up (5; 0: never connect again, "
+        "not even to resume)",
     )
     parser.add_argument(
         "--open-timeout", type=positive, default=10.0, help="seconds to open a connection (10)"
@@ -113,6 +116,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="connect through this http:// or https:// proxy (HTTP CONNECT)",
     )
+
+
+def wait_seconds(text: str) -> float:
+    """``--wait``: seconds, 0 or more, or ``inf`` (until the server closes)."""
+    return math.inf if text.strip().lower() in ("inf", "infinity") else non_negative(text)
 
 
 def ca_file(path: str) -> ssl.SSLContext:
@@ -248,26 +256,32 @@ class Lines:
     sending, instead of ending the thread (and with it the EOF the client waits for).
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, text: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.sendable = 0
+        """Lines read that are something to send (counted by the thread as it reads:
+        the loop may not have seen them yet)."""
 
-        def put(line: str | None) -> None:
-            loop.call_soon_threadsafe(self.queue.put_nowait, line)
+        def put(raws: list[bytes]) -> None:
+            decoded = [raw.decode("utf-8", "surrogateescape") for raw in raws]
+            # Counted before any is handed over (only this thread writes the count).
+            self.sendable += sum(parse_line(line, text)[0] in ("json", "text") for line in decoded)
+            for line in decoded:
+                loop.call_soon_threadsafe(self.queue.put_nowait, line)
 
         def read() -> None:
             buffered = b""
             try:
                 while chunk := os.read(fd, 65536):
                     *complete, buffered = (buffered + chunk).split(b"\n")
-                    for raw in complete:
-                        put(raw.decode("utf-8", "surrogateescape"))
+                    put(complete)
                 if buffered:
-                    put(buffered.decode("utf-8", "surrogateescape"))
+                    put([buffered])
             except OSError:
                 pass  # stdin closed under us: the same as its end
             finally:
-                put(None)
+                loop.call_soon_threadsafe(self.queue.put_nowait, None)
 
         threading.Thread(target=read, daemon=True, name="wavegate-connect-stdin").start()
 
@@ -291,6 +305,9 @@ class Client:
         )
         self.pending: deque[bytes] = deque()
         """Encoded lines to send, first in line until written whole."""
+        self.sent = 0
+        self.dropped = 0
+        """Lines that parsed but could not be encoded (reported, never sent)."""
         self.line_number = 0
         self.eof = False
         self.listen_until: float | None = None
@@ -325,12 +342,8 @@ class Client:
 
     def _unsent(self, status: int, lines: Lines) -> int:
         """``status``, or 1 with a line saying so when lines read were never sent
-        (queued, or read from stdin and not yet taken: no connection to send them)."""
-        count = len(self.pending)
-        while not lines.queue.empty():
-            line = lines.queue.get_nowait()
-            if line is not None and parse_line(line, self.args.text)[0] in ("json", "text"):
-                count += 1
+        (queued, or read but not yet taken: no connection to send them)."""
+        count = lines.sendable - self.sent - self.dropped
         if not count:
             return status
         self.status(f"{count} line{'s' if count > 1 else ''} not sent")
@@ -375,6 +388,7 @@ class Client:
                 continue
             await self.ws.send_text(self.pending[0])
             self.pending.popleft()
+            self.sent += 1
 
     async def _take(self, lines: Lines) -> bool:
         """Queue the next stdin line to send; False at EOF."""
@@ -391,6 +405,7 @@ class Client:
                 value = self.ws.encode_json(value) if kind == "json" else value.encode()
             except (EncodeError, UnicodeEncodeError) as exc:
                 kind, value = "error", f"cannot be encoded ({exc})"
+                self.dropped += 1
         if kind == "error":
             self.status(f"line {self.line_number} not sent: {value}")
         else:
@@ -401,7 +416,7 @@ class Client:
 async def connect(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
     """Run ``wavegate connect``; the exit status (2 for a bad URL or option)."""
     client = Client(args, out, sys.stderr)
-    lines = Lines(sys.stdin.fileno())
+    lines = Lines(sys.stdin.fileno(), args.text)
     try:
         return await client.run(lines)
     except InvalidURLError as exc:

@@ -65,7 +65,9 @@ class _Printer:
         """Off a terminal (a file, a pipe), a line is never broken: grep must find it."""
         if Console is not None:
             self.console = Console(file=out, highlight=False)
-            self.soft_wrap = not self.console.is_terminal
+            if not self.console.is_terminal:  # tables as wide as their rows need
+                self.console = Console(file=out, highlight=False, width=120)
+                self.soft_wrap = True
         self.started = time.monotonic()
 
     def line(self, text: str, style: str = "") -> None:

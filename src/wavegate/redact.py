@@ -37,52 +37,81 @@ def is_secret_name(name: str) -> bool:
 
 
 def _userinfo(url: str) -> str:
-    """A URL's user info, never failing. When the URL does not parse (a password with
-    an unescaped ``/``, ``?`` or ``#`` makes a "port" of it), all before the last ``@``
-    after the scheme: more than the user info, perhaps, which only means more is
-    redacted."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
+    """A URL's user info, never failing. When the parser took a password for a host
+    and a path (see :func:`misparsed`), all before the last ``@`` after the scheme:
+    more than the user info, perhaps, which only means more is redacted."""
+    if misparsed(url):
         _, sep, rest = url.partition("://")
         userinfo, at, _ = rest.rpartition("@")
         return userinfo if sep and at else ""
-    return parts.netloc.rpartition("@")[0]
+    try:
+        return urlsplit(url).netloc.rpartition("@")[0]
+    except ValueError:  # no @ at all, so no user info: an unclosed IPv6 address, say
+        return ""
+
+
+def misparsed(url: str) -> bool:
+    """Whether the URL parser would take a password for a host and a path: one with
+    ``/``, ``?`` or ``#`` in it, not percent-encoded, cuts the user info short (the
+    parser reads ``user`` as the host and the rest of the password as a port, a path,
+    a query or a fragment). Then the port does not parse, or an ``@`` follows the host
+    in the path or fragment, or in the query after an empty port (``bot:?pw@host``)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError
+    except ValueError:
+        return "@" in url
+    if "@" in parts.netloc:
+        return False
+    return (
+        "@" in parts.path
+        or "@" in parts.fragment
+        or (parts.netloc.endswith(":") and "@" in parts.query)
+    )
 
 
 def redact_url(url: str) -> str:
-    """``url`` with user info and the values of secret-looking query keys removed
-    (a URL too malformed to parse loses its whole query)."""
+    """``url`` with user info and the values of secret-looking query keys removed. A
+    URL that does not parse, or that the parser would misread (see :func:`misparsed`),
+    shows as ``scheme://<redacted>@`` and what follows its last ``@`` up to a ``?`` or
+    ``#``: a password may hold ``/ ? #``, not ``@``."""
     try:
         parts = urlsplit(url)
-        # A "port" the parser cannot read: a password with /, ? or # in it cut the URL
-        # short, and what it shows as the host is a piece of the password.
         parts.port  # noqa: B018 - raises ValueError
+    except ValueError:
+        parts = None
+    if parts is None or misparsed(url):
+        scheme, sep, rest = url.partition("://")
+        _, at, host_and_path = rest.rpartition("@")
+        host_and_path = host_and_path.split("?", 1)[0].split("#", 1)[0]
+        userinfo = f"{REDACTED}@" if at else ""
+        shown = f"{scheme}://{userinfo}{host_and_path}" if sep else REDACTED
+    else:
         netloc = parts.netloc.rsplit("@", 1)[-1]
         query = [
             (key, REDACTED if is_secret_name(key) else value)
             for key, value in parse_qsl(parts.query, keep_blank_values=True)
         ]
         shown = urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="<>"), ""))
-    except ValueError:
-        # All after the last "@" is host and path: a password may hold / ? # but no @.
-        scheme, sep, rest = url.partition("://")
-        host_and_path = rest.rpartition("@")[2].split("?", 1)[0].split("#", 1)[0]
-        shown = f"{scheme}://{host_and_path}" if sep else host_and_path
-    # Whatever a malformed URL made the parser take for a host or a path.
     return scrub_text(shown, secrets_in((url,), {}))
 
 
-def url_problem(exc: ValueError) -> str:
-    """What the URL parser found wrong, in words that quote nothing of the URL (its
-    message quotes the piece it took for a port, which may be part of a password)."""
+_PARSER_PROBLEMS = (
+    ("Port out of range", "its port is out of range (0-65535)"),
+    ("Port could not be cast", "its port is not a number"),
+    ("Invalid IPv6 URL", "its IPv6 address is not closed with ]"),
+)
+
+
+def url_problem(exc: ValueError, url: str = "") -> str:
+    """What the URL parser found wrong, in words of our own: its messages quote pieces
+    of the URL, which may be pieces of a password."""
     text = str(exc)
-    if "out of range" in text:
-        return "its port is out of range (0-65535)"
-    if "port" in text.lower():
-        return "its port is not a number (a password with /, ? or # in it must be percent-encoded)"
-    return re.sub(r"'[^']*'", "'...'", text)
+    why = next((ours for theirs, ours in _PARSER_PROBLEMS if text.startswith(theirs)), "")
+    why = why or "it does not parse as a URL"
+    if "@" in url:
+        why += " (a password with /, ?, # or @ in it must be percent-encoded)"
+    return why
 
 
 def secrets_in(urls: Iterable[str | None], headers: Mapping[str, str]) -> frozenset[str]:

@@ -22,7 +22,14 @@ from .packets import (
     WebsocketPacketText,
 )
 from .policy import DISCORD_VOICE, ClosePolicy
-from .redact import redact_url, scrub_exception, scrub_text, secrets_in, url_problem
+from .redact import (
+    misparsed,
+    redact_url,
+    scrub_exception,
+    scrub_text,
+    secrets_in,
+    url_problem,
+)
 from .signals import (
     DisconnectSignal,
     EncodeError,
@@ -152,6 +159,9 @@ class WebsocketStats:
     bytes_out: int
 
 
+_MISPARSED = "an @ follows its host (a password with /, ?, # or @ in it must be percent-encoded)"
+
+
 def _check_url(url: str) -> None:
     if not isinstance(url, str):
         raise InvalidURLError(f"url must be a str, got {type(url).__name__}")
@@ -159,9 +169,9 @@ def _check_url(url: str) -> None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
-        why = url_problem(exc)
+        why = url_problem(exc, url)
     else:
-        why = ""
+        why = _MISPARSED if misparsed(url) else ""
     if why:
         # Raised out here so that the parser's error, which may quote a piece of the
         # password, is not even its __context__.

@@ -310,6 +310,6 @@ def voice_url(endpoint: str) -> str:
         urlsplit(f"{scheme}://{host}").port  # noqa: B018 - raises ValueError
     except ValueError as exc:
         raise InvalidURLError(
-            f"voice endpoint {redact_url(endpoint)!r}: {url_problem(exc)}"
+            f"voice endpoint {redact_url(endpoint)!r}: {url_problem(exc, endpoint)}"
         ) from None
     return f"{scheme}://{rest}/?v=8"

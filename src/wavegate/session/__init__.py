@@ -79,8 +79,8 @@ class Session:
             past it the session stops reading the socket (TCP backpressure), and
             zombie detection and keepalive wait until the application reads again.
         close_timeout: seconds ``close()`` waits for the runner.
-        zombie_close_code: the code we close a zombie with (not 1000/1001, so the
-            server keeps the session resumable).
+        zombie_close_code: the code we close a zombie with, 3000-4999 (not 1000, so
+            the server keeps the session resumable).
         move_grace: seconds to wait for :meth:`move` after a close with one of
             ``move_codes`` before stopping (Discord voice 4014 on a channel move).
         move_codes: the close codes that open the ``move_grace`` window.
@@ -121,7 +121,7 @@ class Session:
         self.outcome: Outcome | None = None
         """Why the session stopped (``None`` while it runs)."""
         schedule = RetrySchedule(backoff or Backoff(), clock=clock, rng=random_source)
-        rules = RetryRules(max_resume_attempts, move_codes, move_grace)
+        rules = RetryRules(max_resume_attempts, frozenset(move_codes), move_grace)
         self._machine = SessionMachine(rules, schedule)
         self._close_timeout = close_timeout
         self._clock = clock
@@ -469,7 +469,7 @@ def _check_options(options: dict[str, Any]) -> None:
             f"Discord session), got {code!r}"
         )
     move_codes = options["move_codes"]
-    if not isinstance(move_codes, (set, frozenset)) or not all(
+    if isinstance(move_codes, (str, bytes)) or not all(
         isinstance(c, int) and not isinstance(c, bool) for c in move_codes
     ):
         raise TypeError(f"move_codes must be a set of ints, got {move_codes!r}")

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from .. import _checks as checks
 from ..packets import WebsocketPacket
-from ..redact import redact_url, url_problem
+from ..redact import misparsed, redact_url, url_problem
 from ..signals import Event
 
 _TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux
@@ -56,6 +56,8 @@ class TransportOptions:
             if name == "ping_timeout" and self.ping_timeout is None:
                 hint = " (to turn the keepalive off, pass ping_interval=None)"
             checks.positive(name, getattr(self, name), hint=hint)
+        if isinstance(self.max_size, float) and self.max_size.is_integer():
+            object.__setattr__(self, "max_size", int(self.max_size))  # 1e6, say
         if self.max_size is not None:
             if isinstance(self.max_size, bool) or not isinstance(self.max_size, int):
                 raise TypeError(f"max_size must be an int (bytes) or None, got {self.max_size!r}")
@@ -63,9 +65,8 @@ class TransportOptions:
                 raise ValueError(f"max_size must be a positive int or None, got {self.max_size!r}")
         if not isinstance(self.compression, bool):
             raise TypeError(f"compression must be True or False, got {self.compression!r}")
-        _check_headers(self.headers)
         # A copy: the caller's dict may change after, and the check must still hold.
-        object.__setattr__(self, "headers", dict(self.headers))
+        object.__setattr__(self, "headers", _checked_headers(self.headers))
         if self.proxy is not None:
             _check_proxy(self.proxy)
         if not isinstance(self.ssl, (bool, ssl_module.SSLContext)):
@@ -104,7 +105,12 @@ def _check_proxy(proxy: object) -> None:
         parts = urlsplit(proxy)
         host, _ = parts.hostname, parts.port
     except ValueError as exc:
-        raise ValueError(f"proxy is malformed, {url_problem(exc)}: {shown!r}") from None
+        raise ValueError(f"proxy is malformed, {url_problem(exc, proxy)}: {shown!r}") from None
+    if misparsed(proxy):
+        raise ValueError(
+            "proxy is malformed, an @ follows its host (a password with /, ?, # or @ in it "
+            f"must be percent-encoded): {shown!r}"
+        )
     if not host:
         raise ValueError(f"proxy has no host: {shown!r}")
 
@@ -113,21 +119,34 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def _check_headers(headers: object) -> None:
-    """Refuse headers a transport would send broken (picows sends a value's CR LF as
-    is: a header of the caller's making; a non-str value failed inside its callback
-    and the connect waited out its timeout). Values are never shown: they may be
-    secrets."""
-    if not isinstance(headers, Mapping):
+def _checked_headers(headers: object) -> dict[str, str]:
+    """A copy of ``headers`` (a mapping, or pairs), refusing what a transport would
+    send broken: picows sent a value's CR LF as is (a header of the caller's making),
+    and a non-str value failed inside its callback, so the connect waited out its
+    timeout. Values are never shown, nor a name that is not a token: either may hold
+    a secret (``"Authorization: Bot ..."`` given as a name)."""
+    try:
+        if isinstance(headers, (str, bytes)):
+            raise TypeError
+        copied: dict[str, str] = dict(headers)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
         raise TypeError(
             f"headers must be a mapping of header names to str values, got {type(headers).__name__}"
-        )
-    for name, value in headers.items():
+        ) from None
+    for name, value in copied.items():
         if not isinstance(name, str):
             raise TypeError(f"header names must be str, got {type(name).__name__}")
         if not _TOKEN.fullmatch(name):
+            where = next(
+                (
+                    f"has {c!r} at position {i}"
+                    for i, c in enumerate(name)
+                    if not _TOKEN.fullmatch(c)
+                ),
+                "is empty",
+            )
             raise ValueError(
-                f"header name {name!r} is not an HTTP token (letters, digits, !#$%&'*+-.^_`|~)"
+                f"a header name {where}: names are HTTP tokens (letters, digits, !#$%&'*+-.^_`|~)"
             )
         if not isinstance(value, str):
             raise TypeError(f"header {name!r} must have a str value, got {type(value).__name__}")
@@ -135,6 +154,7 @@ def _check_headers(headers: object) -> None:
             raise ValueError(
                 f"header {name!r} has a line break or another control character in its value"
             )
+    return copied
 
 
 class TransportClosed(Exception):
