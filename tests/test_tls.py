@@ -278,19 +278,29 @@ async def test_an_https_proxy_carries_a_connection_on_every_transport(
     assert len(proxy.targets) == 1
 
 
-async def test_an_https_proxy_with_an_untrusted_certificate_is_refused(
-    authority: trustme.CA, make_ws: WebsocketFactory
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_an_https_proxy_with_an_untrusted_certificate_is_refused_and_named(
+    authority: trustme.CA, make_ws: WebsocketFactory, scheme: str, transport: str
 ) -> None:
     proxy = ConnectProxy()
     async with (
         proxy.running(tls=server_context(authority)) as proxy_url,
-        websockets_server(_echo_until_closed) as url,
+        websockets_server(_echo_until_closed, ssl=server_context(authority)) as url,
     ):
         ws = make_ws(proxy=proxy_url, ping_interval=None)  # ssl=True: the system's CAs
+        if transport == "aiohttp" and scheme == "wss" and sys.version_info < (3, 11):
+            with pytest.raises(InvalidURLError, match=r"needs Python 3\.11 on the aiohttp"):
+                await ws.connect(url.replace("ws:", "wss:"))  # before any TLS
+            return
         with pytest.raises(DisconnectSignal) as caught:
-            await ws.connect(url)
+            await ws.connect(url.replace("ws:", f"{scheme}:"))
     assert caught.value.event is Event.CONNECT_TLS_CERTIFICATE
     assert proxy.targets == []
+    # It read as the server's fault (found by review): with a ws:// server, only the
+    # proxy speaks TLS; with a wss:// one, either may have failed.
+    port = urlsplit(proxy_url).port
+    hop = f"(at the proxy 127.0.0.1:{port})" if scheme == "ws" else "(at the proxy 127.0.0.1"
+    assert hop in caught.value.reason, caught.value.reason
 
 
 @pytest.mark.timeout(60)

@@ -483,7 +483,7 @@ class Websocket:
             failed.__traceback__ = None
             _scrub_in_place(failed, conn.secrets)
             reason = tls_mismatch_hint(conn.url, failed.event, failed.reason)
-            reason = proxy_hint(self._options.proxy, failed.event, reason)
+            reason = proxy_hint(self._options.proxy, conn.url, failed.event, reason)
             self._record_ending(conn, failed.event, failed.code, reason, False, failed.__cause__)
             return self._finish(conn)
         except asyncio.CancelledError:

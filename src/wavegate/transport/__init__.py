@@ -409,14 +409,25 @@ _HUNG_UP = re.compile(
 """A server that hung up during the TLS handshake: a plain server may do that too."""
 
 
-def proxy_hint(proxy: str | None, event: Event, reason: str) -> str:
+_TLS_EVENTS = (Event.CONNECT_TLS, Event.CONNECT_TLS_CERTIFICATE)
+
+
+def proxy_hint(proxy: str | None, url: str, event: Event, reason: str) -> str:
     """``reason``, saying it was the proxy when through one the only connection made
     was to it: a refused or unresolved connect (the server's own failures come back
-    as the proxy's HTTP status)."""
-    if proxy is None or event not in (Event.CONNECT_REFUSED, Event.CONNECT_DNS):
+    as the proxy's HTTP status), or TLS through an ``https://`` proxy to a ``ws://``
+    server. TLS to a ``wss://`` server through one may be either's: it says so."""
+    if proxy is None:
         return reason
     parts = urlsplit(proxy)
-    return f"{reason} (at the proxy {parts.hostname}:{parts.port or 'default port'})"
+    at_proxy = f"at the proxy {parts.hostname}:{parts.port or 'default port'}"
+    if event in (Event.CONNECT_REFUSED, Event.CONNECT_DNS):
+        return f"{reason} ({at_proxy})"
+    if event in _TLS_EVENTS and parts.scheme.lower() == "https":
+        if urlsplit(url).scheme.lower() == "wss":
+            return f"{reason} (at the proxy {parts.hostname} or at the server: both are TLS)"
+        return f"{reason} ({at_proxy})"
+    return reason
 
 
 def tls_mismatch_hint(url: str, event: Event, reason: str) -> str:
