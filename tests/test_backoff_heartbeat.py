@@ -96,6 +96,35 @@ def test_count_resets_only_after_a_healthy_period() -> None:
     assert schedule.attempts == 1
 
 
+def test_only_attempts_that_never_got_a_usable_connection_count_towards_giving_up() -> None:
+    # Found by a new-user trial: a server recycling connections more often than
+    # reset_after made a session give up, though every resume worked.
+    clock = FakeClock()
+    schedule = RetrySchedule(
+        Backoff(reset_after=10, max_attempts=3), clock=clock, rng=random.Random(1)
+    )
+    for _ in range(20):  # each connection usable, for less than reset_after
+        assert schedule.next_delay() is not None
+        schedule.healthy()
+        clock.now += 1
+    assert schedule.attempts == 20  # still backed off from: no hammering
+    assert schedule.failures == 0
+    assert [schedule.next_delay() is not None for _ in range(4)] == [True, True, True, False]
+    assert schedule.failures == 3
+
+
+def test_with_the_defaults_a_connection_recycled_every_25_s_is_retried_as_a_first_retry() -> None:
+    # A load balancer's recycling is not a flapping server: 25 s of use resets the count
+    # (it took 30 s), so each retry is the first since a healthy connection.
+    clock = FakeClock()
+    schedule = RetrySchedule(Backoff(), clock=clock, rng=random.Random(1))
+    for _ in range(20):
+        schedule.healthy()
+        clock.now += 25
+        assert schedule.next_delay() is not None
+        assert schedule.attempts == 1
+
+
 @pytest.mark.parametrize(
     "options", [{"base": 0}, {"cap": -1}, {"factor": 0.5}, {"max_attempts": 0}, {"reset_after": -1}]
 )

@@ -97,6 +97,34 @@ async def test_a_protocol_of_your_own_runs_on_the_session() -> None:
     assert [e.kind for e in events][:2] == [EventKind.CONNECTING, EventKind.READY]
 
 
+async def test_a_server_that_recycles_every_connection_is_followed_for_ever() -> None:
+    # Found by a new-user trial: every retry, resumes that worked included, counted
+    # towards max_attempts, so a feed recycled more often than reset_after stopped
+    # for good (retries_exhausted) though each resume worked.
+    from websockets.asyncio.server import ServerConnection as ForeignConnection
+
+    from .peers import websockets_server
+
+    sent = 0
+
+    async def recycle_after_two(ws: ForeignConnection) -> None:
+        nonlocal sent
+        hello = json.loads(await ws.recv())
+        await ws.send(json.dumps({"op": "welcome", "resumed": hello["op"] == "resume"}))
+        for _ in range(2):
+            await ws.send(json.dumps({"op": "data", "n": sent}))
+            sent += 1
+        await ws.close(4000, "recycled")
+
+    backoff = Backoff(base=0.001, cap=0.01, max_attempts=3)
+    async with websockets_server(recycle_after_two) as url:
+        session = Session(url, Feed(heartbeat=None), backoff=backoff)
+        async with session:
+            numbers = [(await asyncio.wait_for(session.receive(), 10))["n"] for _ in range(20)]
+            assert session.outcome is None  # 10 connections, each recycled: still going
+    assert numbers == list(range(20))
+
+
 @pytest.mark.timeout(30)
 async def test_a_handshake_that_ends_at_once_is_still_ready_and_never_loops() -> None:
     connections = 0

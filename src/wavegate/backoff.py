@@ -27,17 +27,20 @@ class Backoff:
         base: the ceiling of the first delay, in seconds.
         factor: growth of the ceiling per failed attempt.
         cap: the largest ceiling.
-        max_attempts: consecutive failed attempts allowed before giving up
-            (``None``: never give up).
-        reset_after: seconds a connection must stay healthy before the attempt count
-            starts again from zero.
+        max_attempts: consecutive attempts allowed that never got a usable
+            connection, before giving up (``None``: never give up). An attempt that
+            got one, however short its life, does not count: a server that recycles
+            connections is followed for ever (backed off from while it flaps).
+        reset_after: seconds a connection must stay usable before the delays start
+            again from the first (and a retry after it is immediate): shorter-lived
+            connections are a flapping server's, backed off from.
     """
 
     base: float = 0.5
     factor: float = 2.0
     cap: float = 30.0
     max_attempts: int | None = 10
-    reset_after: float = 30.0
+    reset_after: float = 10.0
 
     def __post_init__(self) -> None:
         checks.positive("base", self.base)
@@ -61,10 +64,11 @@ state, a real share of a session's memory when a process runs thousands of them.
 
 
 class RetrySchedule:
-    """Counts consecutive failures and hands out the delay before the next attempt.
+    """Counts retries and hands out the delay before the next attempt.
 
-    Call :meth:`healthy` when a connection becomes usable; the count resets only if it
-    then stays up for ``backoff.reset_after`` seconds (checked at the next failure).
+    Call :meth:`healthy` when a connection becomes usable: that ends a run of
+    :attr:`failures` at once, and the delays start again from the first only if it
+    then stays up for ``backoff.reset_after`` seconds (checked at the next retry).
     """
 
     def __init__(
@@ -78,16 +82,25 @@ class RetrySchedule:
         self._clock = clock
         self._rng = rng or _JITTER
         self._attempts = 0
+        self._failures = 0
         self._healthy_since: float | None = None
 
     @property
     def attempts(self) -> int:
-        """Consecutive failed attempts so far."""
+        """Retries since a connection last stayed usable for ``reset_after`` (the
+        delays grow with it)."""
         return self._attempts
 
+    @property
+    def failures(self) -> int:
+        """Retries since a connection was last usable at all (``max_attempts`` bounds
+        it)."""
+        return self._failures
+
     def healthy(self) -> None:
-        """A connection is up (the reset clock starts)."""
+        """A connection is usable: the failures end, the reset clock starts."""
         self._healthy_since = self._clock()
+        self._failures = 0
 
     def next_delay(self) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` when attempts are spent."""
@@ -98,8 +111,9 @@ class RetrySchedule:
             self._attempts = 0
         self._healthy_since = None
         limit = self.backoff.max_attempts
-        if limit is not None and self._attempts >= limit:
+        if limit is not None and self._failures >= limit:
             return None
         delay = self._rng.uniform(0, self.backoff.ceiling(self._attempts))
         self._attempts += 1
+        self._failures += 1
         return delay

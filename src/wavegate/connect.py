@@ -159,11 +159,15 @@ class Step:
     message: str = ""
 
 
-def decide(signal: Signal, delay: float | None, attempts: int, url: str = "") -> Step:
+def decide(
+    signal: Signal, delay: float | None, attempts: int, url: str = "", failures: int | None = None
+) -> Step:
     """The step after ``signal``; ``delay`` is the retry schedule's next delay
-    (``None``: attempts spent), ``attempts`` the failures counted so far, this one
-    included. A resume is at once only the first time in a row: a server that keeps
-    asking for one is backed off from like any other."""
+    (``None``: attempts spent), ``attempts`` the retries since a connection stayed up
+    (this one included), ``failures`` those since one was up at all (what the give-up
+    line counts; ``attempts`` when not given). A resume is at once only the first time
+    in a row: a server that keeps asking for one is backed off from like any other."""
+    failures = attempts if failures is None else failures
     if isinstance(signal, DisconnectSignal):
         if signal.code == 1000 and not signal.initiated_locally:  # a normal closure
             return Step("stop", status=0, message="closed by the server (1000)")
@@ -173,7 +177,7 @@ def decide(signal: Signal, delay: float | None, attempts: int, url: str = "") ->
         return Step("stop", status=1, message=f"stopped: {describe(signal, url)}{hint}")
     if delay is None:
         retries = {0: "without retrying", 1: "after 1 retry"}.get(
-            attempts, f"after {attempts} retries"
+            failures, f"after {failures} retries"
         )
         given_up = f"gave up {retries}: {describe(signal, url)}"
         return Step("stop", status=1, message=given_up)
@@ -327,7 +331,7 @@ class Client:
                 await self._pump(lines)
             except Signal as signal:
                 delay = schedule.next_delay() if retries else None
-                step = decide(signal, delay, schedule.attempts, self.url)
+                step = decide(signal, delay, schedule.attempts, self.url, schedule.failures)
                 self.status(step.message)
                 if step.action == "stop":
                     return self._unsent(step.status, lines)

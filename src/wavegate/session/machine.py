@@ -200,9 +200,10 @@ def decide(
 ) -> Decision:
     """What to do after a connection ended (docs/supervisor.md, "Decisions").
 
-    Every retry counts against the backoff; the first resume after a connection that
+    Every retry grows the backoff's delays; the first resume after a connection that
     stayed healthy is immediate, while one that flaps (READY, then at once closed
-    again) backs off like any other retry.
+    again) backs off like any other retry. Only retries that never reached READY
+    count towards giving up (see :class:`~wavegate.RetrySchedule`).
 
     Args:
         ending: how it ended.
