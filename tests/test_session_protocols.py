@@ -97,6 +97,35 @@ async def test_a_protocol_of_your_own_runs_on_the_session() -> None:
     assert [e.kind for e in events][:2] == [EventKind.CONNECTING, EventKind.READY]
 
 
+class Broken(Feed):
+    """A feed whose own code raises on the first data message (a bug of its own)."""
+
+    def receive(self, packet: WebsocketPacket) -> list[Output]:
+        assert isinstance(packet, WebsocketPacketJSON)
+        if packet.payload["op"] == "data":
+            raise ValueError("tick without a price")
+        return super().receive(packet)
+
+
+async def test_an_error_outcome_names_the_exception_not_only_our_close() -> None:
+    # Found by a new-user trial: it said "error: local_close (code 4000, local)", the
+    # code we closed with, and the exception only showed in the log.
+    async def serve(conn: ServerConnection) -> None:
+        await conn.receive_json()
+        await conn.send_json({"op": "welcome"})
+        await conn.send_json({"op": "data", "n": 0})
+        await answer_pings(conn)
+
+    events: list[SessionEvent] = []
+    async with WebsocketTestServer(serve) as server:
+        session = Session(server.url, Broken(), on_event=events.append)
+        await session.start()
+        outcome = await asyncio.wait_for(session.wait_closed(), 10)
+    assert str(outcome).startswith("error: ValueError: tick without a price"), str(outcome)
+    stopped = [event for event in events if event.kind is EventKind.STOPPED]
+    assert stopped[0].detail == "error: ValueError: tick without a price"
+
+
 async def test_a_server_that_recycles_every_connection_is_followed_for_ever() -> None:
     # Found by a new-user trial: every retry, resumes that worked included, counted
     # towards max_attempts, so a feed recycled more often than reset_after stopped

@@ -440,7 +440,7 @@ class Session:
         )
         self._inbox.close(lambda: SessionClosedError(f"session stopped: {outcome}", outcome))
         log.info("session stopped: %s", outcome)
-        self._hub.emit(EventKind.STOPPED, signal=outcome.signal, detail=outcome.reason)
+        self._hub.emit(EventKind.STOPPED, signal=outcome.signal, detail=outcome.summary)
         self._hub.close()
 
 

@@ -111,8 +111,19 @@ class Outcome:
         """The close code (or HTTP status) of the last signal."""
         return None if self.signal is None else self.signal.code
 
+    @property
+    def summary(self) -> str:
+        """The reason, and for ``"error"`` the exception: ``error: ValueError: ...``."""
+        if self.error is None:
+            return self.reason
+        return f"{self.reason}: {type(self.error).__name__}: {self.error}"
+
     def __str__(self) -> str:
-        text = self.reason if self.signal is None else f"{self.reason}: {self.signal}"
+        if self.error is not None:  # the signal is only how we closed: our own 4000
+            code = None if self.signal is None else self.signal.code
+            text = self.summary + (f" (closed with {code})" if code is not None else "")
+        else:
+            text = self.reason if self.signal is None else f"{self.reason}: {self.signal}"
         return f"{text} ({self.explanation})" if self.explanation else text
 
 
