@@ -5,6 +5,7 @@ is cancelled, a slow application during a resume, close() before start()."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections import Counter
 from typing import Any
@@ -95,6 +96,35 @@ async def test_a_protocol_of_your_own_runs_on_the_session() -> None:
             assert [(await session.receive())["n"] for _ in range(3)] == [0, 1, 2]
             await eventually(lambda: session.latency is not None)
     assert [e.kind for e in events][:2] == [EventKind.CONNECTING, EventKind.READY]
+
+
+async def test_events_subscribes_when_called_not_when_first_read() -> None:
+    # Found by a new-user trial: the subscription began at the first read, so events
+    # before it (CONNECTING, or all of them, read after close()) were missed.
+    async def serve(conn: ServerConnection) -> None:
+        await conn.receive_json()
+        await conn.send_json({"op": "welcome"})
+        await answer_pings(conn)
+
+    async with WebsocketTestServer(serve) as server:
+        session = Session(server.url, Feed())
+        early, late = session.events(), session.events()
+        await session.start()
+        await session.wait_ready(5)
+        first = await anext(early)
+        await session.close()
+        everything = [event.kind async for event in late]
+    assert first.kind is EventKind.CONNECTING
+    assert everything[:2] == [EventKind.CONNECTING, EventKind.READY]
+    assert everything[-1] is EventKind.STOPPED
+
+
+def test_a_subscription_never_read_is_let_go() -> None:
+    session = Session("ws://127.0.0.1:9/", Feed())
+    for _ in range(3):
+        session.events()
+    gc.collect()
+    assert session._hub._subscribers == []
 
 
 class Broken(Feed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -159,16 +160,28 @@ class EventHub:
             self._stats.events_dropped += 1
         queue.put_nowait(item)
 
-    async def subscribe(self) -> AsyncIterator[SessionEvent]:
-        """Every event from now on, until :meth:`close`."""
+    def subscribe(self) -> AsyncIterator[SessionEvent]:
+        """Every event from now on (from this call, not from the first read), until
+        :meth:`close`."""
         queue: asyncio.Queue[SessionEvent | None] = asyncio.Queue(maxsize=self._backlog)
-        self._subscribers.append(queue)
+        if self._closed:
+            queue.put_nowait(None)
+        else:
+            self._subscribers.append(queue)
+        events = self._read(queue)
+        # A subscription never read (or dropped unfinished) is let go with its reader.
+        weakref.finalize(events, self._unsubscribe, queue)
+        return events
+
+    async def _read(self, queue: asyncio.Queue[SessionEvent | None]) -> AsyncIterator[SessionEvent]:
         try:
-            if self._closed:
-                return
             while (event := await queue.get()) is not None:
                 yield event
         finally:
+            self._unsubscribe(queue)
+
+    def _unsubscribe(self, queue: asyncio.Queue[SessionEvent | None]) -> None:
+        if queue in self._subscribers:
             self._subscribers.remove(queue)
 
     def close(self) -> None:
