@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection
 
 from wavegate import (
+    GENERIC,
     Backoff,
     DisconnectSignal,
     Event,
+    HandshakeDone,
+    InvalidURLError,
     ResumeSignal,
+    Send,
+    Session,
     WaitTimeoutError,
     Websocket,
     WebsocketPacketJSON,
@@ -367,6 +374,26 @@ def test_timing_options_that_make_no_sense_are_refused_by_name(
 NAN = float("nan")
 
 
+class _Feed:
+    def start(self, *, resume: bool) -> list[Any]:
+        return []
+
+    def receive(self, packet: Any) -> list[Any]:
+        return []
+
+    def heartbeat(self, nonce: int) -> dict[str, Any]:
+        return {}
+
+    def can_resume(self) -> bool:
+        return False
+
+    def new_session(self) -> None:
+        pass
+
+
+FEED = _Feed()
+
+
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
@@ -501,3 +528,50 @@ def test_options_given_in_other_reasonable_forms_are_taken() -> None:
     assert isinstance(ws._options.max_size, int)
     client = VoiceClient("127.0.0.1:9", CREDENTIALS, move_codes=[4014])
     assert client._machine.rules.move_codes == frozenset({4014})
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        # Found by a new-user trial: each was taken, then stopped a session with
+        # outcome "error" (or, NaN and infinity, silently turned heartbeats off).
+        (lambda: HandshakeDone(0, resumed=False), ValueError, "heartbeat_interval must be"),
+        (lambda: HandshakeDone(-1, resumed=False), ValueError, "heartbeat_interval must be"),
+        (lambda: HandshakeDone(NAN, resumed=False), ValueError, "heartbeat_interval must be"),
+        (
+            lambda: HandshakeDone(float("inf"), resumed=False),
+            ValueError,
+            "heartbeat_interval must be",
+        ),
+        (lambda: Send("text"), TypeError, "Send takes a dict (JSON) or bytes, got str"),  # type: ignore[arg-type]
+        (
+            lambda: GENERIC.derive(no_close_frame="resume"),
+            TypeError,
+            "no_close_frame must be a wavegate.Action, got 'resume'",
+        ),
+        (
+            lambda: GENERIC.derive(http_5xx=None),
+            TypeError,
+            "http_5xx must be a wavegate.Action, got None",
+        ),
+        (lambda: Session("http://feed.example/", FEED), InvalidURLError, "ws:// or wss://"),
+        (lambda: Session("not a url", FEED), InvalidURLError, "URL scheme must be"),
+        (
+            lambda: Session("ws://feed.example/", None),  # type: ignore[arg-type]
+            TypeError,
+            "protocol must be a GatewayProtocol (start, receive, heartbeat, can_resume,"
+            " new_session), got NoneType",
+        ),
+    ],
+)
+def test_protocol_outputs_policies_and_sessions_refuse_bad_values_at_once(
+    make: Callable[[], object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error) as caught:
+        make()
+    assert message in str(caught.value), str(caught.value)
+
+
+async def test_wait_closed_before_start_says_so() -> None:
+    with pytest.raises(RuntimeError, match=r"wait_closed\(\) before start\(\)"):
+        await Session("ws://feed.example/", FEED).wait_closed()

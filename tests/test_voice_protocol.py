@@ -61,6 +61,13 @@ def test_voice_url_keeps_the_port(endpoint: str, url: str) -> None:
     assert voice_url(endpoint) == url
 
 
+@pytest.mark.parametrize("interval", [0, -1, "nan", "inf", "Infinity"])
+def test_a_hello_whose_interval_is_not_a_positive_number_is_malformed(interval: object) -> None:
+    # A handshake done with it stopped the session (0) or turned heartbeats off (NaN).
+    with pytest.raises(ValueError, match="malformed payload for op 8"):
+        parse_json({"op": 8, "d": {"v": 8, "heartbeat_interval": interval}})
+
+
 def test_typed_payloads() -> None:
     assert parse_json({"op": 8, "d": {"v": 8, "heartbeat_interval": 13750.5}}) == Hello(13750.5, 8)
     assert parse_json(

@@ -76,6 +76,17 @@ def _frozen(mapping: Mapping[int, Action]) -> Mapping[int, Action]:
     return MappingProxyType(dict(mapping))
 
 
+_ACTION_FIELDS = (
+    "unknown_code",
+    "no_close_frame",
+    "transport_error",
+    "keepalive_timeout",
+    "local_close",
+    "http_5xx",
+    "http_other",
+)
+
+
 @dataclass(frozen=True)
 class ClosePolicy:
     """A close-code policy: data that turns each connection end into an action.
@@ -112,6 +123,10 @@ class ClosePolicy:
     http_other: Action = DISCONNECT
 
     def __post_init__(self) -> None:
+        for name in _ACTION_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, Action):
+                raise TypeError(f"{name} must be a wavegate.Action, got {value!r}")
         object.__setattr__(self, "codes", _frozen(self.codes))
         missing = CONNECT_FAILURES - set(self.connect_failures)
         if missing:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from . import _checks as checks
 from .packets import WebsocketPacket
 from .signals import Signal
 
@@ -49,6 +50,11 @@ class Send:
     """Send ``payload``: a dict as a JSON text frame, bytes as a binary frame."""
 
     payload: dict[str, Any] | bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.payload, (dict, bytes)):
+            kind = type(self.payload).__name__
+            raise TypeError(f"Send takes a dict (JSON) or bytes, got {kind}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,10 @@ class HandshakeDone:
 
     heartbeat_interval: float | None
     resumed: bool
+
+    def __post_init__(self) -> None:
+        # NaN or infinity would turn heartbeats, and zombie detection, off unseen.
+        checks.positive("heartbeat_interval", self.heartbeat_interval, none=True)
 
 
 @dataclass(frozen=True, slots=True)

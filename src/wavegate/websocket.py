@@ -162,7 +162,9 @@ class WebsocketStats:
 _MISPARSED = "an @ follows its host (a password with /, ?, # or @ in it must be percent-encoded)"
 
 
-def _check_url(url: str) -> None:
+def check_url(url: str) -> None:
+    """Raise :class:`InvalidURLError` unless ``url`` is a ``ws://`` or ``wss://`` URL
+    with a host, in words that never show its secrets."""
     if not isinstance(url, str):
         raise InvalidURLError(f"url must be a str, got {type(url).__name__}")
     try:
@@ -447,7 +449,7 @@ class Websocket:
             DisconnectSignal: the open failed for good (4xx, bad certificate, a
                 handshake that breaks RFC 6455), or ``disconnect()`` was called meanwhile.
         """
-        _check_url(url)
+        check_url(url)
         while self._state is not _DISCONNECTED:
             if self._state is _CONNECTING:
                 await self._wait_opening()  # share the opening in flight

@@ -14,6 +14,7 @@ from enum import IntEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from .. import _checks as checks
 from ..redact import redact_url, url_problem
 from ..signals import InvalidURLError
 
@@ -112,6 +113,9 @@ class Hello:
 
     heartbeat_interval: float
     version: int | None = None
+
+    def __post_init__(self) -> None:
+        checks.positive("heartbeat_interval", self.heartbeat_interval)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from ..backoff import Backoff, RetrySchedule
 from ..protocol import GatewayProtocol, HandshakeDone
 from ..redact import redact_url
 from ..signals import SessionClosedError, Signal, WaitTimeoutError
-from ..websocket import Websocket, check_close
+from ..websocket import Websocket, check_close, check_url
 from . import connection
 from .events import EventHub, EventKind, OnEvent, SessionEvent, SessionStats
 from .inbox import Inbox
@@ -241,7 +241,8 @@ class Session:
         if self._runner is not None:
             await asyncio.wait({self._runner})
         await self._hub.drained(self._close_timeout)  # an async on_event has had them all
-        assert self.outcome is not None, "session was never started"
+        if self.outcome is None:
+            raise RuntimeError("wait_closed() before start(): the session never ran")
         return self.outcome
 
     async def __aenter__(self: _S) -> _S:
@@ -452,8 +453,18 @@ async def _set_within(event: Flag, delay: float) -> bool:
     return event.is_set()
 
 
+_PROTOCOL_METHODS = ("start", "receive", "heartbeat", "can_resume", "new_session")
+
+
 def _check_options(options: dict[str, Any]) -> None:
     """Refuse, by name, an option that would fail later and far from its cause."""
+    check_url(options["url"])
+    protocol = options["protocol"]
+    if not all(callable(getattr(protocol, name, None)) for name in _PROTOCOL_METHODS):
+        raise TypeError(
+            f"protocol must be a GatewayProtocol ({', '.join(_PROTOCOL_METHODS)}), "
+            f"got {type(protocol).__name__}"
+        )
     checks.count("max_resume_attempts", options["max_resume_attempts"], 0)
     checks.count("max_missed_acks", options["max_missed_acks"], 1)
     for name in ("send_queue_size", "receive_queue_size"):
