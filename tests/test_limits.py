@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import tracemalloc
 import zlib
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -108,3 +110,28 @@ async def test_a_decompression_bomb_is_stopped_by_max_size(server: WebsocketTest
         await ws.disconnect()
     assert (caught.value.code, caught.value.event) == (1009, Event.PROTOCOL_ERROR)
     assert peak < 32 << 20  # nowhere near the 200 MiB it would inflate to
+
+
+async def test_a_message_over_max_size_reads_the_same_and_logs_no_error_on_any_transport(
+    make_ws: WebsocketFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Found by a new-user trial: aiohttp said "exceeds limit 1001" for max_size=1000
+    # (its limit is ours plus one), and picows logged the peer's fault at ERROR and a
+    # refused attempt's TCP connection at INFO ("WS connection established").
+    from .peers import websockets_server
+
+    async def oversized(conn: Any) -> None:
+        await conn.send("x" * 5000)
+        await conn.wait_closed()
+
+    caplog.set_level(logging.INFO)
+    async with websockets_server(oversized, max_size=None) as url:
+        ws = make_ws(max_size=1000)
+        await ws.connect(url)
+        with pytest.raises(Signal) as caught:
+            await ws.receive()
+    assert caught.value.code == 1009
+    assert type(caught.value.code) is int
+    assert caught.value.reason == "message larger than max_size (1000 bytes)"
+    ours = [r for r in caplog.records if r.name.startswith("wavegate.transport")]
+    assert [r.getMessage() for r in ours if r.levelno >= logging.INFO] == []

@@ -15,10 +15,13 @@ import pytest
 from wavegate import (
     Backoff,
     Deliver,
+    Event,
+    Fail,
     HandshakeDone,
     HeartbeatAck,
     Output,
     Perform,
+    ReconnectSignal,
     Send,
     Session,
     SessionState,
@@ -125,6 +128,40 @@ def test_a_subscription_never_read_is_let_go() -> None:
         session.events()
     gc.collect()
     assert session._hub._subscribers == []
+
+
+class Strict(Feed):
+    """A feed that refuses a message out of sequence with ``Fail``."""
+
+    def receive(self, packet: WebsocketPacket) -> list[Output]:
+        assert isinstance(packet, WebsocketPacketJSON)
+        if packet.payload.get("n") == 99:
+            return [Fail(ReconnectSignal("sequence gap: " + "é" * 80, event=Event.PEER_CLOSE))]
+        return super().receive(packet)
+
+
+async def test_a_protocols_fail_tells_the_server_why_in_the_close_frame() -> None:
+    # Found by a new-user trial: the close said 4000 and nothing more.
+    from websockets.asyncio.server import ServerConnection as ForeignConnection
+
+    from .peers import websockets_server
+
+    reasons: list[str] = []
+
+    async def gap(ws: ForeignConnection) -> None:
+        await ws.recv()
+        await ws.send(json.dumps({"op": "welcome"}))
+        await ws.send(json.dumps({"op": "data", "n": 99}))
+        await ws.wait_closed()
+        assert ws.close_reason is not None
+        reasons.append(ws.close_reason)
+
+    async with websockets_server(gap) as url:
+        session = Session(url, Strict(heartbeat=None), backoff=FAST)
+        async with session:
+            await eventually(lambda: bool(reasons))
+    assert reasons[0].startswith("sequence gap: éé")
+    assert len(reasons[0].encode()) <= 123
 
 
 class Broken(Feed):

@@ -182,6 +182,7 @@ async def _carry_out_one(link: Link, output: Output) -> None:
     elif isinstance(output, Notify):
         parts.hub.emit(output.kind, detail=output.detail, data=dict(output.data))
     elif isinstance(output, Fail):
+        link.close_reason = _close_reason(output.signal.reason)  # the server learns why
         link.end(output.signal)
     else:  # pragma: no cover - the Output union is closed
         raise TypeError(f"unknown protocol output {output!r}")
@@ -371,6 +372,11 @@ class Beats:
             self._link.failed(error)
         elif self._asked:
             self.now()
+
+
+def _close_reason(text: str) -> str:
+    """``text`` cut to the 123 bytes of UTF-8 a close frame carries, on a character."""
+    return text.encode()[:123].decode(errors="ignore")
 
 
 def _timed_out(link: Link, reason: str, close_reason: str) -> None:

@@ -32,6 +32,7 @@ from . import (
 
 _KINDS = {TEXT: WSMsgType.TEXT, BINARY: WSMsgType.BINARY}
 _ABNORMAL = 1006
+_TOO_BIG = 1009
 # Codes an endpoint may put in a close frame it sends (RFC 6455 7.4.1).
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
@@ -204,11 +205,14 @@ class AiohttpTransport:
     our own close, a keepalive expiry); every later failure reports it.
     """
 
-    __slots__ = ("_ending", "_shared", "_socket", "_tls", "_ws")
+    __slots__ = ("_ending", "_max_size", "_shared", "_socket", "_tls", "_ws")
 
-    def __init__(self, shared: _SharedSession | None, ws: _WebSocketResponse) -> None:
+    def __init__(
+        self, shared: _SharedSession | None, ws: _WebSocketResponse, max_size: int | None = None
+    ) -> None:
         self._shared = shared
         self._ws = ws
+        self._max_size = max_size
         self._ending: TransportClosed | None = None
         self._tls = ws.get_extra_info("ssl_object") is not None
         self._socket = ws.get_extra_info("socket")
@@ -286,14 +290,16 @@ class AiohttpTransport:
             Event.NO_CLOSE_FRAME, _ABNORMAL, "connection lost without a close frame"
         )
 
-    @staticmethod
-    def _error(exc: BaseException) -> TransportClosed:
+    def _error(self, exc: BaseException) -> TransportClosed:
         if isinstance(exc, aiohttp.ServerTimeoutError):
             ended = TransportClosed(
                 Event.KEEPALIVE_TIMEOUT, _ABNORMAL, "no pong from the peer", local=True
             )
         elif isinstance(exc, aiohttp.WebSocketError):
-            ended = TransportClosed(Event.PROTOCOL_ERROR, exc.code, str(exc), local=True)
+            code, why = int(exc.code), str(exc)
+            if code == _TOO_BIG:  # aiohttp's limit is ours plus one: say ours, as picows
+                why = f"message larger than max_size ({self._max_size} bytes)"
+            ended = TransportClosed(Event.PROTOCOL_ERROR, code, why, local=True)
         else:
             ended = TransportClosed(
                 Event.TRANSPORT_ERROR, _ABNORMAL, f"{type(exc).__name__}: {exc}"
@@ -455,4 +461,4 @@ async def connect(url: str, options: TransportOptions) -> AiohttpTransport:
     if options.ping_interval is not None:
         # aiohttp waits heartbeat/2 for the pong; honour ping_timeout instead.
         ws._pong_heartbeat = options.ping_timeout
-    return AiohttpTransport(shared, ws)
+    return AiohttpTransport(shared, ws, options.max_size)

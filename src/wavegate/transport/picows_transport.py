@@ -69,7 +69,25 @@ otherwise grow memory without bound."""
 _FLOOD_CHECK = 0.05
 """Seconds between checks of the write buffer while writing is paused."""
 _log = logging.getLogger("wavegate.transport.picows")
-_CONNECTION_LOG = logging.LoggerAdapter(_log, {})
+
+
+class _QuieterLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """picows' chatter one level down: it logs each TCP connection at INFO (even one
+    whose handshake is then refused) and a peer's protocol error at ERROR, where
+    wavegate reports each opening and ending itself (the signal, logged at INFO)."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if level == logging.INFO or str(msg).startswith(_PEERS_FAULT):
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
+
+
+_PEERS_FAULT = ("WS parser error", "on_ws_frame raised WSProtocolError")
+"""picows' words for a frame that broke the protocol (found by its parser, or by our
+listener, which raises ``WSProtocolError`` to have picows close with the code)."""
+
+
+_CONNECTION_LOG = _QuieterLog(_log, {})
 """What picows logs through: given a ``Logger``, picows makes a child ``Logger`` for
 every connection (five objects, ~1 KiB, for the garbage collector to walk); given an
 adapter, it uses it as it is. Its records come under this module's name (they came
@@ -261,13 +279,14 @@ class PicowsTransport:
         ended.__cause__ = exc
         return self._record(ended)
 
-    @staticmethod
-    def _closed(rcvd: Any, sent: Any, rcvd_then_sent: bool) -> TransportClosed:
+    def _closed(self, rcvd: Any, sent: Any, rcvd_then_sent: bool) -> TransportClosed:
         if rcvd is not None and (sent is None or rcvd_then_sent):
             return TransportClosed(Event.PEER_CLOSE, int(rcvd.code) or 1005, rcvd.reason or "")
         if sent is not None:
             # picows closed it for a protocol error: 1002, 1007 (bad UTF-8), 1009 (size).
             code, reason = int(sent.code), sent.reason or ""
+            if code == 1009:  # worded as the compiled listener and aiohttp word it
+                reason = f"message larger than max_size ({self._options.max_size} bytes)"
             return TransportClosed(Event.PROTOCOL_ERROR, code, reason, local=True)
         return TransportClosed(
             Event.NO_CLOSE_FRAME, _ABNORMAL, "connection lost without a close frame"
