@@ -542,3 +542,19 @@ def test_wait_takes_inf_for_until_the_server_closes() -> None:
     assert wait_seconds("2.5") == 2.5
     with pytest.raises(argparse.ArgumentTypeError, match="'nan' is not a finite number"):
         wait_seconds("nan")
+
+
+async def test_a_server_that_accepts_then_closes_at_once_is_given_up_on(
+    command_cleanup: list[Command],
+) -> None:
+    # Found by review: a connection counted as working once open, so --retries never
+    # ran out against it. It counts once a frame has gone either way.
+    async def close_at_once(ws: ServerConnection) -> None:
+        await ws.close(1011, "overloaded")
+
+    async with websockets_server(close_at_once) as url:
+        command = await Command.start("--retries", "2", url)
+        command_cleanup.append(command)
+        line = await command.status_line("gave up")
+        assert "gave up after 2 retries: close 1011 (overloaded)" in line, line
+        assert await asyncio.wait_for(command.process.wait(), PATIENCE) == 1

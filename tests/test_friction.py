@@ -30,6 +30,7 @@ from wavegate import (
     WebsocketState,
 )
 from wavegate.discord import VoiceClient, VoiceCredentials
+from wavegate.policy import CONNECT_FAILURES
 from wavegate.session import EventKind, SessionEvent, SessionState
 from wavegate.testing import WebsocketTestServer
 from wavegate.testing.voice import FakeVoiceGateway
@@ -556,6 +557,21 @@ def test_options_given_in_other_reasonable_forms_are_taken() -> None:
         ),
         (lambda: Session("http://feed.example/", FEED), InvalidURLError, "ws:// or wss://"),
         (lambda: Session("not a url", FEED), InvalidURLError, "URL scheme must be"),
+        (
+            lambda: GENERIC.derive(connect_failures=dict.fromkeys(CONNECT_FAILURES, "reconnect")),
+            TypeError,
+            "connect_failures values must be wavegate.Action, got 'reconnect'",
+        ),
+        (
+            lambda: Session("ws://feed.example/", _Feed),  # type: ignore[arg-type]
+            TypeError,
+            "protocol must be an instance, got the class _Feed",
+        ),
+        (
+            lambda: Session("ws://feed.example/", FEED).move("http://elsewhere.example/"),
+            InvalidURLError,
+            "URL scheme must be ws:// or wss://",
+        ),
         (
             lambda: Session("ws://feed.example/", None),  # type: ignore[arg-type]
             TypeError,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -128,6 +129,22 @@ def test_a_subscription_never_read_is_let_go() -> None:
         session.events()
     gc.collect()
     assert session._hub._subscribers == []
+
+
+def test_a_subscription_kept_next_to_the_session_does_not_keep_it_alive() -> None:
+    # Found by review: the subscription's finalizer held the hub, so an object keeping
+    # both its session (with on_event=self.method) and session.events() never died.
+    class App:
+        def __init__(self) -> None:
+            self.session = Session("ws://127.0.0.1:9/", Feed(), on_event=self.seen)
+            self.events = self.session.events()
+
+        def seen(self, event: SessionEvent) -> None:
+            pass
+
+    app = weakref.ref(App())
+    gc.collect()
+    assert app() is None
 
 
 class Strict(Feed):

@@ -32,7 +32,7 @@ class Backoff:
             got one, however short its life, does not count: a server that recycles
             connections is followed for ever (backed off from while it flaps).
         reset_after: seconds a connection must stay usable before the delays start
-            again from the first (and a retry after it is immediate): shorter-lived
+            again from the first (and a resume after it is immediate): shorter-lived
             connections are a flapping server's, backed off from.
     """
 

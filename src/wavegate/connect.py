@@ -309,6 +309,12 @@ class Client:
         )
         self.pending: deque[bytes] = deque()
         """Encoded lines to send, first in line until written whole."""
+        self.schedule = RetrySchedule(
+            Backoff(base=0.5, cap=10.0, max_attempts=max(1, args.retries))
+        )
+        self.working = False
+        """A frame went either way on this connection: it counts as one that worked
+        (a server that accepts and at once closes would otherwise be retried for ever)."""
         self.sent = 0
         self.dropped = 0
         """Lines that parsed but could not be encoded (reported, never sent)."""
@@ -322,12 +328,12 @@ class Client:
 
     async def run(self, lines: Lines) -> int:
         retries = self.args.retries
-        schedule = RetrySchedule(Backoff(base=0.5, cap=10.0, max_attempts=max(1, retries)))
+        schedule = self.schedule
         while True:
             try:
                 await self.ws.connect(self.args.url)
                 self.status(f"connected to {self.url}")
-                schedule.healthy()
+                self.working = False
                 await self._pump(lines)
             except Signal as signal:
                 delay = schedule.next_delay() if retries else None
@@ -343,6 +349,11 @@ class Client:
             await self.ws.disconnect(1000)
             self.status("closed (1000)")
             return 0
+
+    def _worked(self) -> None:
+        if not self.working:
+            self.working = True
+            self.schedule.healthy()
 
     def _unsent(self, status: int, lines: Lines) -> int:
         """``status``, or 1 with a line saying so when lines read were never sent
@@ -381,8 +392,10 @@ class Client:
                 packet = await self.ws.receive()
             except PayloadError as exc:
                 print(json.dumps(exc.raw, ensure_ascii=False), file=self.out, flush=True)
+                self._worked()
                 continue
             print(format_packet(packet, self.args.binary), file=self.out, flush=True)
+            self._worked()
 
     async def _send_lines(self, lines: Lines) -> None:
         while True:
@@ -393,6 +406,7 @@ class Client:
             await self.ws.send_text(self.pending[0])
             self.pending.popleft()
             self.sent += 1
+            self._worked()
 
     async def _take(self, lines: Lines) -> bool:
         """Queue the next stdin line to send; False at EOF."""

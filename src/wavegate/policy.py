@@ -128,6 +128,11 @@ class ClosePolicy:
             if not isinstance(value, Action):
                 raise TypeError(f"{name} must be a wavegate.Action, got {value!r}")
         object.__setattr__(self, "codes", _frozen(self.codes))
+        for event, action in self.connect_failures.items():
+            if not isinstance(action, Action):
+                raise TypeError(
+                    f"connect_failures values must be wavegate.Action, got {action!r} for {event}"
+                )
         missing = CONNECT_FAILURES - set(self.connect_failures)
         if missing:
             names = ", ".join(sorted(event.name for event in missing))

@@ -37,62 +37,76 @@ def is_secret_name(name: str) -> bool:
 
 
 def _userinfo(url: str) -> str:
-    """A URL's user info, never failing. When the parser took a password for a host
-    and a path (see :func:`misparsed`), all before the last ``@`` after the scheme:
-    more than the user info, perhaps, which only means more is redacted."""
-    if misparsed(url):
-        _, sep, rest = url.partition("://")
-        userinfo, at, _ = rest.rpartition("@")
-        return userinfo if sep and at else ""
+    """A URL's user info, never failing. When the parser would misread a password (see
+    :func:`misparsed`), what may be one: all before the last ``@`` after the scheme
+    (the port did not parse), or after the host's ``:`` (it did), which only means
+    more may be redacted."""
+    _, sep, rest = url.partition("://")
+    before_at, at, _ = rest.rpartition("@")
     try:
-        return urlsplit(url).netloc.rpartition("@")[0]
-    except ValueError:  # no @ at all, so no user info: an unclosed IPv6 address, say
-        return ""
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError
+    except ValueError:
+        return before_at if sep and at else ""
+    if misparsed(url):  # the "port" and what follows, up to the @
+        port = parts.netloc.rpartition(":")[2]
+        return port + rest[len(parts.netloc) :].rpartition("@")[0]
+    return parts.netloc.rpartition("@")[0]
 
 
 def misparsed(url: str) -> bool:
-    """Whether the URL parser would take a password for a host and a path: one with
-    ``/``, ``?`` or ``#`` in it, not percent-encoded, cuts the user info short (the
-    parser reads ``user`` as the host and the rest of the password as a port, a path,
-    a query or a fragment). Then the port does not parse, or an ``@`` follows the host
-    in the path or fragment, or in the query after an empty port (``bot:?pw@host``)."""
+    """Whether the URL parser may have read a password as a host, a port and a path:
+    one with ``/``, ``?`` or ``#`` in it, not percent-encoded, cuts the user info short
+    (``ws://bot:1234/pw@host/`` parses as host ``bot``, port 1234, path ``/pw@host/``).
+    Then the port does not parse, or the host has a ``:`` and an ``@`` follows it. A
+    URL with ``@`` in its path and no port (``wss://host/@alice/feed``) is not one."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError
     except ValueError:
         return "@" in url
-    if "@" in parts.netloc:
+    if "@" in parts.netloc or ":" not in parts.netloc.rpartition("]")[2]:
         return False
-    return (
-        "@" in parts.path
-        or "@" in parts.fragment
-        or (parts.netloc.endswith(":") and "@" in parts.query)
-    )
+    return "@" in parts.path or "@" in parts.query or "@" in parts.fragment
 
 
-def redact_url(url: str) -> str:
-    """``url`` with user info and the values of secret-looking query keys removed. A
-    URL that does not parse, or that the parser would misread (see :func:`misparsed`),
-    shows as ``scheme://<redacted>@`` and what follows its last ``@`` up to a ``?`` or
-    ``#``: a password may hold ``/ ? #``, not ``@``."""
+def ambiguous(url: str) -> bool:
+    """Whether a URL certainly holds a password the parser misreads: an empty port
+    before an ``@`` (``ws://bot:/pw@host/``, ``ws://bot:?pw@host/``), which no real
+    URL has. Connecting would send the password to ``bot``."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError
     except ValueError:
-        parts = None
-    if parts is None or misparsed(url):
+        return False
+    return misparsed(url) and parts.netloc.endswith(":")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with user info and the values of secret-looking query keys removed. A
+    URL that does not parse shows as ``scheme://<redacted>@`` and what follows its last
+    ``@`` up to a ``?`` or ``#`` (a password may hold ``/ ? #``, not ``@``); one the
+    parser may misread (see :func:`misparsed`) as its host, nothing after."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError
+    except ValueError:
         scheme, sep, rest = url.partition("://")
         _, at, host_and_path = rest.rpartition("@")
         host_and_path = host_and_path.split("?", 1)[0].split("#", 1)[0]
         userinfo = f"{REDACTED}@" if at else ""
         shown = f"{scheme}://{userinfo}{host_and_path}" if sep else REDACTED
     else:
-        netloc = parts.netloc.rsplit("@", 1)[-1]
-        query = [
-            (key, REDACTED if is_secret_name(key) else value)
-            for key, value in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-        shown = urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="<>"), ""))
+        if misparsed(url):
+            shown = f"{parts.scheme}://{parts.netloc}/{REDACTED}"
+        else:
+            netloc = parts.netloc.rsplit("@", 1)[-1]
+            query = [
+                (key, REDACTED if is_secret_name(key) else value)
+                for key, value in parse_qsl(parts.query, keep_blank_values=True)
+            ]
+            query_text = urlencode(query, safe="<>")
+            shown = urlunsplit((parts.scheme, netloc, parts.path, query_text, ""))
     return scrub_text(shown, secrets_in((url,), {}))
 
 

@@ -23,7 +23,7 @@ from .packets import (
 )
 from .policy import DISCORD_VOICE, ClosePolicy
 from .redact import (
-    misparsed,
+    ambiguous,
     redact_url,
     scrub_exception,
     scrub_text,
@@ -159,7 +159,10 @@ class WebsocketStats:
     bytes_out: int
 
 
-_MISPARSED = "an @ follows its host (a password with /, ?, # or @ in it must be percent-encoded)"
+_MISPARSED = (
+    "its port is empty and an @ follows (a password with /, ?, # or @ in it must be "
+    "percent-encoded)"
+)
 
 
 def check_url(url: str) -> None:
@@ -173,7 +176,7 @@ def check_url(url: str) -> None:
     except ValueError as exc:
         why = url_problem(exc, url)
     else:
-        why = _MISPARSED if misparsed(url) else ""
+        why = _MISPARSED if ambiguous(url) else ""
     if why:
         # Raised out here so that the parser's error, which may quote a piece of the
         # password, is not even its __context__.

@@ -261,6 +261,7 @@ class Session:
         """The endpoint changed (e.g. a new VOICE_SERVER_UPDATE): use ``url`` for the
         next connection; ends a ``move_grace`` wait with a new session."""
         if url is not None:
+            check_url(url)
             self.url = url
         self._moved.set()
 
@@ -460,6 +461,8 @@ def _check_options(options: dict[str, Any]) -> None:
     """Refuse, by name, an option that would fail later and far from its cause."""
     check_url(options["url"])
     protocol = options["protocol"]
+    if isinstance(protocol, type):
+        raise TypeError(f"protocol must be an instance, got the class {protocol.__name__}")
     if not all(callable(getattr(protocol, name, None)) for name in _PROTOCOL_METHODS):
         raise TypeError(
             f"protocol must be a GatewayProtocol ({', '.join(_PROTOCOL_METHODS)}), "

@@ -376,7 +376,7 @@ class Beats:
 
 def _close_reason(text: str) -> str:
     """``text`` cut to the 123 bytes of UTF-8 a close frame carries, on a character."""
-    return text.encode()[:123].decode(errors="ignore")
+    return text.encode(errors="replace")[:123].decode(errors="ignore")
 
 
 def _timed_out(link: Link, reason: str, close_reason: str) -> None:

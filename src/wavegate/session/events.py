@@ -78,6 +78,11 @@ class SessionStats:
     """Seconds from each connection loss to the next READY/RESUMED."""
 
 
+def _discard(subscribers: list[Any], queue: Any) -> None:
+    if queue in subscribers:
+        subscribers.remove(queue)
+
+
 class EventHub:
     """Hands every event to the ``on_event`` callback and to each subscriber.
 
@@ -107,7 +112,7 @@ class EventHub:
             return
         event = SessionEvent(kind, self._clock(), **details)
         log.debug("session event %s", event)
-        for queue in self._subscribers:
+        for queue in tuple(self._subscribers):  # a finalizer may remove one meanwhile
             self._push(queue, event)
         if self._on_event is None:
             return
@@ -170,7 +175,8 @@ class EventHub:
             self._subscribers.append(queue)
         events = self._read(queue)
         # A subscription never read (or dropped unfinished) is let go with its reader.
-        weakref.finalize(events, self._unsubscribe, queue)
+        # Not through self: the finalizer would keep the hub, and all it reaches, alive.
+        weakref.finalize(events, _discard, self._subscribers, queue)
         return events
 
     async def _read(self, queue: asyncio.Queue[SessionEvent | None]) -> AsyncIterator[SessionEvent]:
@@ -181,8 +187,7 @@ class EventHub:
             self._unsubscribe(queue)
 
     def _unsubscribe(self, queue: asyncio.Queue[SessionEvent | None]) -> None:
-        if queue in self._subscribers:
-            self._subscribers.remove(queue)
+        _discard(self._subscribers, queue)
 
     def close(self) -> None:
         """No more events: every subscription ends (after the events it has)."""

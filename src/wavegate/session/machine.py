@@ -116,7 +116,9 @@ class Outcome:
         """The reason, and for ``"error"`` the exception: ``error: ValueError: ...``."""
         if self.error is None:
             return self.reason
-        return f"{self.reason}: {type(self.error).__name__}: {self.error}"
+        message = str(self.error)
+        name = type(self.error).__name__
+        return f"{self.reason}: {name}: {message}" if message else f"{self.reason}: {name}"
 
     def __str__(self) -> str:
         if self.error is not None:  # the signal is only how we closed: our own 4000

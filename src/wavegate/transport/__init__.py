@@ -106,7 +106,7 @@ def _check_proxy(proxy: object) -> None:
         host, _ = parts.hostname, parts.port
     except ValueError as exc:
         raise ValueError(f"proxy is malformed, {url_problem(exc, proxy)}: {shown!r}") from None
-    if misparsed(proxy):
+    if misparsed(proxy):  # a proxy URL has no path or query of its own
         raise ValueError(
             "proxy is malformed, an @ follows its host (a password with /, ?, # or @ in it "
             f"must be percent-encoded): {shown!r}"

@@ -74,7 +74,8 @@ _log = logging.getLogger("wavegate.transport.picows")
 class _QuieterLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """picows' chatter one level down: it logs each TCP connection at INFO (even one
     whose handshake is then refused) and a peer's protocol error at ERROR, where
-    wavegate reports each opening and ending itself (the signal, logged at INFO)."""
+    wavegate reports each ending itself (the signal, at INFO) and each opening (at
+    DEBUG, as on aiohttp, which logs none)."""
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         if level == logging.INFO or str(msg).startswith(_PEERS_FAULT):
@@ -286,7 +287,8 @@ class PicowsTransport:
             # picows closed it for a protocol error: 1002, 1007 (bad UTF-8), 1009 (size).
             code, reason = int(sent.code), sent.reason or ""
             if code == 1009:  # worded as the compiled listener and aiohttp word it
-                reason = f"message larger than max_size ({self._options.max_size} bytes)"
+                limit = self._options.max_size or 2**31 - 1
+                reason = f"message larger than max_size ({limit} bytes)"
             return TransportClosed(Event.PROTOCOL_ERROR, code, reason, local=True)
         return TransportClosed(
             Event.NO_CLOSE_FRAME, _ABNORMAL, "connection lost without a close frame"
