@@ -558,3 +558,24 @@ async def test_a_server_that_accepts_then_closes_at_once_is_given_up_on(
         line = await command.status_line("gave up")
         assert "gave up after 2 retries: close 1011 (overloaded)" in line, line
         assert await asyncio.wait_for(command.process.wait(), PATIENCE) == 1
+
+
+async def test_a_line_nested_too_deeply_is_reported_and_the_others_are_sent(
+    command_cleanup: list[Command],
+) -> None:
+    # Found by review: parsed in the stdin thread, it raised RecursionError there,
+    # which ended the thread and every line after it went unsent, with status 0.
+    async with websockets_server(_echo) as url:
+        command = await Command.start(url)
+        command_cleanup.append(command)
+        await command.status_line("connected to")
+        command.send('{"n": 1}')
+        command.send('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+        command.send('{"n": 3}')
+        assert await command.output() == {"n": 1}
+        assert await command.output() == {"n": 3}
+        assert await command.finish() == 0
+        await command.status_line("closed (1000)")
+    assert "line 2 not sent: not JSON this client can read (nested too deeply)" in "\n".join(
+        command.status
+    )

@@ -282,7 +282,17 @@ def test_the_tls_hint_names_the_plain_url_and_never_credentials(
             "ping_interval must be a positive number or None, got nan",
         ),
         ({"ping_timeout": 0}, ValueError, "ping_timeout must be a positive number, got 0"),
-        ({"max_size": -1}, ValueError, "max_size must be a positive int or None, got -1"),
+        (
+            {"max_size": -1},
+            ValueError,
+            "max_size must be a positive int up to 2**62, or None, got -1",
+        ),
+        # picows takes it in a C ssize_t: connect() raised OverflowError (found by review)
+        (
+            {"max_size": 2**70},
+            ValueError,
+            f"max_size must be a positive int up to 2**62, or None, got {2**70}",
+        ),
         (
             {"read_buffer_size": 1024},
             ValueError,
@@ -441,8 +451,16 @@ FEED = _Feed()
             "zombie_close_code must be an int from 3000 to 4999 (1000 and 1001 end a Discord"
             " session), got 99999",
         ),
-        ({"move_grace": -1}, ValueError, "move_grace must be a number of at least 0, got -1"),
-        ({"move_grace": NAN}, ValueError, "move_grace must be a number of at least 0, got nan"),
+        (
+            {"move_grace": -1},
+            ValueError,
+            "move_grace must be a number of at least 0 (inf: never), got -1",
+        ),
+        (
+            {"move_grace": NAN},
+            ValueError,
+            "move_grace must be a number of at least 0 (inf: never), got nan",
+        ),
         (
             {"send_queue_size": 1.5},
             TypeError,
@@ -470,6 +488,8 @@ FEED = _Feed()
         ),
         ({"move_codes": {4014, "x"}}, TypeError, "move_codes must be a set of ints"),
         ({"move_codes": "4014"}, TypeError, "move_codes must be a set of ints"),
+        ({"move_codes": 4014}, TypeError, "move_codes must be a set of ints"),
+        ({"zombie_close_code": "4000"}, TypeError, "zombie_close_code must be an int"),
         ({"websocket": "ws"}, TypeError, "websocket must be a Websocket or None, got str"),
         ({"backoff": "b"}, TypeError, "backoff must be a Backoff or None, got str"),
         ({"on_event": 5}, TypeError, "on_event must be a callable or None, got int"),
@@ -498,7 +518,11 @@ def test_voice_client_options_that_make_no_sense_are_refused_by_name(
         ({"factor": 0.5}, ValueError, "factor must be a number of at least 1, got 0.5"),
         ({"max_attempts": 0}, ValueError, "max_attempts must be an int of at least 1 or None"),
         ({"max_attempts": 2.5}, TypeError, "max_attempts must be an int of at least 1 or None"),
-        ({"reset_after": -1}, ValueError, "reset_after must be a number of at least 0, got -1"),
+        (
+            {"reset_after": -1},
+            ValueError,
+            "reset_after must be a number of at least 0 (inf: never), got -1",
+        ),
     ],
 )
 def test_backoff_options_that_make_no_sense_are_refused_by_name(
@@ -591,3 +615,17 @@ def test_protocol_outputs_policies_and_sessions_refuse_bad_values_at_once(
 async def test_wait_closed_before_start_says_so() -> None:
     with pytest.raises(RuntimeError, match=r"wait_closed\(\) before start\(\)"):
         await Session("ws://feed.example/", FEED).wait_closed()
+
+
+def test_never_is_infinity_where_waiting_for_ever_makes_sense() -> None:
+    # Found by review: move_grace and reset_after took inf before the checks.
+    VoiceClient("127.0.0.1:9", CREDENTIALS, move_grace=float("inf"))
+    Backoff(reset_after=float("inf"))
+
+
+def test_a_huge_backoff_factor_caps_instead_of_overflowing() -> None:
+    # Found by review: attempts grow without bound while a server recycles
+    # connections, and factor**attempt overflowed (an error outcome).
+    backoff = Backoff(factor=1e10, cap=30.0)
+    assert [backoff.ceiling(n) for n in (0, 1, 100, 10_000)] == [0.5, 30.0, 30.0, 30.0]
+    assert Backoff().ceiling(10_000) == 30.0

@@ -21,12 +21,12 @@ def positive(name: str, value: object, *, none: bool = False, hint: str = "") ->
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
-def at_least(name: str, value: object, minimum: float) -> None:
-    """A finite number of at least ``minimum``."""
-    allowed = f"a number of at least {minimum:g}"
+def at_least(name: str, value: object, minimum: float, *, infinite: bool = False) -> None:
+    """A finite number of at least ``minimum`` (or infinity, "never", when ``infinite``)."""
+    allowed = f"a number of at least {minimum:g}" + (" (inf: never)" if infinite else "")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be {allowed}, got {value!r}")
-    if not (math.isfinite(value) and value >= minimum):
+    if not ((math.isfinite(value) or (infinite and value > 0)) and value >= minimum):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 

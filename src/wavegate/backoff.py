@@ -6,6 +6,7 @@ seeded generator and never sleep.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -47,13 +48,14 @@ class Backoff:
         checks.positive("cap", self.cap)
         checks.at_least("factor", self.factor, 1)
         checks.count("max_attempts", self.max_attempts, 1, none=True)
-        checks.at_least("reset_after", self.reset_after, 0)
+        checks.at_least("reset_after", self.reset_after, 0, infinite=True)
 
     def ceiling(self, attempt: int) -> float:
         """The largest delay before retry number ``attempt`` (0-based)."""
-        # Compare exponents rather than computing factor**attempt, which overflows.
-        if self.factor == 1 or attempt < 64:
-            return min(self.cap, self.base * self.factor ** min(attempt, 64))
+        # Compare logarithms: factor**attempt overflows a float, and attempts grow
+        # without bound while a server recycles connections (only failures are capped).
+        if self.factor == 1 or attempt * math.log(self.factor) < math.log(self.cap / self.base):
+            return min(self.cap, self.base * self.factor**attempt)
         return self.cap
 
 

@@ -88,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retries",
         type=whole,
         default=5,
-        help="consecutive failed connects before giving up (5; 0: never connect again, "
+        help="connections in a row that moved no frame (failed to open, or closed before "
+        "anything was sent or received) before giving up (5; 0: never connect again, "
         "not even to resume)",
     )
     parser.add_argument(
@@ -120,7 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def wait_seconds(text: str) -> float:
     """``--wait``: seconds, 0 or more, or ``inf`` (until the server closes)."""
-    return math.inf if text.strip().lower() in ("inf", "infinity") else non_negative(text)
+    infinite = text.strip().lower().lstrip("+") in ("inf", "infinity")
+    return math.inf if infinite else non_negative(text)
 
 
 def ca_file(path: str) -> ssl.SSLContext:
@@ -230,6 +232,8 @@ def parse_line(line: str, text: bool) -> tuple[str, Any]:
         value = json.loads(line)
     except json.JSONDecodeError as exc:
         return "error", f"not JSON ({exc.msg} at column {exc.colno})"
+    except RecursionError:
+        return "error", "not JSON this client can read (nested too deeply)"
     if not isinstance(value, dict):
         return "error", f"not a JSON object (a {type(value).__name__})"
     return "json", value
@@ -263,14 +267,14 @@ class Lines:
     def __init__(self, fd: int, text: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self.sendable = 0
-        """Lines read that are something to send (counted by the thread as it reads:
-        the loop may not have seen them yet)."""
+        self.read = 0
+        """Lines read that are not blank (counted by the thread as it reads: the loop
+        may not have seen them yet). Not parsed here: that is the loop's, once."""
 
         def put(raws: list[bytes]) -> None:
             decoded = [raw.decode("utf-8", "surrogateescape") for raw in raws]
             # Counted before any is handed over (only this thread writes the count).
-            self.sendable += sum(parse_line(line, text)[0] in ("json", "text") for line in decoded)
+            self.read += sum(1 for line in decoded if text or line.strip())
             for line in decoded:
                 loop.call_soon_threadsafe(self.queue.put_nowait, line)
 
@@ -317,7 +321,7 @@ class Client:
         (a server that accepts and at once closes would otherwise be retried for ever)."""
         self.sent = 0
         self.dropped = 0
-        """Lines that parsed but could not be encoded (reported, never sent)."""
+        """Lines reported as not sent (not JSON, or not encodable)."""
         self.line_number = 0
         self.eof = False
         self.listen_until: float | None = None
@@ -358,7 +362,7 @@ class Client:
     def _unsent(self, status: int, lines: Lines) -> int:
         """``status``, or 1 with a line saying so when lines read were never sent
         (queued, or read but not yet taken: no connection to send them)."""
-        count = lines.sendable - self.sent - self.dropped
+        count = lines.read - self.sent - self.dropped
         if not count:
             return status
         self.status(f"{count} line{'s' if count > 1 else ''} not sent")
@@ -423,8 +427,8 @@ class Client:
                 value = self.ws.encode_json(value) if kind == "json" else value.encode()
             except (EncodeError, UnicodeEncodeError) as exc:
                 kind, value = "error", f"cannot be encoded ({exc})"
-                self.dropped += 1
         if kind == "error":
+            self.dropped += 1
             self.status(f"line {self.line_number} not sent: {value}")
         else:
             self.pending.append(value)

@@ -10,7 +10,7 @@ matching signal. Policies are immutable data; derive your own with
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from types import MappingProxyType
 
@@ -76,17 +76,6 @@ def _frozen(mapping: Mapping[int, Action]) -> Mapping[int, Action]:
     return MappingProxyType(dict(mapping))
 
 
-_ACTION_FIELDS = (
-    "unknown_code",
-    "no_close_frame",
-    "transport_error",
-    "keepalive_timeout",
-    "local_close",
-    "http_5xx",
-    "http_other",
-)
-
-
 @dataclass(frozen=True)
 class ClosePolicy:
     """A close-code policy: data that turns each connection end into an action.
@@ -123,7 +112,7 @@ class ClosePolicy:
     http_other: Action = DISCONNECT
 
     def __post_init__(self) -> None:
-        for name in _ACTION_FIELDS:
+        for name in (f.name for f in fields(self) if f.type == "Action"):
             value = getattr(self, name)
             if not isinstance(value, Action):
                 raise TypeError(f"{name} must be a wavegate.Action, got {value!r}")

@@ -67,7 +67,13 @@ def misparsed(url: str) -> bool:
         return "@" in url
     if "@" in parts.netloc or ":" not in parts.netloc.rpartition("]")[2]:
         return False
-    return "@" in parts.path or "@" in parts.query or "@" in parts.fragment
+    rest = url.partition("://")[2][len(parts.netloc) :]
+    before, at, after = rest.rpartition("@")
+    # A password's tail is no query parameter, and what follows it is the real host
+    # (``host.example``, ``127.0.0.1:9000``): ``?user=a@b.c`` and ``/@alice`` are not.
+    host = after.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    looks_like_host = "." in host or ":" in host or host.lower() == "localhost"
+    return bool(at) and "=" not in before and looks_like_host
 
 
 def ambiguous(url: str) -> bool:

@@ -75,7 +75,8 @@ async def serve(args: argparse.Namespace) -> int:
     for server, channel in args.channel:
         if channels.setdefault(server, channel) != channel:
             return _fail(
-                f"--channel gives server {server} two channels ({channels[server]} and {channel})"
+                f"--channel gives server {server} two channels ({channels[server]} and {channel})",
+                status=2,  # a usage error
             )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("serve: %(message)s"))
@@ -150,9 +151,9 @@ async def _running(args: argparse.Namespace) -> AsyncIterator[None]:
         yield
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 1) -> int:
     print(f"wavegate serve: {message}", file=sys.stderr)
-    return 1
+    return status
 
 
 def _channel(text: str) -> tuple[str, str]:

@@ -253,13 +253,14 @@ class Websocket:
             connection counts as dead (``KEEPALIVE_TIMEOUT``): a peer gone silent is
             found within about ``ping_interval + ping_timeout``. Must be a number; to
             turn the keepalive off, pass ``ping_interval=None``.
-        max_size: largest message accepted, in bytes; a larger one closes the
-            connection with 1009. ``None`` means no limit.
+        max_size: largest message accepted, in bytes (an int up to 2**62); a larger
+            one closes the connection with 1009. ``None`` means no limit.
         json_codec: JSON functions for ``send_json`` and JSON receive mode (orjson
             when installed).
         receive_mode: ``"json"`` (text frames -> :class:`WebsocketPacketJSON`) or
             ``"text"`` (text frames -> :class:`WebsocketPacketText`).
-        headers: extra HTTP headers for the opening handshake.
+        headers: extra HTTP headers for the opening handshake: HTTP token names, ``str``
+            values without line breaks or other control characters.
         ssl: ``True`` (verify, default), ``False`` (no verification) or an SSLContext,
             for the server and for an ``https://`` proxy alike. Each transport makes
             one context for ``True`` per process (picows at first use, aiohttp at its
@@ -268,7 +269,7 @@ class Websocket:
         proxy: an ``http://`` or ``https://`` proxy URL (credentials in it are sent,
             never logged). A ``wss://`` server through an ``https://`` proxy (TLS in
             TLS) needs Python 3.11 on aiohttp.
-        compression: negotiate permessage-deflate.
+        compression: negotiate permessage-deflate (aiohttp only).
         read_buffer_size: picows: the read buffer a connection starts with, in bytes
             (2048 to 16 MiB). It doubles whenever a read nearly fills it and never
             shrinks: 2048 keeps each idle connection 2 KiB smaller, and the default
@@ -278,6 +279,10 @@ class Websocket:
             picows (with its compiled listener when it was built), or aiohttp when
             ``compression`` is asked for. :func:`wavegate.transports` says which is
             which here.
+
+    Raises:
+        TypeError, ValueError: an option that makes no sense (naming it, never a
+            secret).
     """
 
     def __init__(

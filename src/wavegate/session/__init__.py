@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -82,12 +82,17 @@ class Session:
         zombie_close_code: the code we close a zombie with, 3000-4999 (not 1000, so
             the server keeps the session resumable).
         move_grace: seconds to wait for :meth:`move` after a close with one of
-            ``move_codes`` before stopping (Discord voice 4014 on a channel move).
+            ``move_codes`` before stopping (Discord voice 4014 on a channel move;
+            ``float("inf")``: for ever).
         move_codes: the close codes that open the ``move_grace`` window.
         on_event: called with every :class:`SessionEvent`: a function (it must not
             block) or a coroutine function (awaited one event at a time, in order;
             ``close()`` waits up to ``close_timeout`` for it to catch up).
         clock: a monotonic clock; random_source: for backoff jitter (tests).
+
+    Raises:
+        InvalidURLError: ``url`` is not a ``ws://`` or ``wss://`` URL with a host.
+        TypeError, ValueError: another option that makes no sense (naming it).
     """
 
     def __init__(
@@ -475,16 +480,19 @@ def _check_options(options: dict[str, Any]) -> None:
     for name in ("handshake_timeout", "close_timeout"):
         checks.positive(name, options[name])
     checks.positive("max_heartbeat_interval", options["max_heartbeat_interval"], none=True)
-    checks.at_least("move_grace", options["move_grace"], 0)
+    checks.at_least("move_grace", options["move_grace"], 0, infinite=True)
     code = options["zombie_close_code"]
-    if isinstance(code, bool) or not isinstance(code, int) or not 3000 <= code <= 4999:
-        raise ValueError(
+    wrong = TypeError if isinstance(code, bool) or not isinstance(code, int) else ValueError
+    if wrong is TypeError or not 3000 <= code <= 4999:
+        raise wrong(
             "zombie_close_code must be an int from 3000 to 4999 (1000 and 1001 end a "
             f"Discord session), got {code!r}"
         )
     move_codes = options["move_codes"]
-    if isinstance(move_codes, (str, bytes)) or not all(
-        isinstance(c, int) and not isinstance(c, bool) for c in move_codes
+    if (
+        not isinstance(move_codes, Iterable)
+        or isinstance(move_codes, (str, bytes))
+        or not all(isinstance(c, int) and not isinstance(c, bool) for c in move_codes)
     ):
         raise TypeError(f"move_codes must be a set of ints, got {move_codes!r}")
     checks.instance("websocket", options["websocket"], Websocket)

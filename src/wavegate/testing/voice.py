@@ -176,7 +176,7 @@ class FakeVoiceGateway:
     ) -> None:
         checks.positive("heartbeat_interval", heartbeat_interval)
         checks.positive("heartbeat_timeout_factor", heartbeat_timeout_factor)
-        checks.count("replay_size", replay_size, 1)
+        checks.count("replay_size", replay_size, 0)  # 0: a resume replays nothing
         self.heartbeat_interval = heartbeat_interval
         self.replay_size = replay_size
         self.heartbeat_timeout_factor = heartbeat_timeout_factor

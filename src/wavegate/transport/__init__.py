@@ -61,8 +61,10 @@ class TransportOptions:
         if self.max_size is not None:
             if isinstance(self.max_size, bool) or not isinstance(self.max_size, int):
                 raise TypeError(f"max_size must be an int (bytes) or None, got {self.max_size!r}")
-            if self.max_size < 1:
-                raise ValueError(f"max_size must be a positive int or None, got {self.max_size!r}")
+            if not 1 <= self.max_size <= MAX_MESSAGE:
+                raise ValueError(
+                    f"max_size must be a positive int up to 2**62, or None, got {self.max_size!r}"
+                )
         if not isinstance(self.compression, bool):
             raise TypeError(f"compression must be True or False, got {self.compression!r}")
         # A copy: the caller's dict may change after, and the check must still hold.
@@ -83,6 +85,8 @@ class TransportOptions:
             )
 
 
+MAX_MESSAGE = 1 << 62
+"""The largest ``max_size`` taken: picows keeps it in a C ``ssize_t``."""
 MIN_READ_BUFFER = 2048
 """picows' smallest read buffer, in bytes."""
 MAX_READ_BUFFER = 1 << 24
