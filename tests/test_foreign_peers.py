@@ -773,7 +773,7 @@ async def test_no_piece_of_a_short_password_shows_when_the_url_breaks(
     with pytest.raises(InvalidURLError) as caught:
         await ws.connect(url)
     shown = _everything_reachable(caught.value)
-    assert "127.0.0.1:9000" in shown or "ws://bot:/<redacted>" in shown  # where it went
+    assert "127.0.0.1:9000" in shown or "ws://bot:<redacted>/<redacted>" in shown  # where it went
     for piece in pieces:
         assert f"'{piece}'" not in shown
         assert f":{piece}" not in shown
@@ -785,8 +785,13 @@ async def test_no_piece_of_a_short_password_shows_when_the_url_breaks(
     [
         # The parser reads host "bot", port 1234 (or 12): a password may hide there.
         ("ws://bot:1234/s3cr3tpw@gw.example/", "ws://bot:<redacted>/<redacted>", ["s3cr3tpw"]),
-        ("ws://bot:12/secretpart@gw.example/", "ws://bot:12/<redacted>", ["secretpart"]),
+        ("ws://bot:12/secretpart@gw.example/", "ws://bot:<redacted>/<redacted>", ["secretpart"]),
         ("wss://bot:1234?abcd@gw.example/x", "wss://bot:<redacted>/<redacted>", ["abcd"]),
+        # Found by a new-user trial: an = in the password, a one-label host, a password
+        # of digits and a slash only.
+        ("ws://bot:1234/SE=CRET@example.com/", "ws://bot:<redacted>/<redacted>", ["SE=CRET"]),
+        ("ws://bot:1234/SECRET@h/", "ws://bot:<redacted>/<redacted>", ["SECRET"]),
+        ("ws://bot:12/@127.0.0.1:9000/", "ws://bot:<redacted>/<redacted>", []),
     ],
 )
 def test_a_password_the_parser_may_read_as_a_port_and_path_is_never_shown(
@@ -806,6 +811,8 @@ def test_a_password_the_parser_may_read_as_a_port_and_path_is_never_shown(
         "wss://host.example/users/me@example.com/feed",
         "wss://[::1]:9000/@x",
         "wss://gw.example/feed?email=a@b.com",
+        "wss://gw.example:8443/users/@alice",
+        "ws://127.0.0.1:9000/feed?v=8&user=a@b.c",
         "wss://gateway.discord.gg/?v=10&encoding=json",
         "wss://c-fra01.discord.media:443/?v=8",
     ],

@@ -538,11 +538,25 @@ def test_backoff_options_that_make_no_sense_are_refused_by_name(
     [
         ("wss://voice.example:99999", "its port is out of range (0-65535)"),
         ("voice.example:port", "its port is not a number"),
+        # Found by a new-user trial: both were taken.
+        ("voice.example.com:0", "its port is 0"),
+        ("user:TOKSECRET@voice.example:1", "a voice endpoint takes no user info"),
     ],
 )
 def test_a_voice_endpoint_with_a_bad_port_is_refused(endpoint: str, message: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
         VoiceClient(endpoint, CREDENTIALS)
+    assert "TOKSECRET" not in str(caught.value)
+
+
+def test_ping_timeout_none_is_taken_once_the_keepalive_is_off() -> None:
+    # Found by a new-user trial: refused, with a hint to pass what was passed.
+    Websocket(ping_interval=None, ping_timeout=None)  # type: ignore[arg-type]
+
+
+async def test_a_url_with_a_fragment_is_refused_in_our_words() -> None:
+    with pytest.raises(InvalidURLError, match=r"a websocket URL has no #fragment"):
+        await Websocket().connect("ws://127.0.0.1:9/feed#part")
 
 
 def test_options_given_in_other_reasonable_forms_are_taken() -> None:

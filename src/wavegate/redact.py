@@ -67,13 +67,17 @@ def misparsed(url: str) -> bool:
         return "@" in url
     if "@" in parts.netloc or ":" not in parts.netloc.rpartition("]")[2]:
         return False
-    rest = url.partition("://")[2][len(parts.netloc) :]
-    before, at, after = rest.rpartition("@")
-    # A password's tail is no query parameter, and what follows it is the real host
-    # (``host.example``, ``127.0.0.1:9000``): ``?user=a@b.c`` and ``/@alice`` are not.
-    host = after.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    looks_like_host = "." in host or ":" in host or host.lower() == "localhost"
-    return bool(at) and "=" not in before and looks_like_host
+    if "@" in parts.path:
+        # Only ``/users/@alice``, an @ opening a segment after the first, is a path's
+        # own: ``/pw@host`` and ``/@host`` (a password ``1234/``) may be passwords.
+        segments = parts.path.split("/")
+        return any(
+            "@" in segment and not (i > 1 and segment.startswith("@"))
+            for i, segment in enumerate(segments)
+        )
+    if "@" in parts.query:  # ``?user=a@b.c`` is a query's own; ``?pw@host`` is not
+        return "=" not in parts.query.partition("@")[0]
+    return "@" in parts.fragment
 
 
 def ambiguous(url: str) -> bool:
@@ -103,15 +107,19 @@ def redact_url(url: str) -> str:
         userinfo = f"{REDACTED}@" if at else ""
         shown = f"{scheme}://{userinfo}{host_and_path}" if sep else REDACTED
     else:
-        if misparsed(url):
-            shown = f"{parts.scheme}://{parts.netloc}/{REDACTED}"
+        if misparsed(url):  # the "port" may be a password's first characters too
+            host = parts.hostname or ""
+            host = f"[{host}]" if ":" in host else host
+            shown = f"{parts.scheme}://{host}:{REDACTED}/{REDACTED}"
         else:
             netloc = parts.netloc.rsplit("@", 1)[-1]
             query = [
                 (key, REDACTED if is_secret_name(key) else value)
                 for key, value in parse_qsl(parts.query, keep_blank_values=True)
             ]
-            query_text = urlencode(query, safe="<>")
+            # As given when it holds nothing secret: re-encoded, it would not read as sent.
+            secret = any(value == REDACTED for _, value in query)
+            query_text = urlencode(query, safe="<>") if secret else parts.query
             shown = urlunsplit((parts.scheme, netloc, parts.path, query_text, ""))
     return scrub_text(shown, secrets_in((url,), {}))
 

@@ -183,6 +183,10 @@ def check_url(url: str) -> None:
         raise InvalidURLError(f"malformed URL {redact_url(url)!r}: {why}")
     if parts.scheme not in ("ws", "wss"):
         raise InvalidURLError(f"URL scheme must be ws:// or wss://, got {redact_url(url)!r}")
+    if parts.fragment or url.endswith("#"):
+        raise InvalidURLError(
+            f"a websocket URL has no #fragment (RFC 6455 3), got {redact_url(url)!r}"
+        )
     if not parts.hostname:
         raise InvalidURLError(f"URL has no host: {redact_url(url)!r}")
 
@@ -252,7 +256,8 @@ class Websocket:
         ping_timeout: seconds to wait for the pong (aiohttp: for anything) before the
             connection counts as dead (``KEEPALIVE_TIMEOUT``): a peer gone silent is
             found within about ``ping_interval + ping_timeout``. Must be a number; to
-            turn the keepalive off, pass ``ping_interval=None``.
+            turn the keepalive off, pass ``ping_interval=None`` (``None`` is then
+            taken here too).
         max_size: largest message accepted, in bytes (an int up to 2**62); a larger
             one closes the connection with 1009. ``None`` means no limit.
         json_codec: JSON functions for ``send_json`` and JSON receive mode (orjson

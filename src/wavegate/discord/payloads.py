@@ -310,10 +310,18 @@ def voice_url(endpoint: str) -> str:
         raise InvalidURLError(
             "a voice endpoint needs a host (no spaces), like region.discord.media:443"
         )
+    shown = redact_url(f"{scheme}://{rest}")  # not the endpoint: "user:pw@host" is no URL
+    if "@" in host:
+        where = shown
+        raise InvalidURLError(
+            f"a voice endpoint takes no user info (the token goes in IDENTIFY): {where!r}"
+        )
     try:
-        urlsplit(f"{scheme}://{host}").port  # noqa: B018 - raises ValueError
+        port = urlsplit(f"{scheme}://{host}").port
     except ValueError as exc:
         raise InvalidURLError(
-            f"voice endpoint {redact_url(endpoint)!r}: {url_problem(exc, endpoint)}"
+            f"voice endpoint {shown!r}: {url_problem(exc, endpoint)}"
         ) from None
+    if port == 0:
+        raise InvalidURLError(f"voice endpoint {shown!r}: its port is 0")
     return f"{scheme}://{rest}/?v=8"

@@ -51,6 +51,9 @@ class TransportOptions:
     def __post_init__(self) -> None:
         for name in ("open_timeout", "ping_interval"):
             checks.positive(name, getattr(self, name), none=True)
+        if self.ping_interval is None and self.ping_timeout is None:
+            # The keepalive is off: no timeout to keep (the default, so the type holds).
+            object.__setattr__(self, "ping_timeout", 20.0)
         for name in ("close_timeout", "ping_timeout"):
             hint = ""
             if name == "ping_timeout" and self.ping_timeout is None:
