@@ -319,9 +319,7 @@ def voice_url(endpoint: str) -> str:
     try:
         port = urlsplit(f"{scheme}://{host}").port
     except ValueError as exc:
-        raise InvalidURLError(
-            f"voice endpoint {shown!r}: {url_problem(exc, endpoint)}"
-        ) from None
+        raise InvalidURLError(f"voice endpoint {shown!r}: {url_problem(exc, endpoint)}") from None
     if port == 0:
         raise InvalidURLError(f"voice endpoint {shown!r}: its port is 0")
     return f"{scheme}://{rest}/?v=8"
