@@ -415,13 +415,8 @@ async def test_bad_trust_or_proxy_options_exit_2_with_one_line(tmp_path: Path) -
         ["--open-timeout", "inf", "wss://127.0.0.1:9/"],
         ["--wait", "nan", "wss://127.0.0.1:9/"],
     ):
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "wavegate", "connect", *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        _out, err = await asyncio.wait_for(process.communicate(), PATIENCE)
+        process = (await Command.start(*args)).process
+        _out, err = await asyncio.wait_for(process.communicate(), PATIENCE)  # stdin: EOF
         assert process.returncode == 2, args
         lines = err.decode().splitlines()
         assert len(lines) == 1, lines
