@@ -107,7 +107,9 @@ class LineClient:
             try:
                 got = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"{self.name}: no {what} within {patience}s") from None
+                raise AssertionError(
+                    f"{self.name}: no {what} within {patience}s: {self.lines[-8:]}"
+                ) from None
             if got is None:
                 self.exited = True
                 continue
