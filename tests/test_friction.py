@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -629,6 +631,21 @@ def test_protocol_outputs_policies_and_sessions_refuse_bad_values_at_once(
 async def test_wait_closed_before_start_says_so() -> None:
     with pytest.raises(RuntimeError, match=r"wait_closed\(\) before start\(\)"):
         await Session("ws://feed.example/", FEED).wait_closed()
+
+
+def test_a_fraction_is_a_number_and_a_decimal_is_refused_with_the_fix() -> None:
+    # Left out at stop 23: a Fraction (a numbers.Real, as numpy's numbers are) was
+    # refused as "not a positive number"; a Decimal does not mix with the loop's
+    # float clock, so it is refused, saying how to pass it.
+    session = Session("ws://feed.example/", FEED, close_timeout=Fraction(3, 2))
+    assert session._close_timeout == 1.5
+    assert type(session._close_timeout) is float
+    with pytest.raises(TypeError) as caught:
+        Websocket(open_timeout=Decimal("2.5"))  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "open_timeout must be a positive number or None, got Decimal('2.5')"
+        " (a Decimal does not mix with the event loop's float clock: pass float(...))"
+    )
 
 
 def test_never_is_infinity_where_waiting_for_ever_makes_sense() -> None:

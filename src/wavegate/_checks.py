@@ -6,28 +6,50 @@ per event)."""
 from __future__ import annotations
 
 import math
+import numbers
+from decimal import Decimal
 from typing import Any
 
+_DECIMAL = " (a Decimal does not mix with the event loop's float clock: pass float(...))"
 
-def positive(name: str, value: object, *, none: bool = False, hint: str = "") -> None:
-    """A finite number above 0 (or ``None`` when ``none``). NaN and infinities are
-    refused: a timer set with either never fires."""
-    if value is None and none:
-        return
-    allowed = "a positive number or None" if none else "a positive number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be {allowed}, got {value!r}{hint}")
-    if not (math.isfinite(value) and value > 0):
+
+def _real(name: str, value: object, allowed: str, hint: str = "") -> float:
+    """``value`` as a float: any real number (int, float, Fraction, numpy's), not a bool."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # a Fraction or an int beyond a float
+            return math.inf
+    hint = _DECIMAL if isinstance(value, Decimal) else hint
+    raise TypeError(f"{name} must be {allowed}, got {value!r}{hint}")
+
+
+def positive(name: str, value: object, *, hint: str = "") -> float:
+    """A finite number above 0, as a float. NaN and infinities are refused: a timer
+    set with either never fires."""
+    return _positive(name, value, "a positive number", hint)
+
+
+def positive_or_none(name: str, value: object) -> float | None:
+    """:func:`positive`, or ``None``."""
+    return None if value is None else _positive(name, value, "a positive number or None")
+
+
+def _positive(name: str, value: object, allowed: str, hint: str = "") -> float:
+    seconds = _real(name, value, allowed, hint)
+    if not (math.isfinite(seconds) and seconds > 0):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return seconds
 
 
-def at_least(name: str, value: object, minimum: float, *, infinite: bool = False) -> None:
-    """A finite number of at least ``minimum`` (or infinity, "never", when ``infinite``)."""
+def at_least(name: str, value: object, minimum: float, *, infinite: bool = False) -> float:
+    """A finite number of at least ``minimum``, as a float (or infinity, "never",
+    when ``infinite``)."""
     allowed = f"a number of at least {minimum:g}" + (" (inf: never)" if infinite else "")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be {allowed}, got {value!r}")
-    if not ((math.isfinite(value) or (infinite and value > 0)) and value >= minimum):
+    number = _real(name, value, allowed)
+    if not ((math.isfinite(number) or (infinite and number > 0)) and number >= minimum):
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return number
 
 
 def count(name: str, value: object, minimum: int, *, none: bool = False) -> None:

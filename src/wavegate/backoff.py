@@ -44,11 +44,15 @@ class Backoff:
     reset_after: float = 10.0
 
     def __post_init__(self) -> None:
-        checks.positive("base", self.base)
-        checks.positive("cap", self.cap)
-        checks.at_least("factor", self.factor, 1)
         checks.count("max_attempts", self.max_attempts, 1, none=True)
-        checks.at_least("reset_after", self.reset_after, 0, infinite=True)
+        numbers = {
+            "base": checks.positive("base", self.base),
+            "cap": checks.positive("cap", self.cap),
+            "factor": checks.at_least("factor", self.factor, 1),
+            "reset_after": checks.at_least("reset_after", self.reset_after, 0, infinite=True),
+        }
+        for name, number in numbers.items():
+            object.__setattr__(self, name, number)
 
     def ceiling(self, attempt: int) -> float:
         """The largest delay before retry number ``attempt`` (0-based)."""

@@ -78,7 +78,8 @@ class HandshakeDone:
 
     def __post_init__(self) -> None:
         # NaN or infinity would turn heartbeats, and zombie detection, off unseen.
-        checks.positive("heartbeat_interval", self.heartbeat_interval, none=True)
+        interval = checks.positive_or_none("heartbeat_interval", self.heartbeat_interval)
+        object.__setattr__(self, "heartbeat_interval", interval)
 
 
 @dataclass(frozen=True, slots=True)

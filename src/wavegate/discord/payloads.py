@@ -115,7 +115,8 @@ class Hello:
     version: int | None = None
 
     def __post_init__(self) -> None:
-        checks.positive("heartbeat_interval", self.heartbeat_interval)
+        interval = checks.positive("heartbeat_interval", self.heartbeat_interval)
+        object.__setattr__(self, "heartbeat_interval", interval)
 
 
 @dataclass(frozen=True, slots=True)

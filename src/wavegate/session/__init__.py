@@ -116,7 +116,7 @@ class Session:
         clock: Callable[[], float] = time.monotonic,
         random_source: Any = None,
     ) -> None:
-        _check_options(locals())
+        seconds = _check_options(locals())
         self.url = url
         self.protocol = protocol
         self.ws = websocket if websocket is not None else Websocket()
@@ -126,15 +126,18 @@ class Session:
         self.outcome: Outcome | None = None
         """Why the session stopped (``None`` while it runs)."""
         schedule = RetrySchedule(backoff or Backoff(), clock=clock, rng=random_source)
-        rules = RetryRules(max_resume_attempts, frozenset(move_codes), move_grace)
+        rules = RetryRules(max_resume_attempts, frozenset(move_codes), seconds["move_grace"])
         self._machine = SessionMachine(rules, schedule)
-        self._close_timeout = close_timeout
+        self._close_timeout = seconds["close_timeout"]
         self._clock = clock
         self._hub = EventHub(clock, self.stats, on_event)
         self._outbox = Outbox(send_queue_size)
         self._inbox = Inbox(receive_queue_size)
         timing = connection.Timing(
-            handshake_timeout, max_missed_acks, max_heartbeat_interval, zombie_close_code
+            seconds["handshake_timeout"],
+            max_missed_acks,
+            seconds["max_heartbeat_interval"],
+            zombie_close_code,
         )
         self._parts = self._connection_parts(timing)
         self._runner: asyncio.Task[None] | None = None
@@ -462,8 +465,9 @@ async def _set_within(event: Flag, delay: float) -> bool:
 _PROTOCOL_METHODS = ("start", "receive", "heartbeat", "can_resume", "new_session")
 
 
-def _check_options(options: dict[str, Any]) -> None:
-    """Refuse, by name, an option that would fail later and far from its cause."""
+def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Refuse, by name, an option that would fail later and far from its cause;
+    the durations, as floats."""
     check_url(options["url"])
     protocol = options["protocol"]
     if isinstance(protocol, type):
@@ -477,25 +481,33 @@ def _check_options(options: dict[str, Any]) -> None:
     checks.count("max_missed_acks", options["max_missed_acks"], 1)
     for name in ("send_queue_size", "receive_queue_size"):
         checks.count(name, options[name], 1)
-    for name in ("handshake_timeout", "close_timeout"):
-        checks.positive(name, options[name])
-    checks.positive("max_heartbeat_interval", options["max_heartbeat_interval"], none=True)
-    checks.at_least("move_grace", options["move_grace"], 0, infinite=True)
-    code = options["zombie_close_code"]
-    wrong = TypeError if isinstance(code, bool) or not isinstance(code, int) else ValueError
-    if wrong is TypeError or not 3000 <= code <= 4999:
-        raise wrong(
-            "zombie_close_code must be an int from 3000 to 4999 (1000 and 1001 end a "
-            f"Discord session), got {code!r}"
-        )
-    move_codes = options["move_codes"]
+    seconds: dict[str, Any] = {
+        name: checks.positive(name, options[name])
+        for name in ("handshake_timeout", "close_timeout")
+    }
+    beat = options["max_heartbeat_interval"]
+    seconds["max_heartbeat_interval"] = checks.positive_or_none("max_heartbeat_interval", beat)
+    seconds["move_grace"] = checks.at_least("move_grace", options["move_grace"], 0, infinite=True)
+    _check_codes(options["zombie_close_code"], options["move_codes"])
+    checks.instance("websocket", options["websocket"], Websocket)
+    checks.instance("backoff", options["backoff"], Backoff)
+    for name in ("on_event", "clock"):
+        checks.function(name, options[name])
+    return seconds
+
+
+def _check_codes(code: object, move_codes: object) -> None:
+    problem = (
+        "zombie_close_code must be an int from 3000 to 4999 (1000 and 1001 end a "
+        f"Discord session), got {code!r}"
+    )
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise TypeError(problem)
+    if not 3000 <= code <= 4999:
+        raise ValueError(problem)
     if (
         not isinstance(move_codes, Iterable)
         or isinstance(move_codes, (str, bytes))
         or not all(isinstance(c, int) and not isinstance(c, bool) for c in move_codes)
     ):
         raise TypeError(f"move_codes must be a set of ints, got {move_codes!r}")
-    checks.instance("websocket", options["websocket"], Websocket)
-    checks.instance("backoff", options["backoff"], Backoff)
-    for name in ("on_event", "clock"):
-        checks.function(name, options[name])

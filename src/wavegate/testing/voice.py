@@ -174,12 +174,11 @@ class FakeVoiceGateway:
         port: int = 0,
         ssl: ssl_module.SSLContext | None = None,
     ) -> None:
-        checks.positive("heartbeat_interval", heartbeat_interval)
-        checks.positive("heartbeat_timeout_factor", heartbeat_timeout_factor)
         checks.count("replay_size", replay_size, 0)  # 0: a resume replays nothing
-        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_interval = checks.positive("heartbeat_interval", heartbeat_interval)
         self.replay_size = replay_size
-        self.heartbeat_timeout_factor = heartbeat_timeout_factor
+        factor = checks.positive("heartbeat_timeout_factor", heartbeat_timeout_factor)
+        self.heartbeat_timeout_factor = factor
         self.valid_tokens = valid_tokens
         self.modes = modes
         self.keep_received = keep_received

@@ -50,7 +50,7 @@ class TransportOptions:
 
     def __post_init__(self) -> None:
         for name in ("open_timeout", "ping_interval"):
-            checks.positive(name, getattr(self, name), none=True)
+            object.__setattr__(self, name, checks.positive_or_none(name, getattr(self, name)))
         if self.ping_interval is None and self.ping_timeout is None:
             # The keepalive is off: no timeout to keep (the default, so the type holds).
             object.__setattr__(self, "ping_timeout", 20.0)
@@ -58,7 +58,7 @@ class TransportOptions:
             hint = ""
             if name == "ping_timeout" and self.ping_timeout is None:
                 hint = " (to turn the keepalive off, pass ping_interval=None)"
-            checks.positive(name, getattr(self, name), hint=hint)
+            object.__setattr__(self, name, checks.positive(name, getattr(self, name), hint=hint))
         if isinstance(self.max_size, float) and self.max_size.is_integer():
             object.__setattr__(self, "max_size", int(self.max_size))  # 1e6, say
         if self.max_size is not None:
