@@ -20,7 +20,15 @@ import trustme
 from websockets.asyncio.server import ServerConnection
 
 from wavegate import DisconnectSignal, Event, ReconnectSignal, ResumeSignal
-from wavegate.connect import Step, ca_file, decide, format_packet, parse_line, proxy_url
+from wavegate.connect import (
+    Step,
+    ca_file,
+    decide,
+    format_packet,
+    parse_line,
+    proxy_url,
+    trust_problem,
+)
 from wavegate.packets import WebsocketPacketBytes, WebsocketPacketJSON, WebsocketPacketText
 
 from .peers import ConnectProxy, RawPeer, raw_server, websockets_server
@@ -405,6 +413,30 @@ def test_a_usable_ca_file_and_proxy_are_taken(tmp_path: Path) -> None:
     assert proxy_url("http://bob:hunter2@127.0.0.1:3128") == "http://bob:hunter2@127.0.0.1:3128"
 
 
+@pytest.mark.parametrize(
+    ("url", "proxy", "problem"),
+    [
+        ("wss://127.0.0.1:9/", None, None),
+        ("ws://127.0.0.1:9/", "https://proxy.example:3128", None),  # the proxy's TLS
+        ("WS://127.0.0.1:9/", "HTTP://proxy.example:3128", "ws://127.0.0.1:9/ is not"),
+        ("ws://bob:hunter2@127.0.0.1:9/", None, "ws://127.0.0.1:9/ is not"),
+        ("127.0.0.1:9", None, None),  # not a ws:// URL: its own error says so
+    ],
+)
+def test_trust_options_need_something_encrypted(
+    url: str, proxy: str | None, problem: str | None
+) -> None:
+    # Left out at stop 23: --cafile with a ws:// URL was silently ignored.
+    args = argparse.Namespace(url=url, proxy=proxy, cafile=ssl.create_default_context())
+    found = trust_problem(args)
+    assert (found is None) == (problem is None), found
+    if problem is not None:
+        assert found is not None
+        assert problem in found
+        assert found.startswith("argument --cafile: it verifies wss:// servers")
+        assert "hunter2" not in found
+
+
 async def test_bad_trust_or_proxy_options_exit_2_with_one_line(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     trustme.CA().cert_pem.write_to_path(str(ca))
@@ -414,6 +446,8 @@ async def test_bad_trust_or_proxy_options_exit_2_with_one_line(tmp_path: Path) -
         ["-k", "--cafile", str(ca), "wss://127.0.0.1:9/"],
         ["--open-timeout", "inf", "wss://127.0.0.1:9/"],
         ["--wait", "nan", "wss://127.0.0.1:9/"],
+        ["--cafile", str(ca), "ws://bob:hunter2@127.0.0.1:9/"],
+        ["-k", "ws://127.0.0.1:9/"],
     ):
         process = (await Command.start(*args)).process
         _out, err = await asyncio.wait_for(process.communicate(), PATIENCE)  # stdin: EOF

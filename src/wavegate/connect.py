@@ -119,6 +119,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def trust_problem(args: argparse.Namespace) -> str | None:
+    """``--cafile`` or ``-k`` with no TLS to apply it to (a ``ws://`` URL, and no
+    ``https://`` proxy): what to say, as an argument error."""
+    if args.cafile is None and not args.insecure:
+        return None
+    url, proxy = args.url.lower(), (args.proxy or "").lower()
+    if not url.startswith("ws://") or proxy.startswith("https://"):
+        return None
+    option = "--cafile" if args.cafile is not None else "-k/--insecure"
+    return (
+        f"argument {option}: it verifies wss:// servers and https:// proxies; "
+        f"{redact_url(args.url)} is not encrypted"
+    )
+
+
 def wait_seconds(text: str) -> float:
     """``--wait``: seconds, 0 or more, or ``inf`` (until the server closes)."""
     infinite = text.strip().lower().lstrip("+") in ("inf", "infinity")
