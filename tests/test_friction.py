@@ -569,6 +569,7 @@ def test_options_given_in_other_reasonable_forms_are_taken() -> None:
     assert isinstance(ws._options.max_size, int)
     client = VoiceClient("127.0.0.1:9", CREDENTIALS, move_codes=[4014])
     assert client._machine.rules.move_codes == frozenset({4014})
+    assert GENERIC.derive(retry_http_statuses=[429]).retry_http_statuses == frozenset({429})
 
 
 @pytest.mark.parametrize(
@@ -594,6 +595,23 @@ def test_options_given_in_other_reasonable_forms_are_taken() -> None:
             lambda: GENERIC.derive(http_5xx=None),
             TypeError,
             "http_5xx must be a wavegate.Action, got None",
+        ),
+        (
+            lambda: GENERIC.derive(retry_http_statuses={"429"}),
+            TypeError,
+            "retry_http_statuses must be a set of HTTP statuses (ints from 100 to 599), "
+            "got {'429'}",
+        ),
+        (
+            lambda: GENERIC.derive(retry_http_statuses=429),
+            TypeError,
+            "retry_http_statuses must be a set of HTTP statuses (ints from 100 to 599), got 429",
+        ),
+        (
+            lambda: GENERIC.derive(retry_http_statuses=[429, 99]),
+            ValueError,
+            "retry_http_statuses must be a set of HTTP statuses (ints from 100 to 599), "
+            "got [429, 99]",
         ),
         (lambda: Session("http://feed.example/", FEED), InvalidURLError, "ws:// or wss://"),
         (lambda: Session("not a url", FEED), InvalidURLError, "URL scheme must be"),

@@ -9,7 +9,7 @@ matching signal. Policies are immutable data; derive your own with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from types import MappingProxyType
@@ -67,6 +67,23 @@ _DEFAULT_CONNECT_FAILURES: Mapping[Event, Action] = MappingProxyType(
 )
 
 
+def _statuses(statuses: object) -> frozenset[int]:
+    """``retry_http_statuses`` as a frozenset; a string or a status outside 100..599
+    would silently never match."""
+    problem = (
+        "retry_http_statuses must be a set of HTTP statuses (ints from 100 to 599), "
+        f"got {statuses!r}"
+    )
+    if not isinstance(statuses, Iterable) or isinstance(statuses, (str, bytes)):
+        raise TypeError(problem)
+    taken = list(statuses)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in taken):
+        raise TypeError(problem)
+    if not all(100 <= s <= 599 for s in taken):
+        raise ValueError(problem)
+    return frozenset(taken)
+
+
 def _frozen(mapping: Mapping[int, Action]) -> Mapping[int, Action]:
     for code, action in mapping.items():
         if not isinstance(code, int) or isinstance(code, bool) or not 1000 <= code <= 4999:
@@ -117,6 +134,7 @@ class ClosePolicy:
             if not isinstance(value, Action):
                 raise TypeError(f"{name} must be a wavegate.Action, got {value!r}")
         object.__setattr__(self, "codes", _frozen(self.codes))
+        object.__setattr__(self, "retry_http_statuses", _statuses(self.retry_http_statuses))
         for event, action in self.connect_failures.items():
             if not isinstance(action, Action):
                 raise TypeError(
