@@ -655,7 +655,7 @@ def test_a_fraction_is_a_number_and_a_decimal_is_refused_with_the_fix() -> None:
     # Left out at stop 23: a Fraction (a numbers.Real, as numpy's numbers are) was
     # refused as "not a positive number"; a Decimal does not mix with the loop's
     # float clock, so it is refused, saying how to pass it.
-    session = Session("ws://feed.example/", FEED, close_timeout=Fraction(3, 2))
+    session = Session("ws://feed.example/", FEED, close_timeout=Fraction(3, 2))  # type: ignore[arg-type]
     assert session._close_timeout == 1.5
     assert type(session._close_timeout) is float
     with pytest.raises(TypeError) as caught:
