@@ -599,6 +599,30 @@ async def test_connects_waiting_for_a_disconnect_share_one_new_connection(
         await ws.send_json({"op": 3})
 
 
+async def test_a_connect_to_another_url_during_an_opening_is_refused(
+    make_ws: WebsocketFactory,
+) -> None:
+    # Found by a new-user trial: connect(B) joined the opening to A in flight and
+    # returned as if connected to B.
+    async def echo(conn: ServerConnection) -> None:
+        async for message in conn:
+            await conn.send(message)
+
+    async with websockets_server(echo) as first, websockets_server(echo) as second:
+        ws = make_ws()
+        opening = asyncio.ensure_future(ws.connect(f"{first}?token=hunter2"))
+        await asyncio.sleep(0)
+        assert ws.state is WebsocketState.CONNECTING
+        with pytest.raises(RuntimeError) as caught:
+            await ws.connect(second)
+        shown = redact_url(f"{first}?token=hunter2")
+        assert "hunter2" not in shown
+        assert str(caught.value).startswith(f"already connecting to {shown}; "), caught.value
+        await asyncio.wait_for(opening, 10)  # the first opening goes on
+        await ws.send_json({"op": 1})
+        assert (await asyncio.wait_for(ws.receive(), 10)).payload == {"op": 1}
+
+
 async def test_a_send_whose_reader_left_reads_the_close_frame_itself(
     make_ws: WebsocketFactory, transport: str
 ) -> None:

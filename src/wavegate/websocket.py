@@ -456,7 +456,8 @@ class Websocket:
 
         Raises:
             InvalidURLError: ``url`` is not a ``ws://``/``wss://`` URL (at once).
-            RuntimeError: already connected.
+            RuntimeError: already connected, or connecting to another URL (a
+                ``connect()`` to the same URL during an opening shares it).
             ReconnectSignal: the open failed in a way worth retrying (timeout,
                 refused, DNS, 5xx/408/429...), per the policy.
             DisconnectSignal: the open failed for good (4xx, bad certificate, a
@@ -465,6 +466,12 @@ class Websocket:
         check_url(url)
         while self._state is not _DISCONNECTED:
             if self._state is _CONNECTING:
+                assert self._conn is not None
+                if self._conn.url != url:
+                    raise RuntimeError(
+                        f"already connecting to {redact_url(self._conn.url)}; call "
+                        "disconnect() before connecting elsewhere"
+                    )
                 await self._wait_opening()  # share the opening in flight
                 return
             if self._state is _CONNECTED:
