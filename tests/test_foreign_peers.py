@@ -599,6 +599,36 @@ async def test_connects_waiting_for_a_disconnect_share_one_new_connection(
         await ws.send_json({"op": 3})
 
 
+@pytest.mark.parametrize(
+    "path", ["/rooms/general chat", "/x?q=a b", "/a\r\nX-Evil: 1", "/tab\there", "/del\x7f"]
+)
+async def test_a_url_with_a_space_or_control_character_is_refused_at_once(
+    make_ws: WebsocketFactory, path: str
+) -> None:
+    # Found by a new-user trial: picows sent the space as it was (the server dropped
+    # the request: retried as connect_error for ever), aiohttp encoded it, and both
+    # silently dropped CR, LF and tab (Python's URL parser strips them).
+    opened: list[str] = []
+
+    async def record(conn: ServerConnection) -> None:
+        opened.append(conn.request.path if conn.request is not None else "")
+
+    async with websockets_server(record) as url:
+        ws = make_ws()
+        with pytest.raises(InvalidURLError) as caught:
+            await ws.connect(url.rstrip("/") + path)
+        assert str(caught.value).startswith(
+            "URL has a space or a control character (percent-encode it: a space is %20): "
+        ), caught.value
+        assert ws.disconnected
+        assert opened == []
+    with pytest.raises(InvalidURLError, match="percent-encode"):
+        check_url("ws://bot:hunter 2@127.0.0.1:9/")
+    with pytest.raises(InvalidURLError) as caught:
+        check_url("ws://bot:hunter 2@127.0.0.1:9/")
+    assert "hunter" not in str(caught.value)
+
+
 async def test_a_connect_to_another_url_during_an_opening_is_refused(
     make_ws: WebsocketFactory,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl as ssl_module
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -165,11 +166,21 @@ _MISPARSED = (
 )
 
 
+_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+
+
 def check_url(url: str) -> None:
     """Raise :class:`InvalidURLError` unless ``url`` is a ``ws://`` or ``wss://`` URL
     with a host, in words that never show its secrets."""
     if not isinstance(url, str):
         raise InvalidURLError(f"url must be a str, got {type(url).__name__}")
+    if _UNSAFE.search(url):
+        # Python's parser drops tab, CR and LF unseen, and a space breaks the request
+        # line (or is encoded, depending on the transport).
+        raise InvalidURLError(
+            "URL has a space or a control character (percent-encode it: a space is "
+            f"%20): {redact_url(_UNSAFE.sub('%20', url))!r}"
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
