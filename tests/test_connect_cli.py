@@ -245,6 +245,23 @@ async def test_echo_through_a_pipe_and_a_clean_exit(command_cleanup: list[Comman
     assert closes == [1000]
 
 
+async def test_a_subprotocol_is_offered_and_the_choice_shown(
+    command_cleanup: list[Command],
+) -> None:
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async with websockets_server(echo, subprotocols=["chat.v2", "chat.v1"]) as url:
+        command = await Command.start("--subprotocol", "chat.v1", url)
+        command_cleanup.append(command)
+        line = await command.status_line("connected to")
+        assert line.endswith(" (subprotocol chat.v1)"), line
+        command.send('{"op": 1}')
+        assert await command.output() == {"op": 1}
+        assert await command.finish() == 0
+
+
 async def test_a_stop_code_exits_non_zero_naming_it(command_cleanup: list[Command]) -> None:
     async def kick(ws: ServerConnection) -> None:
         await ws.recv()

@@ -338,6 +338,86 @@ async def test_a_handshake_with_something_the_client_never_offered_fails_for_goo
         assert ws.disconnected
 
 
+async def test_a_subprotocol_is_offered_and_the_servers_choice_is_exposed(
+    make_ws: WebsocketFactory,
+) -> None:
+    # Found by a new-user trial: there was no way to offer one; given as a header,
+    # the server's (valid) answer was refused as never offered.
+    chosen: list[str | None] = []
+
+    async def echo(conn: ServerConnection) -> None:
+        chosen.append(conn.subprotocol)
+        async for message in conn:
+            await conn.send(message)
+
+    async with websockets_server(echo, subprotocols=["chat.v2", "chat.v1"]) as url:
+        ws = make_ws(subprotocols=["chat.v1", "chat.v2"])
+        assert ws.subprotocol is None
+        await ws.connect(url)
+        assert ws.subprotocol == chosen[0] == "chat.v2"  # the server's preference
+        await ws.send_json({"op": 1})
+        assert await asyncio.wait_for(ws.receive(), 10) == WebsocketPacketJSON({"op": 1})
+        await ws.disconnect()
+        assert ws.subprotocol is None
+        with pytest.raises(DisconnectSignal) as caught:
+            await make_ws().connect(url)  # offering none to a server that needs one
+        assert (caught.value.event, caught.value.code) == (Event.HANDSHAKE_STATUS, 400)
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (
+            "chat.v3",
+            "Sec-WebSocket-Protocol 'chat.v3', but the client offered 'chat.v1', 'chat.v2'",
+        ),
+        (
+            "chat.v1, chat.v2",
+            "Sec-WebSocket-Protocol 'chat.v1, chat.v2', but the client offered 'chat.v1', "
+            "'chat.v2'",
+        ),
+    ],
+)
+async def test_a_subprotocol_answer_that_was_not_offered_fails_for_good(
+    make_ws: WebsocketFactory, answer: str, problem: str
+) -> None:
+    async def reply(peer: RawPeer) -> None:
+        await peer.handshake(f"Sec-WebSocket-Protocol: {answer}\r\n")
+        await asyncio.Event().wait()
+
+    async with raw_server(reply) as url:
+        ws = make_ws(subprotocols=("chat.v1", "chat.v2"))
+        with pytest.raises(DisconnectSignal) as caught:
+            await ws.connect(url)
+        assert caught.value.event is Event.HANDSHAKE_INVALID
+        assert problem in str(caught.value), caught.value
+        assert ws.disconnected
+
+
+async def test_a_server_that_chooses_no_subprotocol_is_accepted_without_one(
+    make_ws: WebsocketFactory,
+) -> None:
+    # RFC 6455 4.1 lets the server choose none; the application decides what it means.
+    requests: list[bytes] = []
+
+    async def reply(peer: RawPeer) -> None:
+        await peer.handshake()
+        requests.append(peer.request)
+        await asyncio.Event().wait()
+
+    async with raw_server(reply) as url:
+        ws = make_ws(subprotocols=("chat.v1", "chat.v2"))
+        await ws.connect(url)
+        assert ws.subprotocol is None
+        offered = [
+            line.split(":", 1)[1]
+            for line in requests[0].decode().split("\r\n")
+            if line.lower().startswith("sec-websocket-protocol:")
+        ]
+        assert [name.strip() for name in ",".join(offered).split(",")] == ["chat.v1", "chat.v2"]
+        await ws.disconnect()
+
+
 async def test_an_unknown_extension_in_answer_to_compression_fails_for_good() -> None:
     async def answer(peer: RawPeer) -> None:
         await peer.handshake("Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n")
@@ -650,7 +730,7 @@ async def test_a_connect_to_another_url_during_an_opening_is_refused(
         assert str(caught.value).startswith(f"already connecting to {shown}; "), caught.value
         await asyncio.wait_for(opening, 10)  # the first opening goes on
         await ws.send_json({"op": 1})
-        assert (await asyncio.wait_for(ws.receive(), 10)).payload == {"op": 1}
+        assert await asyncio.wait_for(ws.receive(), 10) == WebsocketPacketJSON({"op": 1})
 
 
 async def test_a_send_whose_reader_left_reads_the_close_frame_itself(

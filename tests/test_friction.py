@@ -374,6 +374,41 @@ def test_the_tls_hint_names_the_plain_url_and_never_credentials(
             ValueError,
             "a header name is empty: names are HTTP tokens (letters, digits, !#$%&'*+-.^_`|~)",
         ),
+        # Found by a new-user trial: given as headers, the handshake's own were sent
+        # twice on picows (the server refused) and silently replaced on aiohttp.
+        (
+            {"headers": {"sec-websocket-protocol": "chat.v1"}},
+            ValueError,
+            "header 'sec-websocket-protocol' is the handshake's own: pass "
+            "subprotocols=[...] instead",
+        ),
+        (
+            {"headers": {"Sec-WebSocket-Extensions": "permessage-deflate"}},
+            ValueError,
+            "header 'Sec-WebSocket-Extensions' is the handshake's own: pass "
+            "compression=True instead",
+        ),
+        (
+            {"headers": {"Sec-WebSocket-Key": "x"}},
+            ValueError,
+            "header 'Sec-WebSocket-Key' is the handshake's own: the transport writes it",
+        ),
+        (
+            {"subprotocols": "chat.v1"},
+            TypeError,
+            "subprotocols must be a list of names, got the str 'chat.v1' (pass ['chat.v1'])",
+        ),
+        (
+            {"subprotocols": ["chat v1"]},
+            ValueError,
+            "subprotocol names are HTTP tokens (letters, digits, !#$%&'*+-.^_`|~), got 'chat v1'",
+        ),
+        ({"subprotocols": [1]}, TypeError, "subprotocol names are str, got int"),
+        (
+            {"subprotocols": ["a", "a"]},
+            ValueError,
+            "subprotocols names 'a' twice",
+        ),
     ],
 )
 def test_timing_options_that_make_no_sense_are_refused_by_name(

@@ -117,6 +117,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="connect through this http:// or https:// proxy (HTTP CONNECT)",
     )
+    parser.add_argument(
+        "--subprotocol",
+        action="append",
+        default=[],
+        type=subprotocol_name,
+        metavar="NAME",
+        help="offer this subprotocol (Sec-WebSocket-Protocol); repeat it to offer more, "
+        "in order of preference",
+    )
+
+
+def subprotocol_name(text: str) -> str:
+    """``--subprotocol``: an HTTP token."""
+    try:
+        TransportOptions(subprotocols=(text,))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def trust_problem(args: argparse.Namespace) -> str | None:
@@ -325,6 +343,7 @@ class Client:
             receive_mode="text" if args.text else "json",
             ssl=args.cafile if args.cafile is not None else not args.insecure,
             proxy=args.proxy,
+            subprotocols=args.subprotocol,
         )
         self.pending: deque[bytes] = deque()
         """Encoded lines to send, first in line until written whole."""
@@ -351,7 +370,10 @@ class Client:
         while True:
             try:
                 await self.ws.connect(self.args.url)
-                self.status(f"connected to {self.url}")
+                chosen = self.ws.subprotocol
+                self.status(
+                    f"connected to {self.url}" + (f" (subprotocol {chosen})" if chosen else "")
+                )
                 self.working = False
                 await self._pump(lines)
             except Signal as signal:

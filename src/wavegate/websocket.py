@@ -8,7 +8,7 @@ import logging
 import re
 import ssl as ssl_module
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from types import TracebackType
@@ -276,7 +276,10 @@ class Websocket:
         receive_mode: ``"json"`` (text frames -> :class:`WebsocketPacketJSON`) or
             ``"text"`` (text frames -> :class:`WebsocketPacketText`).
         headers: extra HTTP headers for the opening handshake: HTTP token names, ``str``
-            values without line breaks or other control characters.
+            values without line breaks or other control characters; not the
+            handshake's own (``Sec-WebSocket-*``, ``Upgrade``, ``Connection``).
+        subprotocols: subprotocol names to offer, in order of preference
+            (``Sec-WebSocket-Protocol``); :attr:`subprotocol` is the server's choice.
         ssl: ``True`` (verify, default), ``False`` (no verification) or an SSLContext,
             for the server and for an ``https://`` proxy alike. Each transport makes
             one context for ``True`` per process (picows at first use, aiohttp at its
@@ -318,6 +321,7 @@ class Websocket:
         compression: bool = _DEFAULTS.compression,
         transport: str | None = None,
         read_buffer_size: int = _DEFAULTS.read_buffer_size,
+        subprotocols: Sequence[str] = (),
     ) -> None:
         if not isinstance(policy, ClosePolicy):
             raise TypeError(f"policy must be a ClosePolicy, got {type(policy).__name__}")
@@ -337,6 +341,7 @@ class Websocket:
             proxy=proxy,
             compression=compression,
             read_buffer_size=read_buffer_size,
+            subprotocols=subprotocols,  # type: ignore[arg-type]  # checked: made a tuple
         )
         if compression and transport == "picows":
             raise ValueError(
@@ -392,6 +397,15 @@ class Websocket:
     def policy(self) -> ClosePolicy:
         """The close-code policy in force."""
         return self._policy
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the server chose from ``subprotocols`` while ``CONNECTED``
+        (``None``: it chose none, or not connected)."""
+        conn = self._conn
+        if self._state is not _CONNECTED or conn is None or conn.transport is None:
+            return None
+        return conn.transport.subprotocol
 
     @property
     def last_signal(self) -> Signal | None:

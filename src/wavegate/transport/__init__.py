@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import socket
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -47,6 +47,7 @@ class TransportOptions:
     proxy: str | None = None
     compression: bool = False
     read_buffer_size: int = 4096
+    subprotocols: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("open_timeout", "ping_interval"):
@@ -72,6 +73,7 @@ class TransportOptions:
             raise TypeError(f"compression must be True or False, got {self.compression!r}")
         # A copy: the caller's dict may change after, and the check must still hold.
         object.__setattr__(self, "headers", _checked_headers(self.headers))
+        object.__setattr__(self, "subprotocols", _checked_subprotocols(self.subprotocols))
         if self.proxy is not None:
             _check_proxy(self.proxy)
         if not isinstance(self.ssl, (bool, ssl_module.SSLContext)):
@@ -126,6 +128,55 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+_RESERVED = {
+    "sec-websocket-protocol": "pass subprotocols=[...] instead",
+    "sec-websocket-extensions": "pass compression=True instead",
+    **dict.fromkeys(
+        ("sec-websocket-key", "sec-websocket-version", "upgrade", "connection"),
+        "the transport writes it",
+    ),
+}
+"""Request headers the transports write themselves: given again, picows sent both (a
+server refuses a second key) and aiohttp kept its own unseen."""
+
+
+def _checked_subprotocols(names: object) -> tuple[str, ...]:
+    """``subprotocols`` as a tuple of distinct HTTP tokens (RFC 6455 4.1)."""
+    if isinstance(names, (str, bytes)):
+        raise TypeError(
+            f"subprotocols must be a list of names, got the {type(names).__name__} {names!r}"
+            f" (pass [{names!r}])"
+        )
+    if not isinstance(names, Iterable):
+        raise TypeError(f"subprotocols must be a list of names, got {type(names).__name__}")
+    taken = tuple(names)
+    for name in taken:
+        if not isinstance(name, str):
+            raise TypeError(f"subprotocol names are str, got {type(name).__name__}")
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(
+                "subprotocol names are HTTP tokens (letters, digits, !#$%&'*+-.^_`|~), "
+                f"got {name!r}"
+            )
+        if taken.count(name) > 1:
+            raise ValueError(f"subprotocols names {name!r} twice")
+    return taken
+
+
+def chosen_subprotocol(answer: str | None, offered: tuple[str, ...]) -> tuple[str | None, str]:
+    """The subprotocol a 101 answer's ``Sec-WebSocket-Protocol`` (``answer``) chose,
+    and what is wrong with it (``""``: nothing). RFC 6455 4.1: the server may choose
+    none, or exactly one of those offered."""
+    if answer is None:
+        return None, ""
+    if answer.strip() in offered:
+        return answer.strip(), ""
+    if not offered:
+        return None, f"Sec-WebSocket-Protocol {answer!r}, but the client offered no subprotocol"
+    names = ", ".join(repr(name) for name in offered)
+    return None, f"Sec-WebSocket-Protocol {answer!r}, but the client offered {names}"
+
+
 def _checked_headers(headers: object) -> dict[str, str]:
     """A copy of ``headers`` (a mapping, or pairs), refusing what a transport would
     send broken: picows sent a value's CR LF as is (a header of the caller's making),
@@ -155,6 +206,9 @@ def _checked_headers(headers: object) -> dict[str, str]:
             raise ValueError(
                 f"a header name {where}: names are HTTP tokens (letters, digits, !#$%&'*+-.^_`|~)"
             )
+        instead = _RESERVED.get(name.lower())
+        if instead is not None:
+            raise ValueError(f"header {name!r} is the handshake's own: {instead}")
         if not isinstance(value, str):
             raise TypeError(f"header {name!r} must have a str value, got {type(value).__name__}")
         if _CONTROL.search(value):
@@ -240,6 +294,9 @@ class Transport(Protocol):
     :meth:`writable` waits (cancellably) until the socket's buffer has room, then
     :meth:`send` writes the frame at once without waiting. Nothing waits after a write.
     """
+
+    subprotocol: str | None
+    """The subprotocol the server chose from ``TransportOptions.subprotocols``, if any."""
 
     @property
     def recv(self) -> Callable[[], Awaitable[str | bytes]]:

@@ -25,6 +25,7 @@ from . import (
     ConnectFailed,
     TransportClosed,
     TransportOptions,
+    chosen_subprotocol,
     proxy_status_failure,
     status_failure,
     write_lost,
@@ -205,7 +206,7 @@ class AiohttpTransport:
     our own close, a keepalive expiry); every later failure reports it.
     """
 
-    __slots__ = ("_ending", "_max_size", "_shared", "_socket", "_tls", "_ws")
+    __slots__ = ("_ending", "_max_size", "_shared", "_socket", "_tls", "_ws", "subprotocol")
 
     def __init__(
         self, shared: _SharedSession | None, ws: _WebSocketResponse, max_size: int | None = None
@@ -216,6 +217,7 @@ class AiohttpTransport:
         self._ending: TransportClosed | None = None
         self._tls = ws.get_extra_info("ssl_object") is not None
         self._socket = ws.get_extra_info("socket")
+        self.subprotocol: str | None = None
         ws.on_keepalive_failure = self._keepalive_failed
 
     def _record(self, ending: TransportClosed) -> TransportClosed:
@@ -397,9 +399,9 @@ def _connect_failure(exc: BaseException) -> ConnectFailed:
 def _unoffered(ws: _WebSocketResponse, options: TransportOptions) -> str | None:
     """What the server's 101 answer negotiated that we never offered (RFC 6455 4.1)."""
     headers: Any = ws._response.headers
-    protocol = headers.get("Sec-WebSocket-Protocol")
-    if protocol is not None:
-        return f"Sec-WebSocket-Protocol {protocol!r}, but the client offered no subprotocol"
+    _, problem = chosen_subprotocol(headers.get("Sec-WebSocket-Protocol"), options.subprotocols)
+    if problem:
+        return problem
     extensions = headers.get("Sec-WebSocket-Extensions")
     if extensions is not None and not ws.compress:
         # Nothing offered, or something other than the permessage-deflate we offered.
@@ -432,6 +434,7 @@ async def connect(url: str, options: TransportOptions) -> AiohttpTransport:
             max_msg_size=options.max_size + 1 if options.max_size else 0,
             compress=15 if options.compression else 0,
             headers=dict(options.headers),
+            protocols=options.subprotocols,
             proxy=options.proxy,
             ssl=options.ssl,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=options.close_timeout),
@@ -461,4 +464,6 @@ async def connect(url: str, options: TransportOptions) -> AiohttpTransport:
     if options.ping_interval is not None:
         # aiohttp waits heartbeat/2 for the pong; honour ping_timeout instead.
         ws._pong_heartbeat = options.ping_timeout
-    return AiohttpTransport(shared, ws, options.max_size)
+    transport = AiohttpTransport(shared, ws, options.max_size)
+    transport.subprotocol = ws.protocol  # checked above: one of those offered, or None
+    return transport

@@ -53,6 +53,7 @@ from . import (
     ConnectFailed,
     TransportClosed,
     TransportOptions,
+    chosen_subprotocol,
     proxy_status_failure,
     status_failure,
     write_lost,
@@ -197,10 +198,12 @@ class PicowsTransport:
         "_underlying",
         "_wt",
         "recv",
+        "subprotocol",
     )
 
     def __init__(self, options: TransportOptions) -> None:
         self._options = options
+        self.subprotocol: str | None = None
         self._ending: TransportClosed | None = None
         self._capacity: asyncio.Future[None] | None = None
         self._paused_at: int | None = None
@@ -552,13 +555,17 @@ def _connect_failure(exc: BaseException) -> ConnectFailed:
     return ConnectFailed(Event.CONNECT_ERROR, None, f"{type(exc).__name__}: {exc}")
 
 
-def _unoffered(headers: Any) -> str | None:
-    """What the server's 101 answer negotiated that we never offered (RFC 6455 4.1)."""
-    for name in ("Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions"):
-        value = headers.get(name)
-        if value is not None:
-            return f"{name} {value!r}, but the client offered none"
-    return None
+def _negotiated(transport: PicowsTransport, headers: Any) -> str:
+    """Take the subprotocol the server's 101 answer chose; what it negotiated that we
+    never offered (RFC 6455 4.1), or ``""``."""
+    offered = transport._options.subprotocols
+    transport.subprotocol, problem = chosen_subprotocol(
+        headers.get("Sec-WebSocket-Protocol"), offered
+    )
+    extensions = headers.get("Sec-WebSocket-Extensions")
+    if not problem and extensions is not None:
+        problem = f"Sec-WebSocket-Extensions {extensions!r}, but the client offered none"
+    return problem
 
 
 _DEFAULT_CONTEXTS: dict[bool, ssl_module.SSLContext] = {}
@@ -602,6 +609,8 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
     """Open a websocket to ``url`` with picows; raise :class:`ConnectFailed` on failure."""
     _check_supported(url, options)
     url, headers = _with_credentials(url, options.headers)
+    if options.subprotocols:
+        headers = {**headers, "Sec-WebSocket-Protocol": ", ".join(options.subprotocols)}
     transport = PicowsTransport(options)
     sockets: list[socket.socket] = []
     opening = picows.ws_connect(
@@ -641,8 +650,8 @@ async def connect(url: str, options: TransportOptions) -> PicowsTransport:
         raise ConnectFailed(
             Event.CONNECT_ERROR, None, "the server closed the connection before answering"
         )
-    unoffered = _unoffered(wt.response.headers)
-    if unoffered is not None:
+    unoffered = _negotiated(transport, wt.response.headers)
+    if unoffered:
         wt.disconnect(False)
         raise ConnectFailed(Event.HANDSHAKE_INVALID, None, f"the server answered with {unoffered}")
     # picows keeps the opening's request and response for the connection's life; their
