@@ -997,18 +997,31 @@ class Websocket:
             raise TypeError(f"send_bytes() takes bytes, got {type(data).__name__}")
         await self._send(BINARY, bytes(data) if isinstance(data, memoryview) else data)
 
+    async def _send_encoded(self, data: bytes) -> None:
+        """Send a text frame of UTF-8 this package encoded itself (unchecked)."""
+        await self._send(TEXT, data)
+
     async def send_text(self, data: str | bytes) -> None:
         """Send a text frame as-is, no JSON encoding (as :meth:`send_json` otherwise).
 
         ``bytes`` are taken as text already encoded in UTF-8 (from :meth:`encode_json`,
-        say) and sent unchecked: invalid UTF-8 makes the peer fail the connection (1007).
+        say); they are checked, as the peer would fail the connection (1007) for
+        invalid UTF-8 (ASCII is checked without decoding).
 
         Raises:
             TypeError: ``data`` is not a str or bytes.
-            EncodeError: it holds lone surrogates, which UTF-8 cannot encode.
+            EncodeError: it holds lone surrogates, which UTF-8 cannot encode, or
+                ``bytes`` that are not UTF-8; nothing was sent.
             DisconnectSignal, ReconnectSignal, ResumeSignal: as for ``send_json``.
         """
         if isinstance(data, bytes):
+            if not data.isascii():
+                try:
+                    data.decode()
+                except UnicodeDecodeError as exc:
+                    raise EncodeError(
+                        f"text is not valid UTF-8: {exc.reason} at byte {exc.start}"
+                    ) from None
             await self._send(TEXT, data)
             return
         if not isinstance(data, str):

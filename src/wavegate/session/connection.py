@@ -408,7 +408,7 @@ async def write(link: Link) -> None:
         if item.binary:
             await ws.send_bytes(item.frame)
         else:
-            await ws.send_text(item.frame)
+            await ws._send_encoded(item.frame)  # from encode_json: UTF-8 already
         outbox.written(item)
         parts.stats.sent += 1
 
