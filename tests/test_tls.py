@@ -322,3 +322,34 @@ async def test_a_wss_server_through_an_https_proxy(
         assert await ws.receive() == WebsocketPacketJSON({"tls": "in tls"})
         await ws.disconnect()
     assert len(proxy.targets) == 1
+
+
+async def test_a_server_hanging_up_during_tls_is_one_signal_and_no_broken_log_record(
+    make_ws: WebsocketFactory, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Found by a new-user trial: aiofastnet (picows' TLS engine) hands the loop's
+    # exception handler the exception class, not an instance; logging the record
+    # failed ("--- Logging error --- ... no attribute 'tb_frame'") on every such
+    # opening, even at WARNING.
+    hung_up = asyncio.Event()
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)  # the ClientHello
+        writer.transport.abort()
+        hung_up.set()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with caplog.at_level("WARNING"):
+            ws = make_ws()
+            with pytest.raises(Signal) as caught:
+                await ws.connect(f"wss://127.0.0.1:{port}/")
+            await asyncio.wait_for(hung_up.wait(), 10)
+        assert caught.value.event is Event.CONNECT_ERROR
+        assert "the server hung up during TLS" in str(caught.value)
+        assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+        assert "Logging error" not in capfd.readouterr().err
+    finally:
+        server.close()
+        await server.wait_closed()

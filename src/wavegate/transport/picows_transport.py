@@ -84,6 +84,26 @@ class _QuieterLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         super().log(level, msg, *args, **kwargs)
 
 
+class _ClassNotInstance(logging.Filter):
+    """aiofastnet (picows' TLS engine) reports a peer hanging up during the TLS
+    handshake to the loop's exception handler with the exception *class*
+    (``ConnectionResetError``); the default handler's record then fails to format
+    ("--- Logging error ---"). An ``OSError`` is dropped, as asyncio's own transports
+    do (wavegate's signal reports the ending); anything else gets an instance."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        info = record.exc_info
+        if info is None or not isinstance(info[1], type):
+            return True
+        kind = info[1]
+        if issubclass(kind, OSError):
+            return False
+        record.exc_info = (kind, kind(), None) if issubclass(kind, BaseException) else None
+        return True
+
+
+logging.getLogger("asyncio").addFilter(_ClassNotInstance())
+
 _PEERS_FAULT = ("WS parser error", "on_ws_frame raised WSProtocolError")
 """picows' words for a frame that broke the protocol (found by its parser, or by our
 listener, which raises ``WSProtocolError`` to have picows close with the code)."""
