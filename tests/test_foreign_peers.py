@@ -1079,3 +1079,20 @@ async def test_a_server_that_closes_before_answering_the_handshake_gives_a_signa
         assert isinstance(caught.value, ReconnectSignal)
         assert caught.value.event is Event.CONNECT_ERROR
     await eventually(lambda: open_fds() <= before)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # Found by a new-user trial: signed URLs (S3, GCS, CDN tokens) showed whole.
+        ("wss://feed.example/?sig=abc123&room=1", "wss://feed.example/?sig=<redacted>&room=1"),
+        (
+            "wss://feed.example/?X-Amz-Signature=abc&X-Amz-Credential=AKIA",
+            "wss://feed.example/?X-Amz-Signature=<redacted>&X-Amz-Credential=<redacted>",
+        ),
+        ("wss://feed.example/?jwt=eyJ&pwd=x", "wss://feed.example/?jwt=<redacted>&pwd=<redacted>"),
+        ("wss://feed.example/?design=dark", "wss://feed.example/?design=dark"),
+    ],
+)
+def test_signatures_and_credentials_in_a_query_are_redacted(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

@@ -27,13 +27,29 @@ def redact(value: Any, secret_keys: frozenset[str] = SECRET_KEYS) -> Any:
     return value
 
 
-_SECRET_NAME_PARTS = ("token", "secret", "password", "key", "auth", "cookie", "session")
+_SECRET_NAME_PARTS = (
+    "token",
+    "secret",
+    "password",
+    "key",
+    "auth",
+    "cookie",
+    "session",
+    "signature",
+    "credential",
+)
+_SECRET_NAMES = frozenset({"sig", "jwt", "pwd", "pass", "passwd", "ticket"})
+"""Short names matched whole: as parts they would hide ``design=`` or ``compass=``."""
 
 
 def is_secret_name(name: str) -> bool:
     """Whether a query key or header name looks like it carries a secret."""
     lowered = name.lower()
-    return lowered in SECRET_KEYS or any(part in lowered for part in _SECRET_NAME_PARTS)
+    return (
+        lowered in SECRET_KEYS
+        or lowered in _SECRET_NAMES
+        or any(part in lowered for part in _SECRET_NAME_PARTS)
+    )
 
 
 def _userinfo(url: str) -> str:
