@@ -701,6 +701,17 @@ def test_a_fraction_is_a_number_and_a_decimal_is_refused_with_the_fix() -> None:
     )
 
 
+def test_the_close_timeout_bounds_the_close_handshake_of_the_default_websocket() -> None:
+    # Found by a new-user trial: Session(close_timeout=1).close() took 5 s against a
+    # peer that stopped reading (the default Websocket's own close_timeout).
+    assert Session("ws://feed.example/", FEED, close_timeout=1).ws._options.close_timeout == 1
+    voice = VoiceClient("127.0.0.1:9", CREDENTIALS, close_timeout=0.5)
+    assert voice.ws._options.close_timeout == 0.5
+    assert voice.ws._options.read_buffer_size == 2048
+    own = Websocket(close_timeout=3)
+    assert Session("ws://feed.example/", FEED, websocket=own, close_timeout=1).ws is own
+
+
 def test_never_is_infinity_where_waiting_for_ever_makes_sense() -> None:
     # Found by review: move_grace and reset_after took inf before the checks.
     VoiceClient("127.0.0.1:9", CREDENTIALS, move_grace=float("inf"))

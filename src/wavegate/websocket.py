@@ -174,13 +174,6 @@ def check_url(url: str) -> None:
     with a host, in words that never show its secrets."""
     if not isinstance(url, str):
         raise InvalidURLError(f"url must be a str, got {type(url).__name__}")
-    if _UNSAFE.search(url):
-        # Python's parser drops tab, CR and LF unseen, and a space breaks the request
-        # line (or is encoded, depending on the transport).
-        raise InvalidURLError(
-            "URL has a space or a control character (percent-encode it: a space is "
-            f"%20): {redact_url(_UNSAFE.sub('%20', url))!r}"
-        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -194,6 +187,13 @@ def check_url(url: str) -> None:
         raise InvalidURLError(f"malformed URL {redact_url(url)!r}: {why}")
     if parts.scheme not in ("ws", "wss"):
         raise InvalidURLError(f"URL scheme must be ws:// or wss://, got {redact_url(url)!r}")
+    if _UNSAFE.search(url):
+        # Python's parser drops tab, CR and LF unseen, and a space breaks the request
+        # line (or is encoded, depending on the transport).
+        raise InvalidURLError(
+            "URL has a space or a control character (percent-encode it: a space is "
+            f"%20): {redact_url(_UNSAFE.sub('%20', url))!r}"
+        )
     if parts.fragment or url.endswith("#"):
         raise InvalidURLError(
             f"a websocket URL has no #fragment (RFC 6455 3), got {redact_url(url)!r}"

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _checks as checks
 from .._flag import Flag
 from ..redact import REDACTED
-from ..session import Session, SessionEvent
+from ..session import CLOSE_TIMEOUT, Session, SessionEvent
 from ..session.events import OnEvent
 from ..session.machine import Outcome
 from ..signals import SessionClosedError, WaitTimeoutError
@@ -147,7 +147,10 @@ class VoiceClient(Session):
         self._user_on_event: OnEvent | None = options.pop("on_event", None)
         checks.function("on_event", self._user_on_event)
         if websocket is None:
-            websocket = Websocket(read_buffer_size=MIN_READ_BUFFER)  # 2 KiB less per session
+            websocket = Websocket(
+                read_buffer_size=MIN_READ_BUFFER,  # 2 KiB less per session
+                close_timeout=options.get("close_timeout", CLOSE_TIMEOUT),
+            )
         super().__init__(
             voice_url(endpoint), protocol, websocket=websocket, on_event=self._seen, **options
         )

@@ -58,6 +58,8 @@ __all__ = [
 
 
 _S = TypeVar("_S", bound="Session")
+CLOSE_TIMEOUT = 5.0
+"""``Session``'s default ``close_timeout``, in seconds."""
 
 
 class Session:
@@ -66,7 +68,8 @@ class Session:
     Args:
         url: the gateway URL.
         protocol: the gateway protocol (see :class:`~wavegate.GatewayProtocol`).
-        websocket: the connection to drive (a default ``Websocket()`` otherwise).
+        websocket: the connection to drive (otherwise ``Websocket(close_timeout=...)``
+            with this session's ``close_timeout``).
         backoff: retry delays for new sessions and repeated resumes.
         max_resume_attempts: consecutive resume attempts before a new session.
         handshake_timeout: seconds for a handshake (from the open to its end).
@@ -78,7 +81,9 @@ class Session:
         receive_queue_size: received messages that may wait for the application;
             past it the session stops reading the socket (TCP backpressure), and
             zombie detection and keepalive wait until the application reads again.
-        close_timeout: seconds ``close()`` waits for the runner.
+        close_timeout: seconds ``close()`` waits for the runner (and, with the default
+            websocket, for the server to answer the close; your own ``websocket``'s
+            ``close_timeout`` bounds that part).
         zombie_close_code: the code we close a zombie with, 3000-4999 (not 1000, so
             the server keeps the session resumable).
         move_grace: seconds to wait for :meth:`move` after a close with one of
@@ -108,7 +113,7 @@ class Session:
         max_heartbeat_interval: float | None = None,
         send_queue_size: int = 1024,
         receive_queue_size: int = 1024,
-        close_timeout: float = 5.0,
+        close_timeout: float = CLOSE_TIMEOUT,
         zombie_close_code: int = 4000,
         move_grace: float = 0.0,
         move_codes: frozenset[int] = frozenset({4014}),
@@ -119,7 +124,9 @@ class Session:
         seconds = _check_options(locals())
         self.url = url
         self.protocol = protocol
-        self.ws = websocket if websocket is not None else Websocket()
+        if websocket is None:
+            websocket = Websocket(close_timeout=seconds["close_timeout"])
+        self.ws = websocket
         self.stats = SessionStats()
         self.latency: float | None = None
         """The last heartbeat round trip in seconds."""
