@@ -418,6 +418,28 @@ async def test_a_server_that_chooses_no_subprotocol_is_accepted_without_one(
         await ws.disconnect()
 
 
+@pytest.mark.parametrize(
+    "answer", [b"SSH-2.0-OpenSSH_9.6\r\n\r\n", b"\x16\x03\x01\x00\x05hello\r\n\r\n"]
+)
+async def test_an_answer_that_is_not_http_is_an_invalid_handshake_with_no_status(
+    make_ws: WebsocketFactory, answer: bytes
+) -> None:
+    # Found by a new-user trial: aiohttp reported "HTTP 400", a status the server
+    # never sent (its parser's error), and picows an invalid handshake.
+    async def reply(peer: RawPeer) -> None:
+        await peer.reader.readuntil(b"\r\n\r\n")
+        peer.writer.write(answer)
+        await peer.writer.drain()
+        peer.writer.close()
+
+    async with raw_server(reply) as url:
+        ws = make_ws()
+        with pytest.raises(DisconnectSignal) as caught:
+            await ws.connect(url)
+        assert (caught.value.event, caught.value.code) == (Event.HANDSHAKE_INVALID, None)
+        assert "HTTP 400" not in str(caught.value)
+
+
 async def test_an_unknown_extension_in_answer_to_compression_fails_for_good() -> None:
     async def answer(peer: RawPeer) -> None:
         await peer.handshake("Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n")

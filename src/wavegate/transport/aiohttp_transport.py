@@ -377,8 +377,14 @@ def _connect_failure(exc: BaseException) -> ConnectFailed:
         return ConnectFailed(Event.HANDSHAKE_INVALID, None, f"invalid handshake: {exc.message}")
     if isinstance(exc, aiohttp.ClientHttpProxyError):  # the CONNECT for a wss:// URL
         return proxy_status_failure(exc.status)
-    if isinstance(exc, aiohttp.ClientResponseError):
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
         return status_failure(exc.status)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # Not a status the server sent: aiohttp's parser found no HTTP answer (400).
+        first = str(exc.message).strip().splitlines()[0] if exc.message else "no HTTP"
+        return ConnectFailed(
+            Event.HANDSHAKE_INVALID, None, f"the server's answer is not HTTP ({first})"
+        )
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return ConnectFailed(
             Event.CONNECT_TLS_CERTIFICATE, None, f"certificate rejected: {exc.certificate_error}"
