@@ -40,6 +40,8 @@ NEW_4006 = ReconnectSignal("session no longer valid", code=4006, event=Event.PEE
 REFUSED = ReconnectSignal("connection refused", event=Event.CONNECT_REFUSED)
 MOVED_4014 = DisconnectSignal("disconnected", code=4014, event=Event.PEER_CLOSE)
 LIMITED_4021 = DisconnectSignal("rate limited", code=4021, event=Event.PEER_CLOSE)
+LIMITED_429 = ReconnectSignal("HTTP 429", code=429, event=Event.HANDSHAKE_STATUS, retry_after=30.0)
+BUSY_503 = ReconnectSignal("HTTP 503", code=503, event=Event.HANDSHAKE_STATUS, retry_after=0.1)
 
 RULES = RetryRules(max_resume_attempts=3, move_codes=frozenset({4014}), move_grace=5.0)
 
@@ -74,6 +76,15 @@ DECISIONS: list[tuple[str, Ending, dict[str, object], list[float | None], Decisi
     ("a stale code ends a resume too", Ending(NEW_4006),
      {"resuming": True, "rules": RetryRules(stale_codes=frozenset({4006}))}, [],
      Stop(Outcome("needs_credentials", NEW_4006))),
+    ("ReconnectSignal with a Retry-After: a new session no sooner than it",
+     Ending(LIMITED_429, while_opening=True), {}, [0.5], NewSession(30.0)),
+    ("ReconnectSignal with a Retry-After shorter than the backoff's delay: the delay",
+     Ending(BUSY_503, while_opening=True), {}, [0.5], NewSession(0.5)),
+    ("a failed connect while resuming: resume no sooner than its Retry-After",
+     Ending(LIMITED_429, while_opening=True), {"resuming": True, "resume_attempts": 1}, [0.2],
+     Resume(30.0, 2)),
+    ("ResumeSignal: even the first (immediate) resume waits out a Retry-After",
+     Ending(LIMITED_429, while_opening=True), {"resuming": True}, [0.7], Resume(30.0, 1)),
     ("backoff attempts spent (new session)", Ending(NEW_4006), {}, [None],
      Stop(Outcome("retries_exhausted", NEW_4006))),
     ("backoff attempts spent (resume)", Ending(RESUME_4015), {"resume_attempts": 1}, [None],

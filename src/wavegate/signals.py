@@ -61,6 +61,8 @@ class Signal(Exception):
         reason: the close reason or a short description of the failure.
         event: what happened, as an :class:`Event`.
         initiated_locally: ``True`` when this side started the close.
+        retry_after: seconds the server asked to wait before trying again (an HTTP
+            ``Retry-After`` with a ``HANDSHAKE_STATUS``), ``None`` when it asked none.
     """
 
     def __init__(
@@ -70,12 +72,14 @@ class Signal(Exception):
         code: int | None = None,
         event: Event = Event.NOT_CONNECTED,
         initiated_locally: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
         self.event = event
         self.initiated_locally = initiated_locally
+        self.retry_after = retry_after
         # The cause says why; the exception being handled when it was raised does not.
         self.__suppress_context__ = True
 
@@ -99,6 +103,7 @@ class Signal(Exception):
             code=self.code,
             event=self.event,
             initiated_locally=self.initiated_locally,
+            retry_after=self.retry_after,
         )
         copy.__cause__ = self.__cause__
         return copy

@@ -532,6 +532,8 @@ class Websocket:
             reason = tls_mismatch_hint(conn.url, failed.event, failed.reason)
             reason = proxy_hint(self._options.proxy, conn.url, failed.event, reason)
             self._record_ending(conn, failed.event, failed.code, reason, False, failed.__cause__)
+            if conn.ending is not None:
+                conn.ending.retry_after = failed.retry_after
             return self._finish(conn)
         except asyncio.CancelledError:
             if opener.cancelled() and self._state is _DISCONNECTING and not _cancelling():

@@ -244,13 +244,13 @@ def decide(
             return Stop(Outcome("retries_exhausted", signal))
         if resume_attempts == 0 and backoff.attempts == 1:
             delay = 0.0  # the first retry since the connection was healthy: at once
-        return Resume(delay, resume_attempts + 1)
+        return Resume(max(delay, signal.retry_after or 0.0), resume_attempts + 1)
     if signal.code in rules.stale_codes:
         return Stop(Outcome("needs_credentials", signal))
     delay = backoff.next_delay()
     if delay is None:
         return Stop(Outcome("retries_exhausted", signal))
-    return NewSession(delay)
+    return NewSession(max(delay, signal.retry_after or 0.0))  # the server's wish holds
 
 
 class SessionMachine:

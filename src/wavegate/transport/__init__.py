@@ -10,9 +10,12 @@ exception crosses this seam except as ``__cause__``.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import re
 import socket
 import ssl as ssl_module
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -245,17 +248,43 @@ class TransportClosed(Exception):
 class ConnectFailed(Exception):
     """Opening failed; ``code`` is the HTTP status for ``HANDSHAKE_STATUS``."""
 
-    def __init__(self, event: Event, code: int | None = None, reason: str = "") -> None:
+    def __init__(
+        self,
+        event: Event,
+        code: int | None = None,
+        reason: str = "",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(reason)
         self.event = event
         self.code = code
         self.reason = reason
+        self.retry_after = retry_after
 
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
-def status_failure(status: int, location: str | None = None) -> ConnectFailed:
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """An HTTP ``Retry-After`` value (RFC 9110 10.2.3: seconds, or an HTTP date) as
+    seconds from ``now`` (a Unix time), at least 0; ``None`` for none or nonsense."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT; a date without a zone is taken so
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - now)
+
+
+def status_failure(
+    status: int, location: str | None = None, retry_after: str | None = None
+) -> ConnectFailed:
     """The opening handshake was answered with HTTP ``status`` instead of 101.
 
     A redirect is never followed, on any transport: following it would send the
@@ -272,7 +301,11 @@ def status_failure(status: int, location: str | None = None) -> ConnectFailed:
             f"HTTP {status}: a redirect to {redact_url(location)}, not followed "
             "(connect to it directly)",
         )
-    return ConnectFailed(Event.HANDSHAKE_STATUS, status, f"HTTP {status}")
+    wait = retry_after_seconds(retry_after, time.time())
+    if wait is None:
+        return ConnectFailed(Event.HANDSHAKE_STATUS, status, f"HTTP {status}")
+    reason = f"HTTP {status} (Retry-After: {wait:g} s)"
+    return ConnectFailed(Event.HANDSHAKE_STATUS, status, reason, retry_after=wait)
 
 
 PROXY_ANSWERED = "the proxy answered HTTP"

@@ -378,7 +378,8 @@ def _connect_failure(exc: BaseException) -> ConnectFailed:
     if isinstance(exc, aiohttp.ClientHttpProxyError):  # the CONNECT for a wss:// URL
         return proxy_status_failure(exc.status)
     if isinstance(exc, aiohttp.WSServerHandshakeError):
-        return status_failure(exc.status)
+        headers: Any = exc.headers or {}
+        return status_failure(exc.status, None, headers.get("Retry-After"))
     if isinstance(exc, aiohttp.ClientResponseError):
         # Not a status the server sent: aiohttp's parser found no HTTP answer (400).
         first = str(exc.message).strip().splitlines()[0] if exc.message else "no HTTP"

@@ -561,7 +561,10 @@ def _connect_failure(exc: BaseException) -> ConnectFailed:
         response = exc.response
         if response is None:
             return status_failure(0)
-        return status_failure(int(response.status), response.headers.get("Location"))
+        headers = response.headers
+        return status_failure(
+            int(response.status), headers.get("Location"), headers.get("Retry-After")
+        )
     if isinstance(exc, picows.WSHandshakeError):
         return ConnectFailed(Event.HANDSHAKE_INVALID, None, f"invalid handshake: {exc}")
     if isinstance(exc, ssl_module.SSLCertVerificationError):
