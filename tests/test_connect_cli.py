@@ -63,6 +63,22 @@ pytestmark = pytest.mark.timeout(60)
                 message="connection refused; retrying in 1.2 s",
             ),
         ),
+        (  # the server's Retry-After holds over a shorter backoff delay
+            ReconnectSignal(
+                "HTTP 429 (Retry-After: 30 s)",
+                code=429,
+                event=Event.HANDSHAKE_STATUS,
+                retry_after=30.0,
+            ),
+            0.5,
+            1,
+            Step(
+                "reconnect",
+                30.0,
+                message="the server refused the websocket upgrade with HTTP 429 "
+                "(Retry-After: 30 s); retrying in 30.0 s",
+            ),
+        ),
         (
             ReconnectSignal("", code=4006, event=Event.PEER_CLOSE),
             None,

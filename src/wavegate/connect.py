@@ -216,8 +216,9 @@ def decide(
         )
         given_up = f"gave up {retries}: {describe(signal, url)}"
         return Step("stop", status=1, message=given_up)
-    if isinstance(signal, ResumeSignal) and attempts <= 1:
+    if isinstance(signal, ResumeSignal) and attempts <= 1 and not signal.retry_after:
         return Step("resume", message=f"{describe(signal, url)}; connecting again now")
+    delay = max(delay, signal.retry_after or 0.0)  # the server's wish holds
     return Step("reconnect", delay, message=f"{describe(signal, url)}; retrying in {delay:.1f} s")
 
 
@@ -241,7 +242,8 @@ def describe(signal: Signal, url: str = "") -> str:
             return where + signal.reason
         if signal.code in REDIRECT_STATUSES and signal.reason:
             return f"{where}the server answered the websocket upgrade with {signal.reason}"
-        return f"{where}the server refused the websocket upgrade with HTTP {signal.code}"
+        wait = "" if signal.retry_after is None else f" (Retry-After: {signal.retry_after:g} s)"
+        return f"{where}the server refused the websocket upgrade with HTTP {signal.code}{wait}"
     if signal.code is not None:
         reason = f" ({signal.reason})" if signal.reason else ""
         return f"close {signal.code}{reason}"
