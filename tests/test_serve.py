@@ -155,6 +155,17 @@ def test_bad_requests_get_a_clear_json_error(
     assert error in got["error"]
 
 
+async def test_a_fault_on_a_session_whose_client_left_is_a_409_at_once() -> None:
+    # Found by a new-user trial: it waited 5 s for a connection, then answered 504
+    # with an empty body.
+    with serving("--control-port", "0") as served:
+        async with VoiceClient(served.url, CREDENTIALS, backoff=FAST) as voice:
+            await voice.wait_ready(PATIENCE)
+        for fault, body in (("close", {"code": 4015}), ("drop", None)):
+            status, answer = await served.acall("POST", f"/sessions/session-1/{fault}", body)
+            assert (status, answer) == (409, {"error": "that session has no connection now"})
+
+
 async def test_a_bad_close_code_is_refused() -> None:
     with serving("--control-port", "0") as served:
         async with VoiceClient(served.url, CREDENTIALS, backoff=FAST) as voice:

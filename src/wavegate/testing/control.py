@@ -17,6 +17,7 @@ Answers are JSON; errors are ``{"error": "..."}`` with 400 (a bad request body) 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from aiohttp import web
 from .voice import FakeVoiceGateway
 
 log = logging.getLogger("wavegate.testing.control")
+NO_CONNECTION = "that session has no connection now"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -117,13 +119,19 @@ class ControlServer:
             raise ControlError(400, "code must be 1000 or 3000-4999")
         if not isinstance(reason, str) or len(reason.encode()) > 123:
             raise ControlError(400, "reason must be a string of at most 123 bytes")
-        await self.gateway.close_session(session_id, code, reason)
+        try:
+            await self.gateway.close_session(session_id, code, reason)
+        except asyncio.TimeoutError:
+            raise ControlError(409, f"{NO_CONNECTION} (none came back within 5 s)") from None
         log.info("control: closed a session of user %s with %s", self._user(session_id), code)
         return web.json_response({"closed": code})
 
     async def drop(self, request: web.Request) -> web.Response:
         session_id = self._session(request)
-        await self.gateway.drop(session_id)
+        try:
+            await self.gateway.drop(session_id)
+        except asyncio.TimeoutError:
+            raise ControlError(409, f"{NO_CONNECTION} (none came back within 5 s)") from None
         log.info("control: dropped TCP under user %s", self._user(session_id))
         return web.json_response({"dropped": True})
 
@@ -176,8 +184,11 @@ class ControlServer:
         session = self.gateway.sessions.get(session_id)
         if session is None:
             raise ControlError(404, "no such session")
-        if session.conn is None and request.path.endswith(("/close", "/drop")):
-            raise ControlError(409, "that session has no connection now")
+        # Ended and disconnected (it left with 1000, say): no connection will come
+        # back to it; one merely lost is waited for (close_session, drop).
+        gone = session.conn is None or (session.expired and not session.live.is_set())
+        if gone and request.path.endswith(("/close", "/drop")):
+            raise ControlError(409, NO_CONNECTION)
         return session_id
 
     def _user(self, session_id: str) -> str:
