@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -778,3 +778,43 @@ async def test_a_retry_after_is_waited_out_before_the_next_attempt(transport: st
             assert "HTTP 429 (Retry-After: 30 s)" in str(lost[-1])
         finally:
             await session.close()
+
+
+@pytest.mark.parametrize(
+    ("timeout", "error", "message"),
+    [
+        (NAN, ValueError, "timeout must be a number of at least 0 (inf: never), got nan"),
+        (-1, ValueError, "timeout must be a number of at least 0 (inf: never), got -1"),
+        (True, TypeError, "timeout must be a number of at least 0 (inf: never), got True"),
+        ("5", TypeError, "timeout must be a number of at least 0 (inf: never), got '5'"),
+    ],
+)
+async def test_a_calls_timeout_that_makes_no_sense_is_refused_by_name(
+    timeout: object, error: type[Exception], message: str
+) -> None:
+    # Found by a new-user trial: NaN waited for ever; "x" failed in a comparison.
+    session = Session("ws://127.0.0.1:9/", FEED, backoff=FAST)
+    voice = VoiceClient("127.0.0.1:9", CREDENTIALS)
+    calls: list[Callable[[], Awaitable[None]]] = [
+        lambda: session.wait_ready(timeout),  # type: ignore[arg-type]
+        lambda: session.send_json({"op": 1}, timeout=timeout),  # type: ignore[arg-type]
+        lambda: session.send_bytes(b"x", timeout=timeout),  # type: ignore[arg-type]
+        lambda: voice.wait_dave_ready(timeout),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(error) as caught:
+            await asyncio.wait_for(call(), 10)
+        assert str(caught.value) == message
+    assert session.pending_sends == 0
+
+
+async def test_a_zero_or_infinite_timeout_is_taken() -> None:
+    session = Session("ws://127.0.0.1:9/", FEED, backoff=FAST)
+    with pytest.raises(WaitTimeoutError):
+        await session.wait_ready(0)
+    waiting = asyncio.ensure_future(session.wait_ready(float("inf")))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting

@@ -52,6 +52,15 @@ def at_least(name: str, value: object, minimum: float, *, infinite: bool = False
     return number
 
 
+def wait(name: str, value: object) -> float | None:
+    """A call's ``timeout``: seconds, at least 0, or ``None`` (or infinity) for none.
+    NaN would wait for ever unseen; a string failed in a comparison deep inside."""
+    if value is None:
+        return None
+    seconds = at_least(name, value, 0, infinite=True)
+    return None if math.isinf(seconds) else seconds
+
+
 def count(name: str, value: object, minimum: int, *, none: bool = False) -> None:
     """An int of at least ``minimum`` (or ``None`` when ``none``)."""
     if value is None and none:

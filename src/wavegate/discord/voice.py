@@ -218,6 +218,7 @@ class VoiceClient(Session):
                 stands (no external sender yet, waiting for a welcome, version 0...).
             SessionClosedError: the session stopped first.
         """
+        timeout = checks.wait("timeout", timeout)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while not self._dave_settled():

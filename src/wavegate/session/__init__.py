@@ -201,7 +201,9 @@ class Session:
             SessionClosedError: the session stopped first.
             WaitTimeoutError: not ready within ``timeout`` seconds (a
                 ``TimeoutError``; the message gives the state and the last ending).
+            TypeError, ValueError: ``timeout`` is not a number of at least 0 or None.
         """
+        timeout = checks.wait("timeout", timeout)
         ready = asyncio.ensure_future(self._ready.wait())
         stopped = asyncio.ensure_future(self._closing.wait())
         try:
@@ -290,6 +292,7 @@ class Session:
 
         Raises:
             TypeError, EncodeError: not a dict, or not encodable (nothing queued).
+            TypeError, ValueError: ``timeout`` is not a number of at least 0 or None.
             SendQueueFullError: ``send_queue_size`` messages are already waiting.
             SendTimeoutError: not written within ``timeout`` seconds; withdrawn, it
                 never will be.
@@ -304,6 +307,7 @@ class Session:
         await self._send(bytes(data), binary=True, timeout=timeout)
 
     async def _send(self, frame: bytes, *, binary: bool, timeout: float | None) -> None:
+        timeout = checks.wait("timeout", timeout)
         if self._closing.is_set():
             raise SessionClosedError(f"session stopped: {self.outcome}", self.outcome)
         await self._outbox.send(frame, binary=binary, timeout=timeout)
