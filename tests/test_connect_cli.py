@@ -347,6 +347,28 @@ async def test_wait_prints_what_arrives_after_stdin_ends(command_cleanup: list[C
         await command.status_line("closed by the server (1000)")
 
 
+async def test_the_wait_ends_while_backing_off_instead_of_connecting_again(
+    command_cleanup: list[Command],
+) -> None:
+    # Found by a new-user trial: --wait 2 against a server closing 4015 again and
+    # again sat out a 3.9 s backoff after the wait, then connected only to close 1000.
+    connections = 0
+
+    async def flap(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        await ws.close(4015, "crashed")
+
+    async with websockets_server(flap) as url:
+        command = await Command.start("--wait", "1", "--policy", "discord-voice", url)
+        command_cleanup.append(command)
+        assert await command.finish() == 0  # stdin ends at once
+        line = await command.status_line("the --wait time is over")
+        assert line == "wavegate connect: close 4015 (crashed); the --wait time is over"
+        assert "closed (1000)" not in " ".join(command.status)
+    assert connections >= 1
+
+
 async def test_lines_that_cannot_be_encoded_are_reported_and_skipped(
     command_cleanup: list[Command],
 ) -> None:

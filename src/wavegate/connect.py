@@ -381,6 +381,9 @@ class Client:
             except Signal as signal:
                 delay = schedule.next_delay() if retries else None
                 step = decide(signal, delay, schedule.attempts, self.url, schedule.failures)
+                if step.action != "stop" and not self.pending and self._waited_enough(step.delay):
+                    self.status(f"{describe(signal, self.url)}; the --wait time is over")
+                    return self._unsent(0, lines)
                 self.status(step.message)
                 if step.action == "stop":
                     return self._unsent(step.status, lines)
@@ -392,6 +395,17 @@ class Client:
             await self.ws.disconnect(1000)
             self.status("closed (1000)")
             return 0
+
+    def _listen(self) -> None:
+        """Stdin ended and every line is sent: ``--wait`` starts (once, across
+        reconnects)."""
+        if self.listen_until is None and self.args.wait > 0:
+            self.listen_until = asyncio.get_running_loop().time() + self.args.wait
+
+    def _waited_enough(self, delay: float) -> bool:
+        """``--wait`` runs out before a retry ``delay`` from now would start."""
+        until = self.listen_until
+        return until is not None and asyncio.get_running_loop().time() + delay >= until
 
     def _worked(self) -> None:
         if not self.working:
@@ -416,11 +430,8 @@ class Client:
             done, _ = await asyncio.wait({reading, sending}, return_when="FIRST_COMPLETED")
             for task in done:
                 task.result()
-            if sending in done and self.args.wait > 0:  # stdin ended: listen a while
-                loop = asyncio.get_running_loop()
-                if self.listen_until is None:  # once, from the first EOF, across reconnects
-                    self.listen_until = loop.time() + self.args.wait
-                left = max(0.0, self.listen_until - loop.time())
+            if sending in done and self.listen_until is not None:  # listen a while
+                left = max(0.0, self.listen_until - asyncio.get_running_loop().time())
                 done, _ = await asyncio.wait({reading}, timeout=left)
                 for task in done:
                     task.result()
@@ -444,6 +455,7 @@ class Client:
         while True:
             if not self.pending:
                 if self.eof or not await self._take(lines):
+                    self._listen()
                     return
                 continue
             await self.ws.send_text(self.pending[0])
