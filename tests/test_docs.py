@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,24 @@ def test_every_relative_link_in_the_readme_resolves() -> None:
     relative = [link for link in links if "://" not in link]
     assert relative
     assert [link for link in relative if not (root / link).exists()] == []
+
+
+@pytest.mark.timeout(120)
+def test_the_readmes_fake_gateway_example_prints_what_it_says(tmp_path: Path) -> None:
+    # Found by a new-user trial: it printed [26, 26] or [26, 26, 26] from run to run
+    # (the list was read before the last key package came). Each printed line's
+    # comment is what it prints.
+    text = (DOCS.parent / "README.md").read_text()
+    section = text.split("## The fake voice gateway", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    for _ in range(3):
+        ran = subprocess.run(
+            [sys.executable, "-X", "dev", str(script)], capture_output=True, text=True, timeout=60
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stderr == ""
+        printed = ran.stdout.splitlines()
+        assert printed[0].startswith("Speaking(speaking=1, ssrc=1, ")
+        assert printed[1:] == ["resumes: 2", "key packages: 3"]

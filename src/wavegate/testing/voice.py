@@ -197,6 +197,8 @@ class FakeVoiceGateway:
         self._pending: set[asyncio.Future[None]] = set()
         self.received_by_user: dict[str, list[tuple[int, Any]]] = {}
         """Every application message each user sent, across all its sessions, in order."""
+        self._arrived = asyncio.Event()
+        """Set at each recorded message (``wait_received`` clears it and waits)."""
         self.require_dave = require_dave
         self.transition_timeout = transition_timeout
         self._stopping = False
@@ -528,6 +530,28 @@ class FakeVoiceGateway:
         if self.keep_received:
             session.received.append(message)
         self.received_by_user.setdefault(session.user_id, []).append(message)
+        self._arrived.set()
+
+    async def wait_received(
+        self, user_id: str, op: int, *, count: int = 1, timeout: float = 5.0
+    ) -> list[Any]:
+        """Wait until ``user_id`` has sent ``count`` messages with ``op`` (across its
+        sessions; heartbeats and handshakes are not recorded) and return their ``d``.
+
+        Raises:
+            TimeoutError: (``asyncio.TimeoutError``) not within ``timeout`` seconds.
+        """
+
+        def sent() -> list[Any]:
+            return [d for o, d in self.received_by_user.get(user_id, []) if o == op]
+
+        async def arrival() -> list[Any]:
+            while len(found := sent()) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+            return found[:count]
+
+        return await asyncio.wait_for(arrival(), timeout)
 
     async def _authenticate(
         self, conn: ServerConnection, op: int, payload: Any
