@@ -257,3 +257,23 @@ async def test_a_members_speaking_is_relayed_to_the_others_in_its_channel() -> N
                 return sum(b'"op":5,' in frame for _, _, frame in gateway.session(sid).buffer)
 
             assert (speaking_sent_to("s-2001"), speaking_sent_to("s-2009")) == (0, 0)
+
+
+async def test_wait_received_returns_what_a_client_sent_or_times_out(
+    gateway: FakeVoiceGateway,
+) -> None:
+    ws = Websocket(ping_interval=None)
+    await ws.connect(gateway.url)
+    try:
+        await ws.send_json(IDENTIFY)
+        waiting = asyncio.ensure_future(gateway.wait_received("2", 5, count=2, timeout=10))
+        await ws.send_json({"op": 5, "d": {"speaking": 1, "delay": 0, "ssrc": 1}})
+        await ws.send_json({"op": 5, "d": {"speaking": 0, "delay": 0, "ssrc": 1}})
+        sent = await waiting
+        assert [d["speaking"] for d in sent] == [1, 0]
+        with pytest.raises(asyncio.TimeoutError):
+            await gateway.wait_received("2", 5, count=3, timeout=0.05)
+        with pytest.raises(asyncio.TimeoutError):
+            await gateway.wait_received("nobody", 5, timeout=0.05)
+    finally:
+        await ws.disconnect()
