@@ -231,6 +231,17 @@ def test_bad_arguments_get_one_readable_line(options: tuple[str, ...], message: 
     assert "Traceback" not in result.stderr
 
 
+def test_ca_out_without_tls_is_a_usage_error() -> None:
+    # Found by a new-user trial: it exited 1, where connect's bad pairings exit 2.
+    result = subprocess.run(
+        [sys.executable, "-m", "wavegate", "serve", "--ca-out", "ca.pem", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (2, "wavegate serve: --ca-out needs --tls\n")
+
+
 def test_a_port_in_use_is_one_line() -> None:
     with serving() as served:
         port = served.url.rsplit(":", 1)[1].split("/", 1)[0]
@@ -261,6 +272,7 @@ def test_a_control_port_in_use_is_named_as_the_control_ports() -> None:
     assert result.stderr.startswith(
         f"wavegate serve: cannot start the control API on 127.0.0.1:{port}: "
     )
+    assert "listening on" not in result.stdout  # found by a new-user trial: it said so first
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -31,9 +31,17 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
         "--heartbeat", type=_heartbeat, default=5.0, help="heartbeat interval in seconds (5)"
     )
     serve.add_argument(
-        "--replay-size", type=_count, default=256, help="messages kept per session for resume"
+        "--replay-size",
+        type=_count,
+        default=256,
+        help="messages kept per session for resume (256)",
     )
-    serve.add_argument("--duration", type=_positive, help="stop after this many seconds")
+    serve.add_argument(
+        "--duration",
+        type=_positive,
+        metavar="SECONDS",
+        help="stop after this many seconds (default: run until Ctrl-C)",
+    )
     serve.add_argument(
         "--dave-optional",
         action="store_true",
@@ -58,7 +66,10 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--tls", action="store_true", help="serve wss:// with a fresh certificate")
     serve.add_argument(
-        "--ca-out", type=Path, help="with --tls: write the certificate's authority (PEM) here"
+        "--ca-out",
+        type=Path,
+        metavar="FILE",
+        help="with --tls: write the certificate's authority (PEM) to FILE",
     )
 
 
@@ -70,7 +81,7 @@ async def serve(args: argparse.Namespace) -> int:
     """Run until ``--duration`` passes or Ctrl-C; 1 with one line on stderr when the
     gateway cannot start (a port in use, a bad address)."""
     if args.ca_out is not None and not args.tls:
-        return _fail("--ca-out needs --tls")
+        return _fail("--ca-out needs --tls", status=2)  # a usage error
     channels: dict[str, str] = {}
     for server, channel in args.channel:
         if channels.setdefault(server, channel) != channel:
@@ -123,8 +134,8 @@ async def _running(args: argparse.Namespace) -> AsyncIterator[None]:
         ssl=tls.context if tls is not None else None,
     )
     async with gateway, contextlib.AsyncExitStack() as stack:
-        print(f"fake voice gateway v8 listening on {gateway.url}", flush=True)
-        if args.control_port is not None:
+        control = None
+        if args.control_port is not None:  # before saying "listening": it may fail
             control = ControlServer(gateway, port=args.control_port)
             try:
                 await stack.enter_async_context(control)
@@ -133,6 +144,8 @@ async def _running(args: argparse.Namespace) -> AsyncIterator[None]:
                 raise _CannotStart(
                     f"cannot start the control API on {where}: {exc.strerror or exc}"
                 ) from exc
+        print(f"fake voice gateway v8 listening on {gateway.url}", flush=True)
+        if control is not None:
             print(f"control API on {control.url}", flush=True)
         if args.ca_out is not None:
             print(f"certificate authority written to {args.ca_out}", flush=True)
