@@ -538,7 +538,7 @@ async def test_wrong_types_raise_type_error_before_touching_the_socket(
 ) -> None:
     ws = make_ws()
     await ws.connect(server.url)
-    with pytest.raises(TypeError, match="takes a dict"):
+    with pytest.raises(TypeError, match="a JSON message must be a dict"):
         await ws.send_json([1, 2])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="takes bytes"):
         await ws.send_bytes("text")  # type: ignore[arg-type]

@@ -687,6 +687,21 @@ async def test_wait_closed_before_start_says_so() -> None:
         await Session("ws://feed.example/", FEED).wait_closed()
 
 
+def test_wrong_types_name_the_call_that_took_them() -> None:
+    # Found by a new-user trial: encode_json([1]) said "send_json() takes a dict", and
+    # the voice client's media calls failed inside davey or bytes.endswith.
+    with pytest.raises(TypeError) as caught:
+        Websocket().encode_json([1])  # type: ignore[arg-type]
+    assert str(caught.value) == "a JSON message must be a dict (a JSON object), got list"
+    voice = VoiceClient("127.0.0.1:9", CREDENTIALS)
+    with pytest.raises(TypeError) as caught:
+        voice.encrypt_opus("x")  # type: ignore[arg-type]
+    assert str(caught.value) == "encrypt_opus() takes the Opus frame as bytes, got str"
+    with pytest.raises(TypeError) as caught:
+        voice.decrypt(2001, "x")  # type: ignore[arg-type]
+    assert str(caught.value) == "decrypt() takes the Opus frame as bytes, got str"
+
+
 def test_a_fraction_is_a_number_and_a_decimal_is_refused_with_the_fix() -> None:
     # Left out at stop 23: a Fraction (a numbers.Real, as numpy's numbers are) was
     # refused as "not a positive number"; a Decimal does not mix with the loop's

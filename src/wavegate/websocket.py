@@ -966,7 +966,9 @@ class Websocket:
             EncodeError: the codec cannot encode it (NaN and infinities included).
         """
         if not isinstance(data, dict):
-            raise TypeError(f"send_json() takes a dict, got {type(data).__name__}")
+            raise TypeError(
+                f"a JSON message must be a dict (a JSON object), got {type(data).__name__}"
+            )
         try:
             encoded = self._dumps(data)
         except (TypeError, ValueError, OverflowError) as exc:

@@ -247,12 +247,14 @@ class VoiceClient(Session):
     def encrypt_opus(self, frame: bytes) -> bytes:
         """An Opus ``frame`` end-to-end encrypted for the call when DAVE is active; as it
         is when DAVE is off (and for silence frames). Transport-encrypt it after."""
+        _check_frame("encrypt_opus", frame)
         return self.protocol.dave.encrypt_opus(frame)
 
     def decrypt(self, user_id: int | str, frame: bytes) -> bytes | None:
         """``user_id``'s Opus ``frame`` (transport decryption and RTP padding already
         removed) end-to-end decrypted; as it is when DAVE is off; ``None`` when it
         cannot be decrypted (around a transition: drop it)."""
+        _check_frame("decrypt", frame)
         return self.protocol.dave.decrypt(_user_id(user_id), frame)
 
     async def _renew(self) -> None:
@@ -316,6 +318,11 @@ class VoiceClient(Session):
         self._credentials_fresh = token is not None  # the move brought a token: no refresh
         self.protocol.new_session()
         self.move(voice_url(endpoint))
+
+
+def _check_frame(call: str, frame: object) -> None:
+    if not isinstance(frame, bytes):
+        raise TypeError(f"{call}() takes the Opus frame as bytes, got {type(frame).__name__}")
 
 
 def _user_id(user_id: object) -> int:
