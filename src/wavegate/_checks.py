@@ -53,12 +53,16 @@ def at_least(name: str, value: object, minimum: float, *, infinite: bool = False
 
 
 def wait(name: str, value: object) -> float | None:
-    """A call's ``timeout``: seconds, at least 0, or ``None`` (or infinity) for none.
-    NaN would wait for ever unseen; a string failed in a comparison deep inside."""
+    """A call's ``timeout`` in seconds (below 0 is 0, as for asyncio's: a deadline
+    already past), or ``None`` (or infinity) for none. NaN would wait for ever unseen;
+    a string failed in a comparison deep inside."""
     if value is None:
         return None
-    seconds = at_least(name, value, 0, infinite=True)
-    return None if math.isinf(seconds) else seconds
+    allowed = "a number or None"
+    seconds = _real(name, value, allowed)
+    if math.isnan(seconds):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return None if seconds == math.inf else max(0.0, seconds)
 
 
 def count(name: str, value: object, minimum: int, *, none: bool = False) -> None:

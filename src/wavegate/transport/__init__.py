@@ -265,21 +265,30 @@ class ConnectFailed(Exception):
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
+MAX_RETRY_AFTER = 3600.0
+"""The longest ``Retry-After`` honoured, in seconds: a server asking for more (a
+typo, a date in the year 9999) is waited for an hour, not for ever."""
+
+
 def retry_after_seconds(value: str | None, now: float) -> float | None:
     """An HTTP ``Retry-After`` value (RFC 9110 10.2.3: seconds, or an HTTP date) as
-    seconds from ``now`` (a Unix time), at least 0; ``None`` for none or nonsense."""
+    seconds from ``now`` (a Unix time), from 0 to :data:`MAX_RETRY_AFTER`; ``None``
+    for none or nonsense."""
     if value is None:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return float(int(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # an HTTP date is GMT; a date without a zone is taken so
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, when.timestamp() - now)
+        # Digits only: no int() of a thousand digits (Python's limit, or a float overflow).
+        seconds = float(value) if len(value) <= 12 else MAX_RETRY_AFTER
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            if when.tzinfo is None:  # an HTTP date is GMT; one without a zone is taken so
+                when = when.replace(tzinfo=datetime.timezone.utc)
+            seconds = when.timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def status_failure(
