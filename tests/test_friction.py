@@ -688,6 +688,13 @@ async def test_wait_closed_before_start_says_so() -> None:
         await Session("ws://feed.example/", FEED).wait_closed()
 
 
+def test_a_sessions_url_is_kept_without_the_whitespace_around_it() -> None:
+    session = Session("  ws://feed.example/p\n", FEED)
+    assert session.url == "ws://feed.example/p"
+    session.move("ws://feed.example/q\r\n")
+    assert session.url == "ws://feed.example/q"
+
+
 def test_wrong_types_name_the_call_that_took_them() -> None:
     # Found by a new-user trial: encode_json([1]) said "send_json() takes a dict", and
     # the voice client's media calls failed inside davey or bytes.endswith.

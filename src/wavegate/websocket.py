@@ -167,13 +167,17 @@ _MISPARSED = (
 
 
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")
+_AROUND = "".join(map(chr, range(0x21)))  # C0 controls and space, as WHATWG strips
+_CHAR_NAMES = {" ": "a space", "\t": "a tab", "\n": "a line feed", "\r": "a carriage return"}
 
 
-def check_url(url: str) -> None:
-    """Raise :class:`InvalidURLError` unless ``url`` is a ``ws://`` or ``wss://`` URL
-    with a host, in words that never show its secrets."""
+def check_url(url: str) -> str:
+    """``url`` without the spaces and control characters around it (as a line read
+    from a file has: browsers drop them too); raise :class:`InvalidURLError` unless it
+    is a ``ws://`` or ``wss://`` URL with a host, in words that never show its secrets."""
     if not isinstance(url, str):
         raise InvalidURLError(f"url must be a str, got {type(url).__name__}")
+    url = url.strip(_AROUND)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -187,12 +191,15 @@ def check_url(url: str) -> None:
         raise InvalidURLError(f"malformed URL {redact_url(url)!r}: {why}")
     if parts.scheme not in ("ws", "wss"):
         raise InvalidURLError(f"URL scheme must be ws:// or wss://, got {redact_url(url)!r}")
-    if _UNSAFE.search(url):
+    inside = _UNSAFE.search(url)
+    if inside is not None:
         # Python's parser drops tab, CR and LF unseen, and a space breaks the request
         # line (or is encoded, depending on the transport).
+        char = inside.group()
+        shown = redact_url(_UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", url))
         raise InvalidURLError(
-            "URL has a space or a control character (percent-encode it: a space is "
-            f"%20): {redact_url(_UNSAFE.sub('%20', url))!r}"
+            f"URL has {_CHAR_NAMES.get(char, f'control character U+{ord(char):04X}')} at "
+            f"position {inside.start()} (percent-encode it: a space is %20): {shown!r}"
         )
     if parts.fragment or url.endswith("#"):
         raise InvalidURLError(
@@ -200,6 +207,7 @@ def check_url(url: str) -> None:
         )
     if not parts.hostname:
         raise InvalidURLError(f"URL has no host: {redact_url(url)!r}")
+    return url
 
 
 def _scrubbed(exc: InvalidURLError, secrets: frozenset[str]) -> InvalidURLError:
@@ -488,7 +496,7 @@ class Websocket:
             DisconnectSignal: the open failed for good (4xx, bad certificate, a
                 handshake that breaks RFC 6455), or ``disconnect()`` was called meanwhile.
         """
-        check_url(url)
+        url = check_url(url)
         while self._state is not _DISCONNECTED:
             if self._state is _CONNECTING:
                 assert self._conn is not None

@@ -122,7 +122,7 @@ class Session:
         random_source: Any = None,
     ) -> None:
         seconds = _check_options(locals())
-        self.url = url
+        self.url: str = seconds["url"]
         self.protocol = protocol
         if websocket is None:
             websocket = Websocket(close_timeout=seconds["close_timeout"])
@@ -278,8 +278,7 @@ class Session:
         """The endpoint changed (e.g. a new VOICE_SERVER_UPDATE): use ``url`` for the
         next connection; ends a ``move_grace`` wait with a new session."""
         if url is not None:
-            check_url(url)
-            self.url = url
+            self.url = check_url(url)
         self._moved.set()
 
     # -- sending and receiving ---------------------------------------------------------
@@ -478,8 +477,8 @@ _PROTOCOL_METHODS = ("start", "receive", "heartbeat", "can_resume", "new_session
 
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     """Refuse, by name, an option that would fail later and far from its cause;
-    the durations, as floats."""
-    check_url(options["url"])
+    the durations, as floats, and the URL (``check_url``'s)."""
+    url = check_url(options["url"])
     protocol = options["protocol"]
     if isinstance(protocol, type):
         raise TypeError(f"protocol must be an instance, got the class {protocol.__name__}")
@@ -496,6 +495,7 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         name: checks.positive(name, options[name])
         for name in ("handshake_timeout", "close_timeout")
     }
+    seconds["url"] = url
     beat = options["max_heartbeat_interval"]
     seconds["max_heartbeat_interval"] = checks.positive_or_none("max_heartbeat_interval", beat)
     seconds["move_grace"] = checks.at_least("move_grace", options["move_grace"], 0, infinite=True)
