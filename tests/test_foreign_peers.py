@@ -440,6 +440,28 @@ async def test_an_answer_that_is_not_http_is_an_invalid_handshake_with_no_status
         assert "HTTP 400" not in str(caught.value)
 
 
+async def test_a_refusal_with_a_large_header_is_still_its_status(
+    make_ws: WebsocketFactory,
+) -> None:
+    # Found by review: aiohttp's parser stops at 8190 bytes a line, and it called the
+    # answer "not HTTP" where picows read the 429 and its Retry-After.
+    async def reply(peer: RawPeer) -> None:
+        await peer.reader.readuntil(b"\r\n\r\n")
+        peer.writer.write(
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 5\r\n"
+            b"X-Debug: " + b"x" * 10_000 + b"\r\nContent-Length: 0\r\n\r\n"
+        )
+        await peer.writer.drain()
+        peer.writer.close()
+
+    async with raw_server(reply) as url:
+        ws = make_ws()
+        with pytest.raises(ReconnectSignal) as caught:
+            await ws.connect(url)
+        assert (caught.value.event, caught.value.code) == (Event.HANDSHAKE_STATUS, 429)
+        assert caught.value.retry_after == 5.0
+
+
 async def test_an_unknown_extension_in_answer_to_compression_fails_for_good() -> None:
     async def answer(peer: RawPeer) -> None:
         await peer.handshake("Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n")

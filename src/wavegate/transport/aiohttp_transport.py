@@ -33,6 +33,8 @@ from . import (
 
 _KINDS = {TEXT: WSMsgType.TEXT, BINARY: WSMsgType.BINARY}
 _ABNORMAL = 1006
+_HEADER_LINE = 1 << 16
+"""The longest handshake answer line read, in bytes."""
 _TOO_BIG = 1009
 # Codes an endpoint may put in a close frame it sends (RFC 6455 7.4.1).
 _SENDABLE = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
@@ -179,6 +181,10 @@ class _SharedSession:
             timeout=aiohttp.ClientTimeout(total=None),
             ws_response_class=_WebSocketResponse,
             trace_configs=[_no_redirects()],
+            # aiohttp's 8190 bytes a header line would make a refusal with one long
+            # header (a debug dump, a big cookie) "not HTTP", where picows reads it.
+            max_line_size=_HEADER_LINE,
+            max_field_size=_HEADER_LINE,
         )
         self.users = 0
 
