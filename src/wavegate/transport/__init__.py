@@ -176,8 +176,9 @@ def chosen_subprotocol(answer: str | None, offered: tuple[str, ...]) -> tuple[st
         return answer.strip(), ""
     if not offered:
         return None, f"Sec-WebSocket-Protocol {answer!r}, but the client offered no subprotocol"
-    names = ", ".join(repr(name) for name in offered)
-    return None, f"Sec-WebSocket-Protocol {answer!r}, but the client offered {names}"
+    # Not named: a subprotocol may carry a token (Kubernetes sends a bearer one so).
+    offers = "the one subprotocol" if len(offered) == 1 else f"the {len(offered)} subprotocols"
+    return None, f"Sec-WebSocket-Protocol {answer!r}, not {offers} the client offered"
 
 
 def _checked_headers(headers: object) -> dict[str, str]:
