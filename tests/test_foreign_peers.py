@@ -783,6 +783,30 @@ async def test_spaces_and_line_breaks_around_a_url_are_dropped(make_ws: Websocke
             assert paths.pop() == "/p"
 
 
+@pytest.mark.parametrize("data", [b"\xff\xfe", b"caf\xc3", "é".encode("latin-1"), b"\xed\xa0\x80"])
+async def test_send_text_refuses_bytes_that_are_not_utf8_and_sends_nothing(
+    make_ws: WebsocketFactory, data: bytes
+) -> None:
+    # Found by a new-user trial: the bytes went out unchecked, the server closed with
+    # 1007, and the default policy reconnected, so the application looped.
+    async def echo(conn: ServerConnection) -> None:
+        async for message in conn:
+            await conn.send(message)
+
+    async with websockets_server(echo) as url:
+        ws = make_ws()
+        await ws.connect(url)
+        with pytest.raises(EncodeError, match="text is not valid UTF-8"):
+            await ws.send_text(data)
+        await ws.send_text('{"d": "café"}'.encode())
+        assert await asyncio.wait_for(ws.receive(), 10) == WebsocketPacketJSON({"d": "café"})
+        # Found by review: bytes known to be UTF-8 (encode_json's, sent to many
+        # connections) may skip the check, which decodes all but ASCII.
+        await ws.send_text('{"d": "unchecked é"}'.encode(), check_utf8=False)
+        assert await asyncio.wait_for(ws.receive(), 10) == WebsocketPacketJSON({"d": "unchecked é"})
+        assert ws.stats.frames_out == 2
+
+
 async def test_a_connect_to_another_url_during_an_opening_is_refused(
     make_ws: WebsocketFactory,
 ) -> None:
