@@ -503,6 +503,7 @@ async def test_bad_trust_or_proxy_options_exit_2_with_one_line(tmp_path: Path) -
         ["--wait", "nan", "wss://127.0.0.1:9/"],
         ["--cafile", str(ca), "ws://bob:hunter2@127.0.0.1:9/"],
         ["-k", "ws://127.0.0.1:9/"],
+        ["--subprotocol", "a", "--subprotocol", "a", "ws://127.0.0.1:9/"],  # found by review
     ):
         process = (await Command.start(*args)).process
         _out, err = await asyncio.wait_for(process.communicate(), PATIENCE)  # stdin: EOF

@@ -409,7 +409,7 @@ def test_the_tls_hint_names_the_plain_url_and_never_credentials(
         (
             {"subprotocols": ["a", "a"]},
             ValueError,
-            "subprotocols names 'a' twice",
+            "subprotocol 'a' is offered twice",
         ),
     ],
 )

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 from . import __version__
 from ._args import count as _count
 from .connect import add_arguments as add_connect_arguments
-from .connect import connect, trust_problem
+from .connect import connect, option_problem
 from .serve import add_arguments as add_serve_arguments
 from .serve import serve
 
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command == "connect" and (problem := trust_problem(args)) is not None:
+    if args.command == "connect" and (problem := option_problem(args)) is not None:
         print(f"wavegate connect: {problem} (see wavegate connect --help)", file=sys.stderr)
         return 2
     _install_uvloop()

@@ -137,6 +137,14 @@ def subprotocol_name(text: str) -> str:
     return text
 
 
+def option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with options that are each fine alone, as an argument error."""
+    if len(set(args.subprotocol)) < len(args.subprotocol):
+        twice = next(name for name in args.subprotocol if args.subprotocol.count(name) > 1)
+        return f"argument --subprotocol: {twice!r} is given twice"
+    return trust_problem(args)
+
+
 def trust_problem(args: argparse.Namespace) -> str | None:
     """``--cafile`` or ``-k`` with no TLS to apply it to (a ``ws://`` URL, and no
     ``https://`` proxy): what to say, as an argument error."""

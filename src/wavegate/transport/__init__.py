@@ -162,7 +162,7 @@ def _checked_subprotocols(names: object) -> tuple[str, ...]:
                 f"got {name!r}"
             )
         if taken.count(name) > 1:
-            raise ValueError(f"subprotocols names {name!r} twice")
+            raise ValueError(f"subprotocol {name!r} is offered twice")
     return taken
 
 
