@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import sys
 import threading
@@ -353,3 +354,23 @@ async def test_a_server_hanging_up_during_tls_is_one_signal_and_no_broken_log_re
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("kind", "kept", "instance"),
+    [
+        (ConnectionResetError, False, None),
+        (ValueError, True, ValueError),
+        (UnicodeDecodeError, True, None),
+    ],
+)
+def test_the_filter_for_records_holding_an_exception_class(
+    kind: type[BaseException], kept: bool, instance: type[BaseException] | None
+) -> None:
+    # Found by review: a class that needs arguments made the filter itself raise.
+    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "m", (), None)
+    record.exc_info = (kind, kind, None)  # type: ignore[assignment]  # aiofastnet's shape
+    assert picows_transport._ClassNotInstance().filter(record) is kept
+    if kept:
+        got = record.exc_info
+        assert (type(got[1]) if got else None) is instance

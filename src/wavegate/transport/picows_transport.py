@@ -98,7 +98,10 @@ class _ClassNotInstance(logging.Filter):
         kind = info[1]
         if issubclass(kind, OSError):
             return False
-        record.exc_info = (kind, kind(), None) if issubclass(kind, BaseException) else None
+        try:  # a class that needs arguments cannot be made: the record goes without
+            record.exc_info = (kind, kind(), None)
+        except Exception:
+            record.exc_info = None
         return True
 
 
