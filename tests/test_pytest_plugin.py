@@ -56,6 +56,23 @@ def test_the_fixtures_work_in_auto_mode(tmp_path: Path) -> None:
     assert "2 passed" in output, output
 
 
+def test_the_fixtures_run_on_the_tests_loop_whatever_the_default_fixture_loop_scope(
+    tmp_path: Path,
+) -> None:
+    # Found by a new-user trial: with asyncio_default_fixture_loop_scope=session (as
+    # pytest-asyncio's own warning suggests), the server listened on a loop that was
+    # not running during the test: every handshake timed out.
+    output = run_pytest(
+        tmp_path,
+        STRICT,
+        "-o",
+        "asyncio_mode=strict",
+        "-o",
+        "asyncio_default_fixture_loop_scope=session",
+    )
+    assert "2 passed" in output, output
+
+
 BLOCK_PYTEST_ASYNCIO = """
 import importlib.abc, sys
 class _Absent(importlib.abc.MetaPathFinder):

@@ -5,8 +5,11 @@
   (needs the ``voice`` extra, as the voice client does).
 
 Both are pytest-asyncio fixtures, so they work in its strict mode (mark your tests
-``@pytest.mark.asyncio``) and in auto mode. Without pytest-asyncio this plugin defines
-nothing.
+``@pytest.mark.asyncio``) and in auto mode. They run on each test's own event loop
+(``loop_scope="function"``, whatever ``asyncio_default_fixture_loop_scope`` says): for
+tests on a wider loop (``loop_scope="module"``), make a fixture of that loop scope
+(``async with WebsocketTestServer() as server: yield server``). Without
+pytest-asyncio this plugin defines nothing.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ except ImportError:  # pragma: no cover - only users without pytest-asyncio
     pass
 else:
 
-    @pytest_asyncio.fixture
+    @pytest_asyncio.fixture(loop_scope="function")
     async def websocket_server() -> AsyncIterator[WebsocketTestServer]:
         """A running :class:`WebsocketTestServer` on 127.0.0.1, stopped after the test."""
         async with WebsocketTestServer() as server:
             yield server
 
-    @pytest_asyncio.fixture
+    @pytest_asyncio.fixture(loop_scope="function")
     async def fake_voice_gateway() -> AsyncIterator[FakeVoiceGateway]:
         """A running fake Discord voice gateway (``ws://127.0.0.1:PORT/?v=8``), stopped
         after the test."""
