@@ -12,6 +12,7 @@ import pytest_asyncio
 from wavegate import DisconnectSignal, ReconnectSignal, Signal, Websocket, WebsocketPacketJSON
 from wavegate.discord.voice import VoiceClient
 from wavegate.session import EventKind, SessionEvent
+from wavegate.testing import WebsocketTestServer, frames
 from wavegate.testing.voice import FakeVoiceGateway
 
 from .conftest import eventually
@@ -277,3 +278,65 @@ async def test_wait_received_returns_what_a_client_sent_or_times_out(
             await gateway.wait_received("nobody", 5, timeout=0.05)
     finally:
         await ws.disconnect()
+
+
+async def test_the_test_servers_close_refuses_bad_values_and_changes_nothing() -> None:
+    # Found by a new-user trial: close(70000) raised struct.error after marking the
+    # connection closed, so a later close(4000) sent nothing; a 130-byte reason made
+    # a control frame longer than RFC 6455 allows.
+    import websockets
+
+    async with WebsocketTestServer() as server:
+        async with websockets.connect(server.url) as client:
+            conn = await server.accepted()
+            for code, reason, error in (
+                (70000, "", ValueError),
+                ("4000", "", TypeError),
+                (4000, "x" * 124, ValueError),
+            ):
+                with pytest.raises(error, match="close"):
+                    await conn.close(code, reason)  # type: ignore[arg-type]
+            await conn.close(4000, "fine")
+            with pytest.raises(websockets.ConnectionClosed) as caught:
+                await asyncio.wait_for(client.recv(), 10)
+            assert caught.value.rcvd is not None
+            assert caught.value.rcvd.code == 4000
+        with pytest.raises(ValueError, match="an HTTP status from 100 to 599"):
+            server.reject_handshakes(1000)
+        with pytest.raises(TypeError, match="an HTTP status from 100 to 599"):
+            server.reject_handshakes("503")  # type: ignore[arg-type]
+
+
+async def test_the_fake_gateways_close_refuses_bad_values_and_keeps_the_session_live(
+    gateway: FakeVoiceGateway,
+) -> None:
+    async with VoiceClient(gateway.url, CREDENTIALS) as voice:
+        await voice.wait_ready(10)
+        sid = CREDENTIALS.session_id
+        with pytest.raises(ValueError, match="close code"):
+            await gateway.close_session(sid, 70000)
+        with pytest.raises(ValueError, match="close reason"):
+            await gateway.close_session(sid, 4015, "x" * 124)
+        assert gateway.session(sid).live.is_set()
+        await gateway.close_session(sid, 4015, "crashed")
+        await eventually(lambda: voice.stats.resumes == 1, 15)
+
+
+async def test_close_gives_up_on_a_client_that_reads_nothing_within_its_timeout() -> None:
+    # Found by a new-user trial: close() waited for room in the write buffer before
+    # arming its timeout, so against a client that reads nothing it never returned.
+    import websockets
+
+    async with WebsocketTestServer() as server:
+        client = await websockets.connect(server.url, max_queue=1, ping_interval=None)
+        try:
+            conn = await server.accepted()
+            client.transport.pause_reading()
+            while not conn.write_blocked():
+                conn.write_frame(frames.BINARY, b"x" * 65536)
+            for _ in range(4):  # well past the write buffer's high-water mark
+                conn.write_frame(frames.BINARY, b"x" * 65536)
+            await asyncio.wait_for(conn.close(4008, "slow", timeout=0.5), 10)
+            await conn.wait_closed(10)
+        finally:
+            client.transport.abort()

@@ -41,6 +41,20 @@ class ConnectionDropped(Exception):
     """The client went away (no more messages will arrive)."""
 
 
+def check_close_frame(code: object, reason: object) -> None:
+    """Refuse what cannot go in a close frame: a code that is not an int from 0 to
+    65535 (or ``None``: no status), a reason that is not a str of at most 123 bytes."""
+    if code is not None:
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise TypeError(f"close code must be an int from 0 to 65535 or None, got {code!r}")
+        if not 0 <= code <= 0xFFFF:
+            raise ValueError(f"close code must be an int from 0 to 65535 or None, got {code!r}")
+    if not isinstance(reason, str):
+        raise TypeError(f"close reason must be a str, got {type(reason).__name__}")
+    if len(reason.encode()) > 123:
+        raise ValueError("close reason must be at most 123 bytes of UTF-8")
+
+
 class ServerConnection:
     """The server's side of one accepted websocket connection.
 
@@ -132,16 +146,25 @@ class ServerConnection:
         """Send a close frame (no status when ``code`` is ``None``) and return.
 
         The connection is dropped when the client answers, or after ``timeout``
-        seconds if it never does. ``wait_closed()`` waits for either.
+        seconds if it never does (or never reads: the close frame waits behind what
+        it has not read). ``wait_closed()`` waits for either. Any code that fits the
+        frame may be sent, invalid ones included (to test a client's checks).
+
+        Raises:
+            TypeError, ValueError: ``code`` is not an int from 0 to 65535 or ``None``,
+                or ``reason`` is over 123 bytes: nothing is sent.
         """
+        check_close_frame(code, reason)
         if self._close_sent or self._writer.is_closing():
             return
         self._close_sent = True
         self.ended_by_server = True
         log.info("#%s closed by the server: %s %s", self.id, code, reason)
-        with contextlib.suppress(ConnectionError, ConnectionDropped):
-            await self.send_frame(frames.CLOSE, frames.close_payload(code, reason))
+        # Armed first: a client that reads nothing never makes room for the frame.
         asyncio.get_running_loop().call_later(timeout, self._abort)
+        with contextlib.suppress(ConnectionError, ConnectionDropped, asyncio.TimeoutError):
+            frame = frames.close_payload(code, reason)
+            await asyncio.wait_for(self.send_frame(frames.CLOSE, frame), timeout)
 
     def drop(self) -> None:
         """Drop the TCP connection at once, with no close frame."""
@@ -336,7 +359,16 @@ class WebsocketTestServer:
         self._handshake_mode = "accept"
 
     def reject_handshakes(self, status: int) -> None:
-        """Answer opening handshakes with HTTP ``status`` instead of 101."""
+        """Answer opening handshakes with HTTP ``status`` instead of 101.
+
+        Raises:
+            TypeError, ValueError: ``status`` is not an int from 100 to 599.
+        """
+        problem = f"status must be an HTTP status from 100 to 599, got {status!r}"
+        if isinstance(status, bool) or not isinstance(status, int):
+            raise TypeError(problem)
+        if not 100 <= status <= 599:
+            raise ValueError(problem)
         self._handshake_mode = "reject"
         self._reject_status = status
 

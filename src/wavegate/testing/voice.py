@@ -46,7 +46,12 @@ from .. import _checks as checks
 from . import voice_rules
 from .dave import ArmHoldTimeout, ArmTimeout, DaveChannel, Output
 from .frames import BINARY
-from .server import ConnectionDropped, ServerConnection, WebsocketTestServer
+from .server import (
+    ConnectionDropped,
+    ServerConnection,
+    WebsocketTestServer,
+    check_close_frame,
+)
 from .udp import FakeVoiceUdp
 
 log = logging.getLogger("wavegate.testing.voice")
@@ -317,6 +322,7 @@ class FakeVoiceGateway:
         Waits (at most ``timeout`` s) for the session to have a live connection, so a
         fault is never silently applied to a connection that is already gone.
         """
+        check_close_frame(code, reason)  # before anything changes
         session = await self.wait_live(session_id, timeout)
         session.live.clear()
         assert session.conn is not None
