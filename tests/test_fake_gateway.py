@@ -340,3 +340,37 @@ async def test_close_gives_up_on_a_client_that_reads_nothing_within_its_timeout(
             await conn.wait_closed(10)
         finally:
             client.transport.abort()
+
+
+async def test_misused_test_servers_say_what_is_wrong() -> None:
+    # Found by a new-user trial: bare KeyErrors and TimeoutErrors with no message, a
+    # stopped server waited out accepted()'s timeout, start() twice said "address in
+    # use", and a connection never taken came out of accepted() after a restart.
+    import websockets
+
+    server = WebsocketTestServer()
+    with pytest.raises(RuntimeError, match="not running"):
+        await server.accepted(timeout=10)
+    await server.start()
+    try:
+        with pytest.raises(RuntimeError, match="already running"):
+            await server.start()
+        with pytest.raises(asyncio.TimeoutError, match=r"no connection accepted within 0.01s"):
+            await server.accepted(timeout=0.01)
+        async with websockets.connect(server.url):
+            await eventually(lambda: server.handshakes == 1)
+        await server.stop()
+        await server.start()
+        with pytest.raises(asyncio.TimeoutError):
+            await server.accepted(timeout=0.01)  # the one never taken is gone
+        async with websockets.connect(server.url):
+            conn = await server.accepted()
+            with pytest.raises(asyncio.TimeoutError, match="no message from the client"):
+                await conn.receive(timeout=0.01)
+    finally:
+        await server.stop()
+    async with FakeVoiceGateway() as gateway:
+        with pytest.raises(KeyError, match="no session 'nope'"):
+            gateway.expire("nope")
+        with pytest.raises(asyncio.TimeoutError, match="user 2001 sent 0 of 1 op 5"):
+            await gateway.wait_received(2001, 5, timeout=0.01)

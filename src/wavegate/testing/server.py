@@ -227,7 +227,12 @@ class ServerConnection:
         Raises:
             ConnectionDropped: the client is gone and every message was read.
         """
-        item = await asyncio.wait_for(self._messages.get(), timeout)
+        try:
+            item = await asyncio.wait_for(self._messages.get(), timeout)
+        except asyncio.TimeoutError:
+            raise asyncio.TimeoutError(
+                f"connection #{self.id}: no message from the client within {timeout}s"
+            ) from None
         if item is None:
             self._messages.put_nowait(None)
             raise ConnectionDropped(f"connection #{self.id} is closed")
@@ -384,13 +389,31 @@ class WebsocketTestServer:
 
     async def accepted(self, timeout: float = 5.0) -> ServerConnection:
         """The next connection whose handshake the server accepted (servers without a
-        handler; with one, the handler receives each connection)."""
-        return await asyncio.wait_for(self._accepted.get(), timeout)
+        handler; with one, the handler receives each connection).
+
+        Raises:
+            RuntimeError: the server is not running.
+            TimeoutError: (``asyncio.TimeoutError``) none within ``timeout`` seconds.
+        """
+        if self._server is None:
+            raise RuntimeError("the server is not running: start() it (or use async with)")
+        try:
+            return await asyncio.wait_for(self._accepted.get(), timeout)
+        except asyncio.TimeoutError:
+            raise asyncio.TimeoutError(
+                f"no connection accepted within {timeout}s ({self.handshakes} handshakes)"
+            ) from None
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start listening (the port is known afterwards)."""
+        """Start listening (the port is known afterwards).
+
+        Raises:
+            RuntimeError: it is already running.
+        """
+        if self._server is not None:
+            raise RuntimeError("the server is already running (stop() it first)")
         self._server = await asyncio.start_server(
             self._on_client, self.host, self.port, ssl=self.ssl
         )
@@ -412,6 +435,7 @@ class WebsocketTestServer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
             self._server = None
+        self._accepted = asyncio.Queue()  # none of them is handed out after a restart
 
     async def __aenter__(self) -> WebsocketTestServer:
         await self.start()

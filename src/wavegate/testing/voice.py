@@ -251,8 +251,15 @@ class FakeVoiceGateway:
     # -- sending numbered messages ---------------------------------------------------
 
     def session(self, session_id: str) -> FakeVoiceSession:
-        """The session called ``session_id`` (KeyError if none)."""
-        return self.sessions[session_id]
+        """The session called ``session_id``.
+
+        Raises:
+            KeyError: no client identified with it (ids are str, as sent).
+        """
+        try:
+            return self.sessions[session_id]
+        except KeyError:
+            raise KeyError(f"no session {session_id!r}: no client identified with it") from None
 
     async def wait_live(self, session_id: str, timeout: float = 5.0) -> FakeVoiceSession:
         """Wait until ``session_id`` exists and has a live, authenticated connection."""
@@ -268,7 +275,7 @@ class FakeVoiceGateway:
     async def send(self, session_id: str, op: int, data: Any) -> int:
         """Send a numbered JSON message; returns its ``seq``. Buffered for replay, and
         written at once if the session has a live connection."""
-        session = self.sessions[session_id]
+        session = self.session(session_id)
         seq = self._next_seq(session)
         frame = json.dumps({"op": op, "seq": seq, "d": data}, separators=(",", ":")).encode()
         await self._emit(session, 0x1, frame)
@@ -276,14 +283,14 @@ class FakeVoiceGateway:
 
     async def send_speaking(self, session_id: str, number: int) -> int:
         """Send op 5 SPEAKING carrying ``number`` as its ssrc (handy numbered traffic)."""
-        session = self.sessions[session_id]
+        session = self.session(session_id)
         return await self.send(
             session_id, 5, {"user_id": session.user_id, "ssrc": number, "speaking": 1}
         )
 
     async def send_binary(self, session_id: str, op: int, body: bytes) -> int:
         """Send a numbered binary (DAVE) frame: ``>HB`` seq and op, then the body."""
-        session = self.sessions[session_id]
+        session = self.session(session_id)
         seq = self._next_seq(session)
         await self._emit(session, BINARY, struct.pack(">HB", seq, op) + body)
         return seq
@@ -342,7 +349,7 @@ class FakeVoiceGateway:
     def stop_acking(self, session_id: str, *, permanently: bool = False) -> None:
         """Stop answering heartbeats on the session's current connection (a zombie
         connection), or on every connection from now on when ``permanently``."""
-        session = self.sessions[session_id]
+        session = self.session(session_id)
         session.mute = session.conn
         if permanently:
             session.acking = False
@@ -351,7 +358,7 @@ class FakeVoiceGateway:
         """Stop reading the session's current connection (a gateway that hangs: no
         ACKs, and the client's writes block once the buffers are full), or every
         connection of the session from now on, right after it authenticates."""
-        session = self.sessions[session_id]
+        session = self.session(session_id)
         if permanently:
             session.reading = False
         if session.conn is not None:
@@ -359,17 +366,17 @@ class FakeVoiceGateway:
 
     def resume_acking(self, session_id: str) -> None:
         """Answer the session's heartbeats again."""
-        session = self.sessions[session_id]
+        session = self.session(session_id)
         session.acking = True
         session.mute = None
 
     def delay_acks(self, session_id: str, seconds: float) -> None:
         """Answer the session's heartbeats ``seconds`` late."""
-        self.sessions[session_id].ack_delay = seconds
+        self.session(session_id).ack_delay = seconds
 
     def expire(self, session_id: str) -> None:
         """Forget the session's replay buffer: its next RESUME is refused with 4006."""
-        self.sessions[session_id].expired = True
+        self.session(session_id).expired = True
 
     async def send_unknown(
         self, session_id: str, op: int = 18, data: Any = None, *, timeout: float = 5.0
@@ -539,17 +546,19 @@ class FakeVoiceGateway:
         self._arrived.set()
 
     async def wait_received(
-        self, user_id: str, op: int, *, count: int = 1, timeout: float = 5.0
+        self, user_id: str | int, op: int, *, count: int = 1, timeout: float = 5.0
     ) -> list[Any]:
         """Wait until ``user_id`` has sent ``count`` messages with ``op`` (across its
         sessions; heartbeats and handshakes are not recorded) and return their ``d``.
 
         Raises:
-            TimeoutError: (``asyncio.TimeoutError``) not within ``timeout`` seconds.
+            TimeoutError: (``asyncio.TimeoutError``) not within ``timeout`` seconds;
+                the message says how many came.
         """
+        user = str(user_id)  # a snowflake, given as the int it is, is the same user
 
         def sent() -> list[Any]:
-            return [d for o, d in self.received_by_user.get(user_id, []) if o == op]
+            return [d for o, d in self.received_by_user.get(user, []) if o == op]
 
         async def arrival() -> list[Any]:
             while len(found := sent()) < count:
@@ -557,7 +566,12 @@ class FakeVoiceGateway:
                 await self._arrived.wait()
             return found[:count]
 
-        return await asyncio.wait_for(arrival(), timeout)
+        try:
+            return await asyncio.wait_for(arrival(), timeout)
+        except asyncio.TimeoutError:
+            raise asyncio.TimeoutError(
+                f"user {user} sent {len(sent())} of {count} op {op} message(s) within {timeout}s"
+            ) from None
 
     async def _authenticate(
         self, conn: ServerConnection, op: int, payload: Any
@@ -722,12 +736,12 @@ class FakeVoiceGateway:
     def corrupt_next_commit(self, session_id: str) -> None:
         """Corrupt the next commit (or welcome) the session is sent: its client must
         flag it (op 31) and start over."""
-        session = self.sessions[session_id]
+        session = self.session(session_id)
         self.dave_channel(session.server_id).corrupt_next_commit(int(session.user_id))
 
     def send_stale_commit(self, session_id: str) -> None:
         """Send the session the previous epoch's commit again (a state gone stale)."""
-        session = self.sessions[session_id]
+        session = self.session(session_id)
         channel = self.dave_channel(session.server_id)
         self._run_dave(session.server_id, channel.stale_commit(int(session.user_id)))
 
