@@ -12,7 +12,7 @@ import pytest_asyncio
 from wavegate import DisconnectSignal, ReconnectSignal, Signal, Websocket, WebsocketPacketJSON
 from wavegate.discord.voice import VoiceClient
 from wavegate.session import EventKind, SessionEvent
-from wavegate.testing import WebsocketTestServer, frames
+from wavegate.testing import HandlerError, WebsocketTestServer, frames
 from wavegate.testing.voice import FakeVoiceGateway
 
 from .conftest import eventually
@@ -374,3 +374,30 @@ async def test_misused_test_servers_say_what_is_wrong() -> None:
             gateway.expire("nope")
         with pytest.raises(asyncio.TimeoutError, match="user 2001 sent 0 of 1 op 5"):
             await gateway.wait_received(2001, 5, timeout=0.01)
+
+
+async def test_a_handler_that_raises_fails_the_test_when_the_server_stops() -> None:
+    # Found by a new-user trial: a failed assert in a handler only reached asyncio's
+    # log, and the test passed.
+    import websockets
+
+    async def handler(conn: Any) -> None:
+        message = await conn.receive_json()
+        assert message == {"op": "hello"}, f"client sent {message}"
+
+    failing = await WebsocketTestServer(handler).__aenter__()
+    async with websockets.connect(failing.url) as client:
+        await client.send('{"op": "HELO"}')
+        await eventually(lambda: bool(failing.handler_errors))
+    with pytest.raises(HandlerError, match="client sent") as caught:
+        await failing.__aexit__(None, None, None)  # the end of its async with
+    assert isinstance(caught.value.__cause__, AssertionError)
+
+    async def leaves(conn: Any) -> None:
+        await conn.receive_json()  # the client goes away: not the handler's fault
+
+    async with WebsocketTestServer(leaves) as server:
+        async with websockets.connect(server.url):
+            pass
+        await eventually(lambda: server.open_connections == 0)
+    assert server.handler_errors == []

@@ -1,5 +1,5 @@
 """Real loopback servers with fault injection, for wavegate's tests and yours."""
 
-from .server import ConnectionDropped, ServerConnection, WebsocketTestServer
+from .server import ConnectionDropped, HandlerError, ServerConnection, WebsocketTestServer
 
-__all__ = ["ConnectionDropped", "ServerConnection", "WebsocketTestServer"]
+__all__ = ["ConnectionDropped", "HandlerError", "ServerConnection", "WebsocketTestServer"]

@@ -37,6 +37,14 @@ _ids = itertools.count(1)
 log = logging.getLogger("wavegate.testing.server")
 
 
+_ERRORS_KEPT = 100
+
+
+class HandlerError(AssertionError):
+    """A :class:`WebsocketTestServer`'s handler raised (the cause is what it raised): an
+    ``AssertionError``, so that pytest reports the test as failed."""
+
+
 class ConnectionDropped(Exception):
     """The client went away (no more messages will arrive)."""
 
@@ -310,7 +318,10 @@ class WebsocketTestServer:
 
     Args:
         handler: run for each accepted connection (in a task the server owns);
-            without one, tests drive connections obtained from :meth:`accepted`.
+            without one, tests drive connections obtained from :meth:`accepted`. What
+            it raises (a failed ``assert``, say), other than the client going away, is
+            kept in :attr:`handler_errors` and raised again when the ``async with``
+            block ends, so the test fails.
         host: the address to listen on (loopback only).
         port: 0 for an ephemeral port.
         max_size: largest client frame accepted.
@@ -327,6 +338,9 @@ class WebsocketTestServer:
         ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.handler = handler
+        self.handler_errors: list[Exception] = []
+        """What the handler raised, in order (the first 100; the client going away
+        excepted)."""
         self.ssl = ssl
         self.host = host
         self.port = port
@@ -448,6 +462,11 @@ class WebsocketTestServer:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+        if exc is None and self.handler_errors:
+            raise HandlerError(
+                f"the server's handler raised {len(self.handler_errors)} time(s); the first:"
+                f" {self.handler_errors[0]!r}"
+            ) from self.handler_errors[0]
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -526,6 +545,12 @@ class WebsocketTestServer:
         reading = asyncio.create_task(conn._run())
         try:
             await self.handler(conn)
+        except (ConnectionDropped, ConnectionError):
+            pass  # the client went away: the handler's business ends there
+        except Exception as exc:
+            log.error("#%s: the handler raised", conn.id, exc_info=True)
+            if len(self.handler_errors) < _ERRORS_KEPT:  # a long-running server stays small
+                self.handler_errors.append(exc)
         finally:
             conn._abort()
             await reading
