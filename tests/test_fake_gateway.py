@@ -15,7 +15,7 @@ from wavegate.session import EventKind, SessionEvent
 from wavegate.testing import HandlerError, WebsocketTestServer, frames
 from wavegate.testing.voice import FakeVoiceGateway
 
-from .conftest import eventually
+from .conftest import WebsocketFactory, eventually
 from .voice_harness import CREDENTIALS
 
 IDENTIFY_DATA = {
@@ -401,3 +401,19 @@ async def test_a_handler_that_raises_fails_the_test_when_the_server_stops() -> N
             pass
         await eventually(lambda: server.open_connections == 0)
     assert server.handler_errors == []
+
+
+async def test_the_test_server_answers_a_subprotocol_it_is_given(make_ws: WebsocketFactory) -> None:
+    # Found by a new-user trial: a client that needs a subprotocol could not be tested.
+    async with WebsocketTestServer() as server:
+        server.subprotocols = ["chat.v2", "chat.v1"]
+        ws = make_ws(subprotocols=["chat.v1", "chat.v2"])
+        await ws.connect(server.url)
+        conn = await server.accepted()
+        assert ws.subprotocol == conn.subprotocol == "chat.v2"
+        await ws.disconnect()
+        plain = make_ws()
+        await plain.connect(server.url)
+        assert (await server.accepted()).subprotocol is None
+        assert plain.subprotocol is None
+        await plain.disconnect()

@@ -89,6 +89,8 @@ class ServerConnection:
         self.id = next(_ids)
         self.path = path
         self.request_headers = headers
+        self.subprotocol: str | None = None
+        """The subprotocol the server answered with (``WebsocketTestServer.subprotocols``)."""
         self.answer_close = True
         self.answer_pings = answer_pings
         self.close_received: tuple[int | None, str] | None = None
@@ -347,8 +349,12 @@ class WebsocketTestServer:
         self.max_size = max_size
         self.answer_pings = True
         self.deflate = False
-        """Accept permessage-deflate when the client offers it (frames are still sent
-        as the test writes them: compress them yourself and set RSV1)."""
+        """Accept permessage-deflate when the client offers it. Frames go both ways as
+        they are: what the test sends, compress it yourself and set RSV1; what the
+        client sends arrives compressed (``receive()`` does not inflate it)."""
+        self.subprotocols: list[str] = []
+        """Subprotocols to choose from, in this server's order of preference: the
+        first the client offers is answered (``ServerConnection.subprotocol``)."""
         self.handshake_delay = 0.0
         """Seconds to wait before answering each opening handshake."""
         self.handshakes = 0
@@ -511,10 +517,12 @@ class WebsocketTestServer:
         if mode == "reject":
             await _refuse(writer, status, why)
             return
-        await self._accept(writer, headers)
+        chosen = self._choose(headers)
+        await self._accept(writer, headers, chosen)
         conn = ServerConnection(
             reader, writer, path, headers, answer_pings=self.answer_pings, max_size=self.max_size
         )
+        conn.subprotocol = chosen
         self.connections.add(conn)
         log.info("#%s connected from %s", conn.id, writer.get_extra_info("peername"))
         try:
@@ -522,11 +530,19 @@ class WebsocketTestServer:
         finally:
             self.connections.discard(conn)
 
-    async def _accept(self, writer: asyncio.StreamWriter, headers: dict[str, str]) -> None:
+    def _choose(self, headers: dict[str, str]) -> str | None:
+        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+        return next((name for name in self.subprotocols if name in offered), None)
+
+    async def _accept(
+        self, writer: asyncio.StreamWriter, headers: dict[str, str], subprotocol: str | None
+    ) -> None:
         key = headers.get("sec-websocket-key", "")
         extensions = ""
         if self.deflate and "permessage-deflate" in headers.get("sec-websocket-extensions", ""):
             extensions = "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+        if subprotocol is not None:
+            extensions += f"Sec-WebSocket-Protocol: {subprotocol}\r\n"
         writer.write(
             (
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
