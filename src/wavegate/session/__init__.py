@@ -81,9 +81,9 @@ class Session:
         receive_queue_size: received messages that may wait for the application;
             past it the session stops reading the socket (TCP backpressure), and
             zombie detection and keepalive wait until the application reads again.
-        close_timeout: seconds ``close()`` waits for the server to answer the close
-            and the runner to stop (your own ``websocket``'s ``close_timeout`` bounds
-            the first part), and then, apart, for an async ``on_event`` to catch up.
+        close_timeout: seconds ``close()`` waits for the runner (and, with the default
+            websocket, for the server to answer the close; your own ``websocket``'s
+            ``close_timeout`` bounds that part).
         zombie_close_code: the code we close a zombie with, 3000-4999 (not 1000, so
             the server keeps the session resumable).
         move_grace: seconds to wait for :meth:`move` after a close with one of
@@ -240,14 +240,11 @@ class Session:
         """
         check_close(code, reason)
         self._closing.set()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._close_timeout  # the handshake and the runner
         await self.ws.disconnect(code, reason)
         runner = self._runner
         if runner is not None and not runner.done():
             try:
-                left = max(0.0, deadline - loop.time())
-                await asyncio.wait_for(asyncio.shield(runner), left)
+                await asyncio.wait_for(asyncio.shield(runner), self._close_timeout)
             except asyncio.TimeoutError:
                 runner.cancel()
                 await asyncio.wait({runner})
