@@ -5,10 +5,10 @@
   (needs the ``voice`` extra, as the voice client does).
 
 Both are pytest-asyncio fixtures, so they work in its strict mode (mark your tests
-``@pytest.mark.asyncio``) and in auto mode. They run on each test's own event loop
-(``loop_scope="function"``, whatever ``asyncio_default_fixture_loop_scope`` says): for
-tests on a wider loop (``loop_scope="module"``), make a fixture of that loop scope
-(``async with WebsocketTestServer() as server: yield server``). Without
+``@pytest.mark.asyncio``) and in auto mode. They run on the loop pytest-asyncio gives
+fixtures (``asyncio_default_fixture_loop_scope``), which must be the tests' loop: keep
+``asyncio_default_test_loop_scope`` the same, or make a fixture of your tests' loop
+scope (``async with WebsocketTestServer() as server: yield server``). Without
 pytest-asyncio this plugin defines nothing.
 """
 
@@ -28,13 +28,13 @@ except ImportError:  # pragma: no cover - only users without pytest-asyncio
     pass
 else:
 
-    @pytest_asyncio.fixture(loop_scope="function")
+    @pytest_asyncio.fixture
     async def websocket_server() -> AsyncIterator[WebsocketTestServer]:
         """A running :class:`WebsocketTestServer` on 127.0.0.1, stopped after the test."""
         async with WebsocketTestServer() as server:
             yield server
 
-    @pytest_asyncio.fixture(loop_scope="function")
+    @pytest_asyncio.fixture
     async def fake_voice_gateway() -> AsyncIterator[FakeVoiceGateway]:
         """A running fake Discord voice gateway (``ws://127.0.0.1:PORT/?v=8``), stopped
         after the test."""
