@@ -476,6 +476,7 @@ def test_a_usable_ca_file_and_proxy_are_taken(tmp_path: Path) -> None:
         ("WS://127.0.0.1:9/", "HTTP://proxy.example:3128", "ws://127.0.0.1:9/ is not"),
         ("ws://bob:hunter2@127.0.0.1:9/", None, "ws://127.0.0.1:9/ is not"),
         ("127.0.0.1:9", None, None),  # not a ws:// URL: its own error says so
+        (" ws://127.0.0.1:9/\n", None, "ws://127.0.0.1:9/ is not"),  # found by review
     ],
 )
 def test_trust_options_need_something_encrypted(

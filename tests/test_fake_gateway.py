@@ -417,3 +417,16 @@ async def test_the_test_server_answers_a_subprotocol_it_is_given(make_ws: Websoc
         assert (await server.accepted()).subprotocol is None
         assert plain.subprotocol is None
         await plain.disconnect()
+
+
+async def test_close_with_no_time_to_wait_still_sends_its_frame() -> None:
+    # Found by review: with timeout=0 the frame's write was cancelled before it began.
+    import websockets
+
+    async with WebsocketTestServer() as server, websockets.connect(server.url) as client:
+        conn = await server.accepted()
+        await conn.close(4001, "bye", timeout=0)
+        with pytest.raises(websockets.ConnectionClosed) as caught:
+            await asyncio.wait_for(client.recv(), 10)
+        assert caught.value.rcvd is not None
+        assert (caught.value.rcvd.code, caught.value.rcvd.reason) == (4001, "bye")

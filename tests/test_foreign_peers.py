@@ -370,7 +370,8 @@ async def test_a_subprotocol_is_offered_and_the_servers_choice_is_exposed(
         ("chat.v3", "Sec-WebSocket-Protocol 'chat.v3', not the 2 subprotocols the client offered"),
         (
             "chat.v1, chat.v2",
-            "Sec-WebSocket-Protocol 'chat.v1, chat.v2', not the 2 subprotocols the client offered",
+            "Sec-WebSocket-Protocol '<offered #1>, <offered #2>', not the 2 subprotocols the client"
+            " offered",
         ),
     ],
 )
@@ -387,11 +388,29 @@ async def test_a_subprotocol_answer_that_was_not_offered_fails_for_good(
             await ws.connect(url)
         assert caught.value.event is Event.HANDSHAKE_INVALID
         assert problem in str(caught.value), caught.value
+        assert ws.disconnected
         secret = "base64url.bearer.authorization.k8s.io.c2VjcmV0"
         with pytest.raises(DisconnectSignal) as caught:
             await make_ws(subprotocols=[secret]).connect(url)  # found by review
         assert "c2VjcmV0" not in _everything_reachable(caught.value)
-        assert ws.disconnected
+
+
+async def test_a_server_echoing_the_offered_subprotocols_shows_none_of_them(
+    make_ws: WebsocketFactory,
+) -> None:
+    # Found by review: a server that echoes the whole offer put a token offered as a
+    # subprotocol (as Kubernetes does) into the signal's reason.
+    secret = "base64url.bearer.authorization.k8s.io.c2VjcmV0"
+
+    async def echo_offer(peer: RawPeer) -> None:
+        await peer.handshake(f"Sec-WebSocket-Protocol: {secret}, base64.channel.k8s.io\r\n")
+        await asyncio.Event().wait()
+
+    async with raw_server(echo_offer) as url:
+        with pytest.raises(DisconnectSignal) as caught:
+            await make_ws(subprotocols=[secret, "base64.channel.k8s.io"]).connect(url)
+        assert "'<offered #1>, <offered #2>', not the 2 subprotocols" in str(caught.value)
+        assert "c2VjcmV0" not in _everything_reachable(caught.value)
 
 
 async def test_a_server_that_chooses_no_subprotocol_is_accepted_without_one(
@@ -748,8 +767,8 @@ async def test_a_url_with_a_space_or_control_character_is_refused_at_once(
 
     async with websockets_server(record) as url:
         ws = make_ws()
-        given = url.rstrip("/") + path
-        at = min(i for i, c in enumerate(given) if c <= " " or c == "\x7f")
+        given = "  " + url.rstrip("/") + path  # found by review: positions in what was given
+        at = min(i for i, c in enumerate(given) if i > 1 and (c <= " " or c == "\x7f"))
         with pytest.raises(InvalidURLError) as caught:
             await ws.connect(given)
         assert str(caught.value).startswith(

@@ -409,7 +409,7 @@ def test_the_tls_hint_names_the_plain_url_and_never_credentials(
         (
             {"subprotocols": ["a", "a"]},
             ValueError,
-            "subprotocol 'a' is offered twice",
+            "subprotocols #1 and #2 are the same",
         ),
     ],
 )
@@ -767,6 +767,7 @@ def test_a_huge_backoff_factor_caps_instead_of_overflowing() -> None:
         ("1" + "0" * 400, 3600.0),
         ("1" + "0" * 5000, 3600.0),
         ("7200", 3600.0),
+        ("0000000000000", 0.0),  # found by review: 13 digits of nothing were an hour
         ("Fri, 31 Dec 9999 23:59:59 GMT", 3600.0),
     ],
 )

@@ -140,8 +140,10 @@ def subprotocol_name(text: str) -> str:
 def option_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with options that are each fine alone, as an argument error."""
     if len(set(args.subprotocol)) < len(args.subprotocol):
-        twice = next(name for name in args.subprotocol if args.subprotocol.count(name) > 1)
-        return f"argument --subprotocol: {twice!r} is given twice"
+        try:
+            TransportOptions(subprotocols=tuple(args.subprotocol))
+        except ValueError as exc:  # names the positions, not a name (it may be a token)
+            return f"argument --subprotocol: {exc}"
     return trust_problem(args)
 
 
@@ -150,7 +152,8 @@ def trust_problem(args: argparse.Namespace) -> str | None:
     ``https://`` proxy): what to say, as an argument error."""
     if args.cafile is None and not args.insecure:
         return None
-    url, proxy = args.url.lower(), (args.proxy or "").lower()
+    # Stripped as the library strips it (a URL from a file ends with its line feed).
+    url, proxy = args.url.strip().lower(), (args.proxy or "").lower()
     if not url.startswith("ws://") or proxy.startswith("https://"):
         return None
     option = "--cafile" if args.cafile is not None else "-k/--insecure"

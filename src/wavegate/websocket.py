@@ -177,6 +177,7 @@ def check_url(url: str) -> str:
     is a ``ws://`` or ``wss://`` URL with a host, in words that never show its secrets."""
     if not isinstance(url, str):
         raise InvalidURLError(f"url must be a str, got {type(url).__name__}")
+    lead = len(url) - len(url.lstrip(_AROUND))  # positions are told in what was given
     url = url.strip(_AROUND)
     try:
         parts = urlsplit(url)
@@ -199,7 +200,7 @@ def check_url(url: str) -> str:
         shown = redact_url(_UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", url))
         raise InvalidURLError(
             f"URL has {_CHAR_NAMES.get(char, f'control character U+{ord(char):04X}')} at "
-            f"position {inside.start()} (percent-encode it: a space is %20): {shown!r}"
+            f"position {lead + inside.start()} (percent-encode it: a space is %20): {shown!r}"
         )
     if parts.fragment or url.endswith("#"):
         raise InvalidURLError(

@@ -170,11 +170,12 @@ class ServerConnection:
         self._close_sent = True
         self.ended_by_server = True
         log.info("#%s closed by the server: %s %s", self.id, code, reason)
-        # Armed first: a client that reads nothing never makes room for the frame.
+        # Written at once, then the timer: a client that reads nothing never makes
+        # room, and the abort wakes the drain below.
+        self._writer.write(frames.encode_frame(frames.CLOSE, frames.close_payload(code, reason)))
         asyncio.get_running_loop().call_later(timeout, self._abort)
-        with contextlib.suppress(ConnectionError, ConnectionDropped, asyncio.TimeoutError):
-            frame = frames.close_payload(code, reason)
-            await asyncio.wait_for(self.send_frame(frames.CLOSE, frame), timeout)
+        with contextlib.suppress(ConnectionError, ConnectionDropped):
+            await self._writer.drain()
 
     def drop(self) -> None:
         """Drop the TCP connection at once, with no close frame."""
@@ -434,6 +435,7 @@ class WebsocketTestServer:
         """
         if self._server is not None:
             raise RuntimeError("the server is already running (stop() it first)")
+        self.handler_errors.clear()  # a new async with block: only its own
         self._server = await asyncio.start_server(
             self._on_client, self.host, self.port, ssl=self.ssl
         )

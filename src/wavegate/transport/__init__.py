@@ -162,7 +162,9 @@ def _checked_subprotocols(names: object) -> tuple[str, ...]:
                 f"got {name!r}"
             )
         if taken.count(name) > 1:
-            raise ValueError(f"subprotocol {name!r} is offered twice")
+            first, second = (i + 1 for i, n in enumerate(taken) if n == name)
+            # Not named: a subprotocol may carry a token.
+            raise ValueError(f"subprotocols #{first} and #{second} are the same")
     return taken
 
 
@@ -176,9 +178,13 @@ def chosen_subprotocol(answer: str | None, offered: tuple[str, ...]) -> tuple[st
         return answer.strip(), ""
     if not offered:
         return None, f"Sec-WebSocket-Protocol {answer!r}, but the client offered no subprotocol"
-    # Not named: a subprotocol may carry a token (Kubernetes sends a bearer one so).
+    # Not named: a subprotocol may carry a token (Kubernetes sends a bearer one so),
+    # and a server may echo them all.
+    shown = answer
+    for number, name in sorted(enumerate(offered, 1), key=lambda pair: -len(pair[1])):
+        shown = shown.replace(name, f"<offered #{number}>")
     offers = "the one subprotocol" if len(offered) == 1 else f"the {len(offered)} subprotocols"
-    return None, f"Sec-WebSocket-Protocol {answer!r}, not {offers} the client offered"
+    return None, f"Sec-WebSocket-Protocol {shown!r}, not {offers} the client offered"
 
 
 def _checked_headers(headers: object) -> dict[str, str]:
@@ -280,7 +286,8 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     value = value.strip()
     if value.isascii() and value.isdigit():
         # Digits only: no int() of a thousand digits (Python's limit, or a float overflow).
-        seconds = float(value) if len(value) <= 12 else MAX_RETRY_AFTER
+        digits = value.lstrip("0") or "0"
+        seconds = float(digits) if len(digits) <= 12 else MAX_RETRY_AFTER
     else:
         try:
             when = email.utils.parsedate_to_datetime(value)

@@ -99,9 +99,10 @@ class _ClassNotInstance(logging.Filter):
         if issubclass(kind, OSError):
             return False
         try:  # a class that needs arguments cannot be made: the record goes without
-            record.exc_info = (kind, kind(), None)
+            made = kind() if issubclass(kind, BaseException) else None
         except Exception:
-            record.exc_info = None
+            made = None
+        record.exc_info = None if made is None else (kind, made, None)
         return True
 
 
