@@ -98,9 +98,9 @@ def test_every_relative_link_in_the_readme_resolves() -> None:
 
 @pytest.mark.timeout(120)
 def test_the_readmes_fake_gateway_example_prints_what_it_says(tmp_path: Path) -> None:
-    # Found by a new-user trial: it printed [26, 26] or [26, 26, 26] from run to run
-    # (the list was read before the last key package came). Each printed line's
-    # comment is what it prints.
+    # Found by a new-user trial: it printed [26, 26] or [26, 26, 26] from run to run:
+    # whether a key package written just before the drop counts is a race (a stress
+    # run saw 2 of 3 within 5 s). Each printed line's comment is what it prints.
     text = (DOCS.parent / "README.md").read_text()
     section = text.split("## The fake voice gateway", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
@@ -117,7 +117,7 @@ def test_the_readmes_fake_gateway_example_prints_what_it_says(tmp_path: Path) ->
         assert not [line for line in shown if "Warning" in line or "Traceback" in line], shown
         printed = ran.stdout.splitlines()
         assert printed[0].startswith("Speaking(speaking=1, ssrc=1, ")
-        assert printed[1:] == ["resumes: 2", "key packages: 3"]
+        assert printed[1:] == ["resumes: 2", "key package received: True"]
 
 
 @pytest.mark.parametrize(("command", "page"), [("connect", "cli.md"), ("serve", "serve.md")])
